@@ -1,0 +1,130 @@
+"""Envelope codec: frozen attrs classes <-> msgpack bytes through a tag registry.
+
+Every encoded value is ``[tag, version, {field: value}]``. A class is registered under a stable
+tag and a version; decoding an older version runs the registered upcasters in order until the
+current version is reached. The tag, never the Python class name, is what the log means, so a
+class may be renamed freely. Nothing here ever pickles.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import attrs
+import msgpack
+
+__all__ = [
+    "DecodeError",
+    "decode",
+    "decode_value",
+    "encode",
+    "encode_value",
+    "registered",
+    "tag_of",
+    "upcaster",
+]
+
+T = TypeVar("T")
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+_classes: dict[str, tuple[type, int]] = {}
+_tags: dict[type, tuple[str, int]] = {}
+_upcasters: dict[tuple[str, int], Upcaster] = {}
+
+# A msgpack message larger than this is refused before it is decoded (bounds memory on bad input).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a valid envelope of a registered tag and version."""
+
+
+def registered(tag: str, version: int = 1) -> Callable[[type[T]], type[T]]:
+    """Class decorator: register an attrs class under ``tag`` at ``version``."""
+
+    def register(cls: type[T]) -> type[T]:
+        if not attrs.has(cls):
+            raise TypeError(f"{cls.__name__} must be an attrs class")
+        if tag in _classes and _classes[tag][0] is not cls:
+            raise ValueError(f"tag {tag!r} is already registered to {_classes[tag][0].__name__}")
+        _classes[tag] = (cls, version)
+        _tags[cls] = (tag, version)
+        return cls
+
+    return register
+
+
+def upcaster(tag: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register a function turning the fields of ``tag`` at ``from_version`` into ``from_version + 1``."""
+
+    def register(fn: Upcaster) -> Upcaster:
+        _upcasters[(tag, from_version)] = fn
+        return fn
+
+    return register
+
+
+def tag_of(cls_or_obj: Any) -> str:
+    cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
+    return _tags[cls][0]
+
+
+def encode_value(obj: Any) -> list[Any]:
+    """The envelope of one registered object, as plain msgpack-able data."""
+    try:
+        tag, version = _tags[type(obj)]
+    except KeyError:
+        raise TypeError(f"{type(obj).__name__} is not registered with the codec") from None
+    fields = {}
+    for field in attrs.fields(type(obj)):
+        fields[field.name] = _plain(getattr(obj, field.name))
+    return [tag, version, fields]
+
+
+def _plain(value: Any) -> Any:
+    if type(value) in _tags:
+        return encode_value(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def decode_value(envelope: Any) -> Any:
+    """Inverse of :func:`encode_value`, upcasting old versions."""
+    if not (isinstance(envelope, (list, tuple)) and len(envelope) == 3):
+        raise DecodeError("an envelope is [tag, version, fields]")
+    tag, version, fields = envelope
+    if not isinstance(tag, str) or not isinstance(version, int) or not isinstance(fields, dict):
+        raise DecodeError("an envelope is [tag: str, version: int, fields: map]")
+    try:
+        cls, current = _classes[tag]
+    except KeyError:
+        raise DecodeError(f"unknown tag {tag!r}") from None
+    if version > current:
+        raise DecodeError(f"{tag} version {version} is newer than this code knows ({current})")
+    while version < current:
+        try:
+            fields = _upcasters[(tag, version)](dict(fields))
+        except KeyError:
+            raise DecodeError(f"no upcaster for {tag} from version {version}") from None
+        version += 1
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(f"bad fields for {tag}: {exc}") from None
+
+
+def encode(obj: Any) -> bytes:
+    return msgpack.packb(encode_value(obj), use_bin_type=True)
+
+
+def decode(data: bytes) -> Any:
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise DecodeError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        envelope = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise DecodeError(f"not msgpack: {exc}") from None
+    return decode_value(envelope)

@@ -1,0 +1,126 @@
+"""The events of the log and the envelopes that carry them through Raft and onto disk.
+
+Events are facts, named in the past tense, frozen, and registered with the codec under a stable
+tag. ``body`` fields hold the object exactly as the API stores it (plain JSON-like data).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import attrs
+
+from storage import codec
+
+__all__ = [
+    "Barrier",
+    "CommittedCommand",
+    "Event",
+    "ObjectCreated",
+    "ObjectDeleted",
+    "ObjectUpdated",
+    "Precondition",
+    "Proposal",
+]
+
+
+def _frozen_body(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError("body must be a map")
+    return value
+
+
+@codec.registered("ObjectCreated", 1)
+@attrs.frozen
+class ObjectCreated:
+    kind: str
+    uuid: str
+    name: str
+    tenant: str
+    body: dict[str, Any] = attrs.field(converter=_frozen_body, eq=True, hash=False)
+
+
+@codec.registered("ObjectUpdated", 1)
+@attrs.frozen
+class ObjectUpdated:
+    kind: str
+    uuid: str
+    name: str
+    tenant: str
+    body: dict[str, Any] = attrs.field(converter=_frozen_body, eq=True, hash=False)
+
+
+@codec.registered("ObjectDeleted", 1)
+@attrs.frozen
+class ObjectDeleted:
+    kind: str
+    uuid: str
+    name: str
+    tenant: str
+
+
+Event = Union[ObjectCreated, ObjectUpdated, ObjectDeleted]
+
+
+def _events(value: Any) -> tuple[Any, ...]:
+    return tuple(v if not isinstance(v, (list, tuple)) else codec.decode_value(v) for v in value)
+
+
+def _preconditions(value: Any) -> tuple["Precondition", ...]:
+    out = []
+    for item in value:
+        if isinstance(item, Precondition):
+            out.append(item)
+        else:
+            decoded = codec.decode_value(item)
+            if not isinstance(decoded, Precondition):
+                raise TypeError("preconditions hold Precondition values")
+            out.append(decoded)
+    return tuple(out)
+
+
+@codec.registered("Precondition", 1)
+@attrs.frozen
+class Precondition:
+    """At apply time the object (or name binding) ``key`` must still be at ``revision`` (0: absent)."""
+
+    key: str
+    revision: int
+
+
+@codec.registered("Proposal", 1)
+@attrs.frozen
+class Proposal:
+    """What one API write proposes through Raft: decided against ``based_on``, applied all or nothing.
+
+    ``command_id`` is chosen by the client (or the API) and stays the same across retries, so a
+    retried proposal that was in fact committed is dropped as a duplicate on every node.
+    """
+
+    command_id: str
+    based_on: int
+    time: float
+    preconditions: tuple[Precondition, ...] = attrs.field(converter=_preconditions)
+    events: tuple[Any, ...] = attrs.field(converter=_events)
+
+    def __attrs_post_init__(self) -> None:
+        for event in self.events:
+            codec.tag_of(event)
+
+
+@codec.registered("Barrier", 1)
+@attrs.frozen
+class Barrier:
+    """A no-op entry: once applied, a node has seen everything committed before it was proposed."""
+
+    nonce: str
+
+
+@codec.registered("CommittedCommand", 1)
+@attrs.frozen
+class CommittedCommand:
+    """What the event store keeps for one accepted proposal (its revisions live in the record)."""
+
+    command_id: str
+    time: float
+    events: tuple[Any, ...] = attrs.field(converter=_events)
