@@ -1,0 +1,303 @@
+"""Our corrections to pysyncobj, in one place, applied by :func:`install`.
+
+Call :func:`install` once, before any ``SyncObj`` is constructed (``cluster.raft`` does). It is
+idempotent, and it refuses (``RuntimeError``) to patch any pysyncobj other than
+:data:`VERIFIED_VERSION`: every correction below reaches into private, name-mangled pysyncobj
+internals and was verified against that version's source only. Line numbers below refer to
+``pysyncobj/syncobj.py`` and ``pysyncobj/journal.py`` of that version.
+
+What :func:`install` changes (see ``/work/shared/design/pysyncobj-notes.md``, items 6-8):
+
+1. **Follower catch-up livelock** (notes item 7). ``SyncObj._SyncObj__sendNextNodeIdx``
+   (syncobj.py l.1098-1106) is wrapped. When a follower rejects an ``append_entries`` batch
+   (l.986 "prevLogIdx not in my log", l.989 "term conflict at prevLogIdx") it sends the leader a
+   *reset* hint, which the leader applies unconditionally, in arrival order (l.1077-1078). The
+   leader sends several batches per tick and advances ``nextIndex`` before any reply arrives
+   (l.1265-1273), so an ex-leader holding a stale tail answered "go back to P" to the first batch
+   and "go to my end + 1" to the later ones, and the step back was always overwritten. Corrected
+   contract: a reset hint never points past an index the follower *knows* matches the leader, i.e.
+   its committed prefix (every later leader holds it): at most ``min(commit, last) + 1``; "past my
+   end" may still answer ``last + 1`` when the follower's last entry is from the current term (then
+   it came from this very leader, so the whole log matches). All replies of one tick then agree.
+
+2. **Durable journal** (notes items 6 and 8). ``pysyncobj.syncobj.createJournal`` (imported at
+   l.41, called at l.166) is replaced by a factory returning :class:`DurableFileJournal` while
+   :func:`set_durable` is on (the default). That journal ``msync``\\ s its mmap, only if something
+   was written since the last sync, before
+
+   * the leader persists an advanced commit index (``setRaftCommitIndex``, l.676; nothing is
+     applied, answered or sent with the new commit index before that call), and
+   * a follower acknowledges success (``__sendNextNodeIdx(success=True)``, l.1019 and l.1025 -
+     the wrapper of item 1 calls :meth:`DurableFileJournal.sync` first).
+
+   Its ``.meta`` file (term, vote, commit index) is written to a temporary file, ``fsync``\\ ed,
+   renamed and the directory ``fsync``\\ ed (journal.py l.160-164 did neither fsync). All meta
+   writes must be durable, not only the vote: a rename that reaches the disk before its data can
+   leave an empty meta file, which pysyncobj reads as "term 0, voted for nobody".
+   The dump file (``pysyncobj.serializer.atomicReplace``, serializer.py l.93 and l.198) gets the
+   same fsync-rename-fsync treatment, so a compaction never drops journal entries whose dump is
+   only in the page cache.
+
+   Not covered: the journal has no checksums, so a power loss *during* an msync can leave a torn
+   last record (never acknowledged, but pysyncobj cannot tell it is torn); compaction rewrites the
+   journal in place (journal.py l.252-256) and a power loss mid-rewrite can lose the entries after
+   the dump; a journal that fails to grow falls back to appending zeros (l.131-137) without fsync
+   of the file size. Durability against kill -9 never needed any of this (page cache survives).
+
+:func:`set_durable` is read when a journal is created; ``set_durable(False)`` restores pysyncobj's
+own, never-synced ``FileJournal`` for nodes created afterwards (benchmarks, tests).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import attrs
+import pysyncobj.journal
+import pysyncobj.serializer
+import pysyncobj.syncobj
+import pysyncobj.version
+from pysyncobj.journal import FileJournal, Journal, MetaStorer
+from pysyncobj.pickle import dumps as _pysyncobj_dumps
+
+__all__ = [
+    "VERIFIED_VERSION",
+    "DurableFileJournal",
+    "install",
+    "is_durable",
+    "is_installed",
+    "set_durable",
+    "uninstall",
+]
+
+#: The only pysyncobj release these corrections were verified against.
+VERIFIED_VERSION = "0.3.17"
+
+_lock = threading.Lock()
+_durable = True
+
+
+@attrs.frozen
+class _Originals:
+    send_next_node_idx: Callable[..., None]
+    create_journal: Callable[..., Journal]
+    atomic_replace: Callable[[str, str], Any]
+
+
+_originals: Optional[_Originals] = None
+
+
+# -- durability --------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _durable_replace(src: str, dst: str) -> None:
+    """Rename ``src`` over ``dst`` so that after a power loss ``dst`` is old or new, never empty."""
+    _fsync_file(src)
+    os.replace(src, dst)
+    _fsync_dir(dst)
+
+
+class _DurableMetaStorer(MetaStorer):
+    def storeMeta(self, meta: dict[str, Any]) -> None:  # noqa: N802 - pysyncobj's name
+        path = self.getPath()
+        with open(path + ".tmp", "wb") as f:
+            f.write(_pysyncobj_dumps(meta))
+        _durable_replace(path + ".tmp", path)
+
+
+class DurableFileJournal(FileJournal):
+    """pysyncobj's mmap journal, msynced before anything relies on its entries.
+
+    Contract: :meth:`sync` makes every entry added, truncated or cleared so far durable, and is a
+    no-op (no system call) when nothing changed since the last sync. It runs before a commit index
+    is persisted (:meth:`setRaftCommitIndex`) and, through :func:`install`'s wrapper, before a
+    follower acknowledges entries. All methods run on pysyncobj's tick thread only.
+    ``flush_count`` and ``flush_seconds`` count the msyncs actually done.
+    """
+
+    def __init__(self, journalFile: str) -> None:  # noqa: N803 - pysyncobj's name
+        created = not os.path.exists(journalFile)
+        self._dirty = False
+        self.flush_count = 0
+        self.flush_seconds = 0.0
+        super().__init__(journalFile)
+        self._FileJournal__metaStorer = _DurableMetaStorer(journalFile + ".meta")
+        if created:
+            # The new journal's header and directory entry must outlive a power loss too.
+            _fsync_file(journalFile)
+            _fsync_dir(journalFile)
+
+    @property
+    def dirty(self) -> bool:
+        """True when entries changed since the last msync."""
+        return self._dirty
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        super().add(command, idx, term)
+        self._dirty = True
+
+    def clear(self) -> None:
+        super().clear()
+        self._dirty = True
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802, N803 - pysyncobj's names
+        super().deleteEntriesFrom(entryFrom)
+        self._dirty = True
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802, N803 - pysyncobj's names
+        super().deleteEntriesTo(entryTo)
+        self._dirty = True
+
+    def flush(self) -> None:
+        start = time.perf_counter()
+        super().flush()
+        self.flush_seconds += time.perf_counter() - start
+        self.flush_count += 1
+        self._dirty = False
+
+    def sync(self) -> bool:
+        """msync if anything changed since the last msync; return whether it did."""
+        if not self._dirty:
+            return False
+        self.flush()
+        return True
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802, N803
+        # Entries first, then the commit index that covers them.
+        self.sync()
+        super().setRaftCommitIndex(raftCommitIndex)
+
+
+def _create_journal(journalFile: Optional[str] = None) -> Journal:  # noqa: N803
+    if journalFile is not None and _durable:
+        return DurableFileJournal(journalFile)
+    assert _originals is not None
+    return _originals.create_journal(journalFile)
+
+
+def _atomic_replace(src: str, dst: str) -> Any:
+    if _durable:
+        _durable_replace(src, dst)
+        return True
+    assert _originals is not None
+    return _originals.atomic_replace(src, dst)
+
+
+# -- the reset hint ----------------------------------------------------------------------------
+
+
+def _send_next_node_idx(
+    self: pysyncobj.syncobj.SyncObj,
+    node: Any,
+    reset: bool = False,
+    nextNodeIdx: Optional[int] = None,  # noqa: N803 - pysyncobj's keyword
+    success: bool = False,
+) -> None:
+    """Replaces ``SyncObj.__sendNextNodeIdx`` (syncobj.py l.1098-1106); see the module docstring.
+
+    Callers (all in ``__onMessageReceived``): l.969/973 (large-entry transmission in progress,
+    no reset), l.986 (prevLogIdx not in my log: reset, no index), l.989 (term conflict: reset to
+    prevLogIdx), l.1019/1025 (success).
+    """
+    assert _originals is not None
+    log = self._SyncObj__raftLog
+    if success:
+        # Ack only what is on disk (a no-op unless the journal is a DurableFileJournal).
+        sync = getattr(log, "sync", None)
+        if sync is not None:
+            sync()
+    elif reset:
+        last_idx, last_term = log[-1][1], log[-1][2]
+        known_match = min(self._SyncObj__raftCommitIndex, last_idx) + 1
+        if nextNodeIdx is None:
+            # l.986 would answer last_idx + 1; that is only known to match when the last entry
+            # came from the current leader, i.e. carries the current term.
+            if last_term == self._SyncObj__raftCurrentTerm:
+                nextNodeIdx = last_idx + 1
+            else:
+                nextNodeIdx = known_match
+        else:
+            nextNodeIdx = min(nextNodeIdx, known_match)
+    _originals.send_next_node_idx(self, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
+
+
+# -- install -----------------------------------------------------------------------------------
+
+
+def _check_version() -> None:
+    installed = getattr(pysyncobj.version, "VERSION", None)
+    if installed != VERIFIED_VERSION:
+        raise RuntimeError(
+            f"cluster._pysyncobj_compat: pysyncobj {installed!r} is installed, but its corrections "
+            f"were verified on pysyncobj {VERIFIED_VERSION!r} only; they patch private internals "
+            f"and could corrupt a different release. Pin pysyncobj=={VERIFIED_VERSION} or "
+            "re-verify the corrections (see the module docstring) and update VERIFIED_VERSION."
+        )
+
+
+def install() -> None:
+    """Apply the corrections; idempotent. Raises ``RuntimeError`` on an unverified pysyncobj.
+
+    Must run before any ``SyncObj`` is constructed: a journal created earlier stays unsynced.
+    """
+    global _originals
+    _check_version()
+    with _lock:
+        if _originals is not None:
+            return
+        originals = _Originals(
+            send_next_node_idx=pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx,  # type: ignore[attr-defined]
+            create_journal=pysyncobj.syncobj.createJournal,
+            atomic_replace=pysyncobj.serializer.atomicReplace,
+        )
+        _originals = originals
+        pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx = _send_next_node_idx  # type: ignore[attr-defined]
+        pysyncobj.syncobj.createJournal = _create_journal
+        pysyncobj.serializer.atomicReplace = _atomic_replace
+
+
+def uninstall() -> None:
+    """Restore pysyncobj's originals (for tests and A/B measurements); idempotent."""
+    global _originals
+    with _lock:
+        if _originals is None:
+            return
+        pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx = _originals.send_next_node_idx  # type: ignore[attr-defined]
+        pysyncobj.syncobj.createJournal = _originals.create_journal
+        pysyncobj.serializer.atomicReplace = _originals.atomic_replace
+        _originals = None
+
+
+def is_installed() -> bool:
+    """True while the corrections are applied."""
+    return _originals is not None
+
+
+def set_durable(durable: bool) -> None:
+    """Choose the journal for ``SyncObj``\\ s created from now on: msynced (default) or pysyncobj's."""
+    global _durable
+    _durable = bool(durable)
+
+
+def is_durable() -> bool:
+    """The current :func:`set_durable` setting."""
+    return _durable

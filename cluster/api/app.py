@@ -1,0 +1,502 @@
+"""The REST API of a controller node (aiohttp): the real product's wire format on every node.
+
+Handlers are thin: they parse, call ``decide`` through ``Controller.write`` or read the view, and
+render. Every error leaves as JSON ``{"error": {"code", "message", "field"}}``; no traceback
+reaches a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, Awaitable, Callable, Optional
+from urllib.parse import urlencode
+
+import msgpack
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from cluster import schema
+from cluster.api.auth import Authenticator
+from cluster.api.openapi import build_openapi
+from cluster.decide import (
+    CommandError,
+    decide_create,
+    decide_delete,
+    decide_patch,
+    decide_update,
+    new_uuid,
+)
+from cluster.node import Controller, NoQuorum, OutcomeUnknown
+from cluster.views import StoredObject, ref_uuid
+from storage import codec
+
+__all__ = ["make_app", "API_VERSION"]
+
+API_VERSION = "30.2.1"
+MAX_BODY_BYTES = 1024 * 1024
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    410: "gone",
+    412: "precondition_failed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    503: "no_quorum",
+    504: "outcome_unknown",
+}
+
+
+def error_response(status: int, message: str, field: Optional[str] = None, **extra: Any) -> web.Response:
+    body: dict[str, Any] = {"code": _STATUS_CODES.get(status, f"http_{status}"), "message": message, "field": field}
+    body.update(extra)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return web.json_response({"error": body}, status=status, headers=headers)
+
+
+class Api:
+    def __init__(self, node: Controller) -> None:
+        self.node = node
+        self.auth = Authenticator(node.config)
+        self.registry = CollectorRegistry()
+        self.requests = Counter("avictl_api_requests_total", "API requests", ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "avictl_api_request_seconds", "API request latency", ["method"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        g = lambda name, doc, fn: Gauge(name, doc, registry=self.registry).set_function(fn)  # noqa: E731
+        g("avictl_raft_commit_index", "Raft commit index", lambda: self.node.raft.status()["commit_index"])
+        g("avictl_raft_term", "Raft term", lambda: self.node.raft.status()["term"])
+        g("avictl_raft_is_leader", "1 when this node leads", lambda: 1 if self.node.raft.is_leader else 0)
+        g("avictl_applied_revision", "Last revision applied to this node's view", lambda: self.node.view.revision)
+        g("avictl_applied_raft_index", "Last raft index applied and synced", lambda: self.node._applied_raft_index)
+        g("avictl_objects", "Objects in the config view", lambda: len(self.node.view))
+
+    # -- middleware ----------------------------------------------------------------------------
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        status = 500
+        try:
+            denied = self._authorize(request)
+            if denied is not None:
+                response: web.StreamResponse = denied
+            else:
+                response = await handler(request)
+        except CommandError as exc:
+            response = error_response(exc.code, exc.message, exc.field)
+        except NoQuorum:
+            response = error_response(503, "no leader with a quorum could be reached; retry later")
+        except OutcomeUnknown as exc:
+            response = error_response(
+                504,
+                "the leader was lost while committing: the write may or may not have been applied; "
+                "retry with the same X-Avi-Command-Id to apply it at most once",
+                command_id=exc.command_id,
+            )
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            text = exc.text or exc.reason
+            if exc.status == 413:
+                text = f"request body exceeds {MAX_BODY_BYTES} bytes"
+            response = error_response(exc.status, text)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the last line of defence: log it, answer 500 without a traceback
+            log.exception("api_unhandled", path=request.path, node_id=self.node.node_id)
+            response = error_response(500, "internal error; see the controller log")
+        status = response.status
+        self.requests.labels(request.method, route, str(status)).inc()
+        self.latency.labels(request.method).observe(time.perf_counter() - started)
+        return response
+
+    def _authorize(self, request: web.Request) -> Optional[web.Response]:
+        path = request.path
+        if path in ("/login", "/logout", "/api/openapi.json", "/metrics", "/healthz"):
+            return None
+        header = request.headers.get("Authorization", "")
+        if path.startswith("/internal/"):
+            if header.startswith("Bearer ") and self.auth.is_internal(header[7:].strip()):
+                return None
+            return error_response(401, "internal endpoints need the cluster's internal token")
+        if header.startswith("Bearer "):
+            if self.auth.check_bearer(header[7:].strip()):
+                return None
+            return error_response(401, "invalid token")
+        session = request.cookies.get("sessionid") or request.cookies.get("avi-sessionid")
+        if session and self.auth.check_session(session):
+            if request.method not in ("GET", "HEAD", "OPTIONS"):
+                csrf = request.headers.get("X-CSRFToken", "")
+                if not csrf or csrf != self.auth.csrf_for(session):
+                    return error_response(401, "a session write needs a matching X-CSRFToken header", "X-CSRFToken")
+                if not request.headers.get("Referer"):
+                    return error_response(401, "a session write needs a Referer header", "Referer")
+            return None
+        return error_response(401, "authentication required: POST /login, or send Authorization: Bearer <token>")
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def base_url(request: web.Request) -> str:
+        return f"{request.scheme}://{request.host}"
+
+    @staticmethod
+    def tenant(request: web.Request) -> str:
+        return request.headers.get("X-Avi-Tenant") or "admin"
+
+    def render(self, request: web.Request, obj: StoredObject) -> dict[str, Any]:
+        base = self.base_url(request)
+        view = self.node.view
+
+        def to_url(target: str, value: Any) -> Any:
+            if not value:
+                return value
+            uuid = ref_uuid(value)
+            ref = view.get(uuid)
+            suffix = f"#{ref.name}" if ref is not None else ""
+            return f"{base}/api/{target}/{uuid}{suffix}"
+
+        body = schema.map_refs(obj.kind, schema.redact(obj.kind, obj.body), to_url)
+        tenant = view.by_name("tenant", obj.tenant)
+        out = {
+            "url": f"{base}/api/{obj.kind}/{obj.uuid}",
+            "uuid": obj.uuid,
+            "name": obj.name,
+            "tenant_ref": f"{base}/api/tenant/{tenant.uuid if tenant else obj.tenant}#{obj.tenant}",
+            "_last_modified": str(obj.modified),
+        }
+        out.update({k: v for k, v in body.items() if k not in out})
+        return out
+
+    async def read_json(self, request: web.Request) -> Any:
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            raise CommandError(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+        raw = await request.read()
+        if not raw:
+            raise CommandError(400, "the request needs a JSON body", "body")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CommandError(400, f"the body is not valid JSON: {exc}", "body") from None
+
+    async def consistent(self, request: web.Request) -> None:
+        """Serve reads linearizably unless the client asked for ?stale=true."""
+        if request.query.get("stale", "").lower() in ("1", "true", "yes"):
+            return
+        await self.node.barrier(timeout=5.0)
+
+    def kind_of(self, request: web.Request) -> str:
+        kind = request.match_info["kind"]
+        if kind not in schema.KINDS:
+            raise CommandError(404, f"unknown object kind {kind!r}; known: {', '.join(sorted(schema.KINDS))}")
+        return kind
+
+    def object_of(self, request: web.Request, kind: str) -> StoredObject:
+        uuid = request.match_info["uuid"]
+        obj = self.node.view.get(uuid)
+        if obj is None or obj.kind != kind:
+            raise CommandError(404, f"{kind} {uuid} does not exist")
+        return obj
+
+    @staticmethod
+    def command_id(request: web.Request) -> Optional[str]:
+        value = request.headers.get("X-Avi-Command-Id")
+        if value is not None and not (0 < len(value) <= 128):
+            raise CommandError(400, "X-Avi-Command-Id must be 1 to 128 characters", "X-Avi-Command-Id")
+        return value
+
+    # -- auth routes ---------------------------------------------------------------------------
+
+    async def login(self, request: web.Request) -> web.Response:
+        ctype = request.content_type
+        if ctype == "application/json":
+            try:
+                doc = await request.json()
+            except ValueError:
+                raise CommandError(400, "the body is not valid JSON", "body") from None
+            if not isinstance(doc, dict):
+                raise CommandError(400, "the login body must be an object", "body")
+        else:
+            doc = dict(await request.post())
+        username = doc.get("username")
+        password, token = doc.get("password"), doc.get("token")
+        if not isinstance(username, str) or not (isinstance(password, str) or isinstance(token, str)):
+            raise CommandError(400, "login needs username and password (or token)", "username")
+        if not self.auth.check_credentials(username, password if isinstance(password, str) else None,
+                                           token if isinstance(token, str) and not isinstance(password, str) else None):
+            return error_response(401, "invalid credentials")
+        session, csrf = self.auth.issue_session(username)
+        response = web.json_response(
+            {
+                "version": {"Version": API_VERSION, "Product": "avictl", "ProductName": "avictl controller"},
+                "user": {"username": username, "name": username},
+                "session_cookie_name": "sessionid",
+            }
+        )
+        for name in ("sessionid", "avi-sessionid"):
+            response.set_cookie(name, session, httponly=True, samesite="Lax", path="/")
+        response.set_cookie("csrftoken", csrf, samesite="Lax", path="/")
+        return response
+
+    async def logout(self, request: web.Request) -> web.Response:
+        response = web.json_response({})
+        for name in ("sessionid", "avi-sessionid", "csrftoken"):
+            response.del_cookie(name, path="/")
+        return response
+
+    # -- objects -------------------------------------------------------------------------------
+
+    async def list_objects(self, request: web.Request) -> web.Response:
+        kind = self.kind_of(request)
+        await self.consistent(request)
+        q = request.query
+        tenant = self.tenant(request)
+        objects = [o for o in self.node.view.list(kind) if o.tenant == tenant or o.created == 0]
+        if "name" in q:
+            objects = [o for o in objects if o.name == q["name"]]
+        if "uuid" in q:
+            wanted = set(q["uuid"].split(","))
+            objects = [o for o in objects if o.uuid in wanted]
+        search = q.get("search")
+        if search:
+            objects = [o for o in objects if search.strip("()").split(",")[-1] in json.dumps(o.body)]
+        sort = q.get("sort", "name")
+        reverse = sort.startswith("-")
+        key = sort.lstrip("-")
+        objects.sort(key=lambda o: (str(getattr(o, key, None) if key in ("name", "uuid") else o.body.get(key, "")), o.uuid), reverse=reverse)
+        page_size = _int_param(q, "page_size", 25, 1, 200)
+        page = _int_param(q, "page", 1, 1, 1_000_000)
+        chunk = objects[(page - 1) * page_size : page * page_size]
+        results = [self.render(request, o) for o in chunk]
+        fields = q.get("fields")
+        if fields:
+            keep = set(fields.split(",")) | {"url", "uuid", "name"}
+            results = [{k: v for k, v in r.items() if k in keep} for r in results]
+        body: dict[str, Any] = {"count": len(objects), "results": results}
+        if page * page_size < len(objects):
+            params = dict(q)
+            params["page"] = str(page + 1)
+            body["next"] = f"{self.base_url(request)}{request.path}?{urlencode(params)}"
+        return web.json_response(body)
+
+    async def get_object(self, request: web.Request) -> web.Response:
+        kind = self.kind_of(request)
+        await self.consistent(request)
+        obj = self.object_of(request, kind)
+        return web.json_response(self.render(request, obj))
+
+    async def create_object(self, request: web.Request) -> web.Response:
+        kind = self.kind_of(request)
+        body = await self.read_json(request)
+        tenant = self.tenant(request)
+        uuid = request.headers.get("Slug") or new_uuid(kind)
+        if not uuid.startswith(f"{kind}-") or len(uuid) > 128:
+            raise CommandError(400, f"Slug must be a uuid starting with {kind}-", "Slug")
+        decision, _ = await self.node.write(
+            lambda view: decide_create(view, kind, body, tenant=tenant, uuid=uuid), command_id=self.command_id(request)
+        )
+        obj = self.node.view.get(decision.uuid)
+        if obj is None:
+            raise CommandError(409, f"{kind} was created and deleted again before it could be shown")
+        return web.json_response(self.render(request, obj), status=201)
+
+    async def update_object(self, request: web.Request) -> web.Response:
+        kind = self.kind_of(request)
+        body = await self.read_json(request)
+        if not isinstance(body, dict):
+            raise CommandError(400, "the request body must be a JSON object", "body")
+        uuid = request.match_info["uuid"]
+        if_revision = _revision_of(body.get("_last_modified"))
+
+        def decide(view: Any) -> Any:
+            obj = view.get(uuid)
+            if obj is None or obj.kind != kind:
+                raise CommandError(404, f"{kind} {uuid} does not exist")
+            return decide_update(view, obj, body, if_revision=if_revision)
+
+        await self.node.write(decide, command_id=self.command_id(request))
+        return web.json_response(self.render(request, self.object_of(request, kind)))
+
+    async def patch_object(self, request: web.Request) -> web.Response:
+        kind = self.kind_of(request)
+        body = await self.read_json(request)
+        uuid = request.match_info["uuid"]
+
+        def decide(view: Any) -> Any:
+            obj = view.get(uuid)
+            if obj is None or obj.kind != kind:
+                raise CommandError(404, f"{kind} {uuid} does not exist")
+            return decide_patch(view, obj, body)
+
+        await self.node.write(decide, command_id=self.command_id(request))
+        return web.json_response(self.render(request, self.object_of(request, kind)))
+
+    async def delete_object(self, request: web.Request) -> web.Response:
+        kind = self.kind_of(request)
+        uuid = request.match_info["uuid"]
+
+        def decide(view: Any) -> Any:
+            obj = view.get(uuid)
+            if obj is None or obj.kind != kind:
+                raise CommandError(404, f"{kind} {uuid} does not exist")
+            return decide_delete(view, obj)
+
+        await self.node.write(decide, command_id=self.command_id(request))
+        return web.Response(status=204)
+
+    # -- cluster, events, watch ----------------------------------------------------------------
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        nodes = [self.node.status()]
+        http = await self.node.http()
+
+        async def peer_status(peer: Any) -> dict[str, Any]:
+            try:
+                async with http.get(
+                    f"{peer.api_url}/internal/status",
+                    headers={"Authorization": f"Bearer {self.auth.internal_token}"},
+                    timeout=_timeout(1.0),
+                ) as resp:
+                    if resp.status == 200:
+                        return await resp.json()
+            except (OSError, asyncio.TimeoutError, ValueError, Exception):  # noqa: BLE001 - a down peer is a status
+                pass
+            return {"id": peer.node_id, "api": peer.api_url, "raft": peer.raft_addr, "role": "unreachable"}
+
+        nodes += await asyncio.gather(*(peer_status(p) for p in self.node.config.peers))
+        leaders = [n for n in nodes if n.get("role") == "leader"]
+        leader = max(leaders, key=lambda n: n.get("term", 0))["id"] if leaders else None
+        up = sum(1 for n in nodes if n.get("role") not in ("unreachable",))
+        if leader is None:
+            state = "CLUSTER_DOWN"
+        elif up == len(nodes):
+            state = "CLUSTER_UP_HA_ACTIVE" if len(nodes) > 1 else "CLUSTER_UP_NO_HA"
+        else:
+            state = "CLUSTER_UP_HA_COMPROMISED"
+        return web.json_response({"leader": leader, "state": state, "nodes": nodes})
+
+    async def internal_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.node.status())
+
+    async def internal_records(self, request: web.Request) -> web.Response:
+        after = _int_param(request.query, "after_raft_index", 0, 0, 2**62)
+        limit = _int_param(request.query, "limit", 1000, 1, 10_000)
+        records = self.node.store.read_after_raft_index(after, limit)
+        body = msgpack.packb([[r.raft_index, r.first_revision, r.count, r.payload] for r in records], use_bin_type=True)
+        return web.Response(body=body, content_type="application/msgpack")
+
+    def _events_since(self, since: int, limit: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for record in self.node.store.read_from_revision(since, limit=limit):
+            command = codec.decode(record.payload)
+            for i, event in enumerate(command.events):
+                revision = record.first_revision + i
+                if revision < since:
+                    continue
+                tag, _version, data = codec.encode_value(event)
+                out.append({"revision": revision, "type": tag, "time": command.time, "command_id": command.command_id, "data": data})
+                if len(out) >= limit:
+                    return out
+        return out
+
+    async def events(self, request: web.Request) -> web.Response:
+        since = _int_param(request.query, "since", 1, 0, 2**62)
+        limit = _int_param(request.query, "limit", 100, 1, 10_000)
+        if since and since < self.node.store.first_revision:
+            raise CommandError(410, f"revision {since} was compacted; the log starts at {self.node.store.first_revision}", "since")
+        await self.consistent(request)
+        events = self._events_since(max(since, 1), limit)
+        return web.json_response({"count": len(events), "results": events, "revision": self.node.view.revision})
+
+    async def watch(self, request: web.Request) -> web.StreamResponse:
+        since = _int_param(request.query, "since", self.node.view.revision + 1, 0, 2**62)
+        if since and since < self.node.store.first_revision:
+            raise CommandError(410, f"revision {since} was compacted; the log starts at {self.node.store.first_revision}", "since")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        next_revision = max(since, 1)
+        while True:
+            events = self._events_since(next_revision, 1000)
+            for event in events:
+                await response.write(json.dumps(event).encode() + b"\n")
+                next_revision = event["revision"] + 1
+            if not events:
+                reached = await self.node.wait_for_revision(next_revision, timeout=15.0)
+                if not reached:
+                    await response.write(b"{\"heartbeat\": true}\n")
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(build_openapi(request.app.router, API_VERSION))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "node": self.node.node_id})
+
+
+def _timeout(seconds: float) -> Any:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=seconds)
+
+
+def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise CommandError(400, f"{name} must be an integer", name) from None
+    if not low <= value <= high:
+        raise CommandError(400, f"{name} must be between {low} and {high}", name)
+    return value
+
+
+def _revision_of(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    try:
+        return int(str(value))
+    except ValueError:
+        raise CommandError(422, "_last_modified must be the revision string this API returned", "_last_modified") from None
+
+
+def make_app(node: Controller) -> web.Application:
+    api = Api(node)
+    app = web.Application(middlewares=[api.middleware], client_max_size=MAX_BODY_BYTES)
+    app["api"] = api
+    r = app.router
+    r.add_post("/login", api.login)
+    r.add_post("/logout", api.logout)
+    r.add_get("/healthz", api.healthz)
+    r.add_get("/metrics", api.metrics)
+    r.add_get("/api/openapi.json", api.openapi)
+    r.add_get("/api/cluster", api.cluster)
+    r.add_get("/api/events", api.events)
+    r.add_get("/api/watch", api.watch)
+    r.add_get("/internal/status", api.internal_status)
+    r.add_get("/internal/records", api.internal_records)
+    r.add_get("/api/{kind}", api.list_objects)
+    r.add_post("/api/{kind}", api.create_object)
+    r.add_get("/api/{kind}/{uuid}", api.get_object)
+    r.add_put("/api/{kind}/{uuid}", api.update_object)
+    r.add_patch("/api/{kind}/{uuid}", api.patch_object)
+    r.add_delete("/api/{kind}/{uuid}", api.delete_object)
+    return app

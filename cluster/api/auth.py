@@ -1,0 +1,70 @@
+"""Authentication: bearer tokens, and session cookies with CSRF as the real product issues them.
+
+Sessions are stateless: the cookie carries user and expiry signed with a key derived from the
+cluster secret, so a session obtained from one node is accepted by every node.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from typing import Optional
+
+from cluster.config import NodeConfig, verify_password, verify_token
+
+__all__ = ["Authenticator", "SESSION_SECONDS"]
+
+SESSION_SECONDS = 8 * 3600
+
+
+class Authenticator:
+    def __init__(self, config: NodeConfig) -> None:
+        self._config = config
+        self._key = hashlib.sha256(b"avictl-session\0" + config.cluster_secret.encode()).digest()
+        self.internal_token = hashlib.sha256(b"avictl-internal\0" + config.cluster_secret.encode()).hexdigest()
+
+    def check_credentials(self, username: str, password: Optional[str], token: Optional[str]) -> bool:
+        if not hmac.compare_digest(username.encode(), self._config.admin_user.encode()):
+            return False
+        if password is not None:
+            return verify_password(password, self._config.admin_password_hash)
+        if token is not None:
+            return verify_token(token, self._config.admin_token_hash)
+        return False
+
+    def check_bearer(self, token: str) -> Optional[str]:
+        if verify_token(token, self._config.admin_token_hash):
+            return self._config.admin_user
+        return None
+
+    def is_internal(self, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self.internal_token.encode())
+
+    def issue_session(self, username: str, now: Optional[float] = None) -> tuple[str, str]:
+        expiry = int((now or time.time()) + SESSION_SECONDS)
+        payload = f"{username}:{expiry}".encode()
+        sig = hmac.new(self._key, payload, hashlib.sha256).hexdigest()
+        session = base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + sig
+        return session, self.csrf_for(session)
+
+    def csrf_for(self, session: str) -> str:
+        return hmac.new(self._key, b"csrf\0" + session.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def check_session(self, session: str, now: Optional[float] = None) -> Optional[str]:
+        try:
+            encoded, sig = session.rsplit(".", 1)
+            payload = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        except ValueError:
+            return None
+        expected = hmac.new(self._key, payload, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, sig):
+            return None
+        try:
+            username, expiry = payload.decode().rsplit(":", 1)
+            if int(expiry) < (now or time.time()):
+                return None
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return username

@@ -1,0 +1,86 @@
+"""``/api/openapi.json``: every route of the app, with the object schemas from ``cluster.schema``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from cluster import schema
+
+__all__ = ["build_openapi"]
+
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": ["string", "null"]}},
+            "required": ["code", "message"],
+        }
+    },
+}
+
+_DESCRIPTIONS = {
+    "/login": "Log in (form or JSON: username with password or token); sets sessionid and csrftoken cookies.",
+    "/logout": "Clear the session cookies.",
+    "/healthz": "Liveness of this node.",
+    "/metrics": "Prometheus metrics of this node.",
+    "/api/openapi.json": "This document.",
+    "/api/cluster": "The controller nodes with role, term, commit index and applied revision, and the leader.",
+    "/api/events": "Committed events from ?since=REV (at most ?limit=N).",
+    "/api/watch": "Committed events from ?since=REV as newline-delimited JSON, then every new one as it commits.",
+    "/internal/status": "This node's status (cluster-internal token).",
+    "/internal/records": "Raw event-store records after ?after_raft_index (cluster-internal token).",
+}
+
+
+def build_openapi(router: web.UrlDispatcher, version: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter")
+        if not path or route.method == "HEAD":
+            continue
+        op: dict[str, Any] = {
+            "summary": _DESCRIPTIONS.get(path, _object_summary(route.method, path)),
+            "responses": {
+                "default": {"description": "error", "content": {"application/json": {"schema": _ERROR}}},
+                "200": {"description": "success"},
+            },
+        }
+        params = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in ("kind", "uuid")
+            if "{" + name + "}" in path
+        ]
+        if params:
+            op["parameters"] = params
+        if "{kind}" in path:
+            op["description"] = "kind is one of: " + ", ".join(sorted(schema.KINDS))
+        paths.setdefault(path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "avictl controller API", "version": version},
+        "components": {
+            "schemas": schema.openapi_schemas(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
+            },
+        },
+        "security": [{"bearer": []}, {"session": []}],
+        "paths": paths,
+    }
+
+
+def _object_summary(method: str, path: str) -> str:
+    one = "{uuid}" in path
+    return {
+        ("GET", False): "List objects of a kind: {count, results, next}; name, page, page_size, fields, sort, stale.",
+        ("POST", False): "Create an object (201 with the stored object).",
+        ("GET", True): "Read one object.",
+        ("PUT", True): "Replace an object; send _last_modified back to update safely (412 when stale).",
+        ("PATCH", True): "Change an object with {add, replace, delete}.",
+        ("DELETE", True): "Delete an object (409 while it is referenced).",
+    }.get((method, one), f"{method} {path}")

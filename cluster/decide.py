@@ -1,0 +1,233 @@
+"""Decide: turn one API request into the events and preconditions of one proposal.
+
+Pure: takes the view (as this node sees it), the request and ``now``-free inputs (the caller
+supplies new uuids), and returns data or raises :class:`CommandError`. The view may be behind the
+leader: whatever the decision read is pinned by preconditions, and apply re-checks every
+invariant, so a decision taken on stale data is refused at apply time, never applied.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import attrs
+
+from cluster import schema
+from cluster.views import ConfigView, StoredObject, ref_uuid
+from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Precondition
+
+__all__ = [
+    "BUILTIN_NAMESPACE",
+    "CommandError",
+    "Decision",
+    "builtin_events",
+    "decide_create",
+    "decide_delete",
+    "decide_patch",
+    "decide_update",
+    "new_uuid",
+    "resolve_ref",
+]
+
+BUILTIN_NAMESPACE = uuidlib.UUID("5b1c0e0e-7a1c-4f7e-9d1e-a71c7a11c0de")
+SERVER_FIELDS = ("uuid", "url", "_last_modified", "tenant_ref")
+_PATH_REF = re.compile(r"^/api/(?P<kind>[a-z]+)/(?P<uuid>[a-z]+-[0-9a-fA-F-]{36})$")
+
+
+class CommandError(Exception):
+    """A request this cluster refuses; ``code`` is the HTTP status."""
+
+    def __init__(self, code: int, message: str, field: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+@attrs.frozen
+class Decision:
+    events: tuple[Any, ...]
+    preconditions: tuple[Precondition, ...]
+    uuid: str
+
+
+def new_uuid(kind: str) -> str:
+    return f"{kind}-{uuidlib.uuid4()}"
+
+
+def builtin_uuid(kind: str, name: str) -> str:
+    return f"{kind}-{uuidlib.uuid5(BUILTIN_NAMESPACE, f'{kind}/{name}')}"
+
+
+def resolve_ref(view: ConfigView, target: str, value: Any, tenant: str, field: str) -> str:
+    """A ref as a client may send it (URL, ``/api/kind/uuid``, ``/api/kind?name=x``, bare uuid) -> ``/api/kind/uuid``."""
+    if not isinstance(value, str) or not value:
+        raise CommandError(422, f"a reference to a {target} must be a non-empty string", field)
+    parts = urlsplit(value.split("#", 1)[0])
+    path = unquote(parts.path)
+    if path.startswith(f"/api/{target}") and path.rstrip("/") == f"/api/{target}":
+        names = parse_qs(parts.query).get("name")
+        if not names:
+            raise CommandError(422, f"reference {value!r} names no object (expected ?name=...)", field)
+        obj = view.by_name(target, names[0], tenant) or view.by_name(target, names[0], "admin")
+        if obj is None:
+            raise CommandError(422, f"{target} named {names[0]!r} does not exist", field)
+        return f"/api/{target}/{obj.uuid}"
+    match = _PATH_REF.match(path) if path.startswith("/api/") else None
+    uuid = match.group("uuid") if match else (path if path.startswith(f"{target}-") else None)
+    if match and match.group("kind") != target:
+        raise CommandError(422, f"{field} must refer to a {target}, not a {match.group('kind')}", field)
+    if uuid is None:
+        raise CommandError(422, f"cannot read {value!r} as a reference to a {target}", field)
+    obj = view.get(uuid)
+    if obj is None or obj.kind != target:
+        raise CommandError(422, f"{target} {uuid} does not exist", field)
+    return f"/api/{target}/{uuid}"
+
+
+def _client_body(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise CommandError(400, "the request body must be a JSON object", None)
+    return {k: v for k, v in body.items() if k not in SERVER_FIELDS}
+
+
+def _normalize(
+    view: ConfigView, kind: str, body: dict[str, Any], tenant: str, existing: Optional[dict[str, Any]]
+) -> dict[str, Any]:
+    try:
+        stored = schema.normalize(kind, body, existing=existing)
+    except schema.ValidationError as exc:
+        raise CommandError(422, exc.message, exc.field) from None
+
+    def canonical(target: str, value: Any, field: str = "") -> Any:
+        return resolve_ref(view, target, value, tenant, field or target) if value else value
+
+    stored = _map_refs_with_fields(kind, stored, canonical)
+    if kind == "vsvip":
+        cloud = _cloud_of(view, stored)
+        if cloud is None or cloud.body.get("vtype", "CLOUD_NONE") == "CLOUD_NONE":
+            for i, vip in enumerate(stored.get("vip") or []):
+                addr = ((vip or {}).get("ip_address") or {}).get("addr")
+                if addr is not None:
+                    try:
+                        schema.check_local_vip(addr)
+                    except schema.ValidationError as exc:
+                        raise CommandError(422, exc.message, f"vip[{i}].ip_address.addr") from None
+    return stored
+
+
+def _map_refs_with_fields(kind: str, body: dict[str, Any], fn: Callable[..., Any]) -> dict[str, Any]:
+    fields = {value: field for field, _target, value in schema.ref_fields(kind, body)}
+    return schema.map_refs(kind, body, lambda target, value: fn(target, value, fields.get(value, target)))
+
+
+def _cloud_of(view: ConfigView, body: dict[str, Any]) -> Optional[StoredObject]:
+    ref = body.get("cloud_ref")
+    if ref:
+        return view.get(ref_uuid(ref))
+    return view.by_name("cloud", "Default-Cloud")
+
+
+def _name_of(body: dict[str, Any]) -> str:
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise CommandError(422, "name is required: a non-empty string", "name")
+    if len(name) > 256:
+        raise CommandError(422, "name must be at most 256 characters", "name")
+    return name
+
+
+def _check_kind(kind: str) -> None:
+    spec = schema.KINDS.get(kind)
+    if spec is None:
+        raise CommandError(404, f"unknown object kind {kind!r}", None)
+    if spec.read_only or not spec.creatable:
+        raise CommandError(405, f"{kind} objects are managed by the cluster and cannot be written here", None)
+
+
+def decide_create(view: ConfigView, kind: str, body: Any, *, tenant: str, uuid: str) -> Decision:
+    _check_kind(kind)
+    client = _client_body(body)
+    name = _name_of(client)
+    if view.by_name(kind, name, tenant) is not None:
+        raise CommandError(409, f"{kind} named {name!r} already exists", "name")
+    stored = _normalize(view, kind, client, tenant, None)
+    event = ObjectCreated(kind=kind, uuid=uuid, name=name, tenant=tenant, body=stored)
+    return Decision((event,), _ref_preconditions(view, kind, stored), uuid)
+
+
+def decide_update(view: ConfigView, obj: StoredObject, body: Any, *, if_revision: Optional[int]) -> Decision:
+    """PUT: ``body`` replaces the object. ``if_revision`` (from ``_last_modified``) must match, else 412."""
+    _check_kind(obj.kind)
+    if if_revision is not None and if_revision != obj.modified:
+        raise CommandError(412, f"{obj.kind} {obj.name!r} was modified at revision {obj.modified}, not {if_revision}", "_last_modified")
+    client = _client_body(body)
+    if "name" not in client or client["name"] is None:
+        client["name"] = obj.name
+    name = _name_of(client)
+    other = view.by_name(obj.kind, name, obj.tenant)
+    if other is not None and other.uuid != obj.uuid:
+        raise CommandError(409, f"{obj.kind} named {name!r} already exists", "name")
+    stored = _normalize(view, obj.kind, client, obj.tenant, obj.body)
+    if stored == obj.body and name == obj.name:
+        return Decision((), (), obj.uuid)
+    event = ObjectUpdated(kind=obj.kind, uuid=obj.uuid, name=name, tenant=obj.tenant, body=stored)
+    pre = (Precondition(obj.uuid, obj.modified),) + _ref_preconditions(view, obj.kind, stored)
+    return Decision((event,), pre, obj.uuid)
+
+
+def decide_patch(view: ConfigView, obj: StoredObject, patch: Any) -> Decision:
+    if not isinstance(patch, dict) or not patch or set(patch) - {"add", "replace", "delete", "json_patch"}:
+        raise CommandError(422, "a PATCH body is an object with add, replace, delete and/or json_patch", None)
+
+    def resolve(target: str, value: Any) -> Any:
+        try:
+            return resolve_ref(view, target, value, obj.tenant, target)
+        except CommandError:
+            return value
+
+    try:
+        body = schema.apply_patch(obj.kind, obj.body, patch, resolve=resolve)
+    except schema.ValidationError as exc:
+        raise CommandError(422, exc.message, exc.field) from None
+    return decide_update(view, obj, body, if_revision=None)
+
+
+def decide_delete(view: ConfigView, obj: StoredObject) -> Decision:
+    _check_kind(obj.kind)
+    if obj.created == 0:
+        raise CommandError(409, f"{obj.kind} {obj.name!r} is built in and cannot be deleted", None)
+    users = view.referrers(obj.uuid)
+    if users:
+        names = sorted(f"{u.kind} {u.name!r}" for u in (view.get(x) for x in users) if u is not None)
+        raise CommandError(409, f"{obj.kind} {obj.name!r} is in use by {', '.join(names)}", None)
+    event = ObjectDeleted(kind=obj.kind, uuid=obj.uuid, name=obj.name, tenant=obj.tenant)
+    return Decision((event,), (Precondition(obj.uuid, obj.modified),), obj.uuid)
+
+
+def _ref_preconditions(view: ConfigView, kind: str, body: dict[str, Any]) -> tuple[Precondition, ...]:
+    # A referenced object must not have been deleted between this decision and apply; apply's
+    # invariant check catches deletion, so no precondition on the referenced revision is needed.
+    return ()
+
+
+def builtin_events() -> list[Any]:
+    """The built-in objects as creation events, in an order where every ref resolves."""
+    view = ConfigView()
+    events: list[Any] = []
+    for kind, name, body in schema.BUILTINS:
+        uuid = builtin_uuid(kind, name)
+        stored = dict(body)
+        stored["name"] = name
+
+        def canonical(target: str, value: Any, field: str = "", _view: ConfigView = view) -> Any:
+            return resolve_ref(_view, target, value, "admin", field) if value else value
+
+        stored = _map_refs_with_fields(kind, stored, canonical)
+        event = ObjectCreated(kind=kind, uuid=uuid, name=name, tenant="admin", body=stored)
+        view.seed(event)
+        events.append(event)
+    return events

@@ -1,0 +1,67 @@
+"""``avictl controller run``: one controller node in the foreground until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Optional
+
+import structlog
+from aiohttp import web
+
+from cluster.api.app import make_app
+from cluster.config import NodeConfig
+from cluster.node import Controller
+from cluster.raft import RaftTuning
+
+__all__ = ["run_controller", "serve"]
+
+log = structlog.get_logger(__name__)
+
+
+async def serve(config: NodeConfig, stop: asyncio.Event, tuning: Optional[RaftTuning] = None) -> None:
+    node = Controller(config, tuning=tuning)
+    await node.start()
+    app = make_app(node)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.api_host, config.api_port, reuse_address=True)
+    await site.start()
+    log.info("controller_serving", node_id=config.node_id, api=config.api_url, raft=config.raft_addr)
+    try:
+        await stop.wait()
+    finally:
+        log.info("controller_stopping", node_id=config.node_id)
+        await runner.cleanup()
+        await node.stop()
+
+
+def run_controller(config: NodeConfig) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    from cluster.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="python -m cluster.main", description="Run one avictl controller node.")
+    parser.add_argument("--config", required=True, help="the node's JSON configuration file")
+    args = parser.parse_args()
+    try:
+        node_config = NodeConfig.load(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    from cluster.logsetup import configure_logging
+
+    configure_logging(node_config.node_id)
+    run_controller(node_config)

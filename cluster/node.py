@@ -1,0 +1,379 @@
+"""One controller node: the event store, the config view and the Raft shell, wired on one loop.
+
+Ordering duties, in the order they happen for every committed entry:
+1. pysyncobj's tick thread hands ``(raft_index, payload)`` to this loop (``_on_committed``).
+2. The entry is checked against the view and, if accepted, appended to the event store and
+   folded into the view; outcomes wait in ``_unsynced``.
+3. At the end of the burst ``_flush`` fsyncs the store, and only then resolves the waiting API
+   requests (ack after fsync), wakes watchers, and tells pysyncobj it may compact up to here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import aiohttp
+import attrs
+import structlog
+
+from cluster.config import NodeConfig
+from cluster.decide import CommandError, Decision, builtin_events
+from cluster.raft import RaftError, RaftLog, RaftTuning
+from cluster.views import Accepted, ConfigView, Duplicate, Outcome, Rejected
+from storage import codec
+from storage.events import Barrier, CommittedCommand, Proposal
+from storage.file import FileLog
+from storage.log import Record
+from storage.snapshots import SnapshotStore
+
+__all__ = ["Controller", "NoQuorum", "OutcomeUnknown"]
+
+log = structlog.get_logger(__name__)
+
+# Retriable pysyncobj failures: the proposal did not commit through this attempt, and a retry
+# with the same command id is safe (duplicates are dropped at apply).
+_RETRY_REASONS = {"missing_leader", "not_leader", "leader_changed", "discarded", "unknown_outcome", "queue_full", "apply_failed"}
+VIEW_SNAPSHOT_EVERY = 10_000
+
+
+class NoQuorum(Exception):
+    """No leader could be reached before the deadline and nothing was handed to one."""
+
+
+class OutcomeUnknown(Exception):
+    """The proposal may or may not have committed (the leader was lost mid-commit)."""
+
+    def __init__(self, command_id: str) -> None:
+        super().__init__(command_id)
+        self.command_id = command_id
+
+
+@attrs.define
+class _Catchup:
+    """A snapshot install left a gap between our store and the raft log: fill it from peers first."""
+
+    until_raft_index: int
+    buffered: list[tuple[int, bytes]] = attrs.Factory(list)
+
+
+class Controller:
+    def __init__(self, config: NodeConfig, *, tuning: Optional[RaftTuning] = None) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.tuning = tuning or RaftTuning(durable_journal=config.durable_journal)
+        self.data_dir = Path(config.data_dir)
+        self.log = log.bind(node_id=config.node_id)
+        self.store: FileLog
+        self.snapshots: SnapshotStore
+        self.view: ConfigView
+        self.raft: RaftLog
+        self.started_at = time.time()
+        self._loop: asyncio.AbstractEventLoop
+        self._pending: dict[str, list[asyncio.Future[Any]]] = {}
+        self._unsynced: list[tuple[str, Any]] = []
+        self._flush_scheduled = False
+        self._applied_raft_index = 0  # processed and synced; read by the tick thread
+        self._changed = asyncio.Condition()
+        self._catchup: Optional[_Catchup] = None
+        self._barrier_lock = asyncio.Lock()
+        self._last_view_snapshot = 0
+        self._http: Optional[aiohttp.ClientSession] = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = FileLog(self.data_dir / "events")
+        self.snapshots = SnapshotStore(self.data_dir / "snapshots")
+        self.view = self._load_view()
+        self._applied_raft_index = self.store.last_raft_index
+        self._last_view_snapshot = self.view.revision
+        self.log = self.log.bind(revision=self.view.revision)
+        self.log.info("view_loaded", revision=self.view.revision, raft_index=self.view.raft_index, objects=len(self.view))
+        self.raft = await self._loop.run_in_executor(None, self._make_raft)
+
+    def _make_raft(self) -> RaftLog:
+        return RaftLog(
+            self_addr=self.config.raft_addr,
+            peers=[p.raft_addr for p in self.config.peers],
+            data_dir=str(self.data_dir / "raft"),
+            cluster_secret=self.config.cluster_secret,
+            loop=self._loop,
+            on_committed=self._on_committed,
+            on_snapshot_installed=self._on_snapshot_installed,
+            applied_index=lambda: self._applied_raft_index,
+            store_position=lambda: self.store.last_raft_index,
+            tuning=self.tuning,
+        )
+
+    def _load_view(self) -> ConfigView:
+        snap = self.snapshots.latest()
+        if snap is not None and snap.revision <= self.store.last_revision:
+            view = ConfigView.from_snapshot(snap.payload)
+        else:
+            view = ConfigView.with_builtins(builtin_events())
+        for record in self.store.read_from_revision(view.revision + 1):
+            if record.first_revision != view.revision + 1:
+                raise RuntimeError(f"event store record at revision {record.first_revision} does not follow {view.revision}")
+            command = codec.decode(record.payload)
+            view.evolve(record.raft_index, command.command_id, command.events)
+        return view
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        raft = getattr(self, "raft", None)
+        if raft is not None:
+            await self._loop.run_in_executor(None, raft.close)
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.sync()
+            store.close()
+
+    # -- the committed pipeline (loop thread) --------------------------------------------------
+
+    def _on_committed(self, raft_index: int, payload: bytes) -> None:
+        if self._catchup is not None:
+            self._catchup.buffered.append((raft_index, payload))
+            return
+        self._apply_entry(raft_index, payload)
+
+    def _apply_entry(self, raft_index: int, payload: bytes) -> None:
+        if raft_index <= self.view.raft_index:
+            # Already in the store (replayed journal after a restart): the view holds it.
+            self._schedule_flush(raft_index)
+            return
+        try:
+            entry = codec.decode(payload)
+        except codec.DecodeError as exc:
+            # Deterministic on every node: a payload we cannot read is skipped everywhere.
+            self.log.error("entry_undecodable", raft_index=raft_index, error=str(exc))
+            self.view.note_raft_index(raft_index)
+            self._schedule_flush(raft_index)
+            return
+        if isinstance(entry, Barrier):
+            self.view.note_raft_index(raft_index)
+            self._unsynced.append((entry.nonce, Accepted(self.view.revision, self.view.revision)))
+        elif isinstance(entry, Proposal):
+            outcome: Outcome | None = self.view.check(entry)
+            if outcome is None:
+                command = CommittedCommand(command_id=entry.command_id, time=entry.time, events=entry.events)
+                record = Record(raft_index, self.view.revision + 1, len(entry.events), codec.encode(command))
+                self.store.append([record])
+                outcome = self.view.evolve(raft_index, entry.command_id, entry.events)
+            else:
+                self.view.note_raft_index(raft_index)
+            self._unsynced.append((entry.command_id, outcome))
+        else:
+            self.log.error("entry_unexpected", raft_index=raft_index, type=type(entry).__name__)
+            self.view.note_raft_index(raft_index)
+        self._schedule_flush(raft_index)
+
+    def _schedule_flush(self, raft_index: int) -> None:
+        self._pending_raft_index = raft_index
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self.store.sync()
+        self._applied_raft_index = self._pending_raft_index
+        outcomes, self._unsynced = self._unsynced, []
+        for key, outcome in outcomes:
+            for future in self._pending.pop(key, ()):
+                if not future.done():
+                    future.set_result(outcome)
+        self.raft.notify_applied()
+        self.raft.maybe_compact(self._applied_raft_index)
+        if self.view.revision - self._last_view_snapshot >= VIEW_SNAPSHOT_EVERY:
+            self._last_view_snapshot = self.view.revision
+            self.snapshots.save(self.view.revision, self.view.raft_index, self.view.to_snapshot())
+        self._loop.create_task(self._wake_watchers())
+
+    async def _wake_watchers(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for_revision(self, revision: int, timeout: float) -> bool:
+        """Wait until the view reaches ``revision`` (or ``timeout`` passes); True when reached."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.view.revision >= revision), timeout)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    # -- catch-up after a snapshot install -----------------------------------------------------
+
+    def _on_snapshot_installed(self, store_raft_index: int) -> None:
+        if store_raft_index <= self.store.last_raft_index or self._catchup is not None:
+            return
+        self.log.warning("catchup_needed", have=self.store.last_raft_index, need=store_raft_index)
+        self._catchup = _Catchup(store_raft_index)
+        self._loop.create_task(self._fill_gap())
+
+    async def _fill_gap(self) -> None:
+        assert self._catchup is not None
+        while self.store.last_raft_index < self._catchup.until_raft_index:
+            for peer in self.config.peers:
+                try:
+                    records = await self._fetch_records(peer.api_url, self.store.last_raft_index)
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                    self.log.warning("catchup_peer_failed", peer=peer.node_id, error=str(exc))
+                    continue
+                for record in records:
+                    if record.raft_index > self._catchup.until_raft_index:
+                        break
+                    command = codec.decode(record.payload)
+                    self.store.append([record])
+                    self.view.evolve(record.raft_index, command.command_id, command.events)
+                self.store.sync()
+                if records:
+                    break
+            else:
+                await asyncio.sleep(0.2)
+        buffered, self._catchup = self._catchup.buffered, None
+        self.log.info("catchup_done", raft_index=self.store.last_raft_index, revision=self.view.revision)
+        for raft_index, payload in buffered:
+            self._apply_entry(raft_index, payload)
+
+    async def _fetch_records(self, api_url: str, after_raft_index: int) -> list[Record]:
+        import msgpack
+
+        http = await self.http()
+        async with http.get(
+            f"{api_url}/internal/records",
+            params={"after_raft_index": str(after_raft_index), "limit": "5000"},
+            headers={"Authorization": f"Bearer {self.internal_token}"},
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as resp:
+            if resp.status != 200:
+                raise ValueError(f"peer answered {resp.status}")
+            body = await resp.read()
+        return [Record(*item) for item in msgpack.unpackb(body, raw=False)]
+
+    @property
+    def internal_token(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(b"avictl-internal\0" + self.config.cluster_secret.encode()).hexdigest()
+
+    async def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    # -- writes and reads ----------------------------------------------------------------------
+
+    async def write(
+        self,
+        decide: Callable[[ConfigView], Decision],
+        *,
+        command_id: Optional[str] = None,
+        timeout: float = 10.0,
+    ) -> tuple[Decision, Accepted]:
+        """Decide against the view and commit; re-decide when a concurrent write made it stale.
+
+        Raises CommandError for refusals, NoQuorum or OutcomeUnknown when it could not finish.
+        """
+        command_id = command_id or uuidlib.uuid4().hex
+        deadline = self._loop.time() + timeout
+        for _attempt in range(5):
+            decision = decide(self.view)
+            if not decision.events:
+                return decision, Accepted(self.view.revision, self.view.revision)
+            proposal = Proposal(
+                command_id=command_id,
+                based_on=self.view.revision,
+                time=time.time(),
+                preconditions=decision.preconditions,
+                events=decision.events,
+            )
+            outcome = await self._commit(command_id, codec.encode(proposal), deadline)
+            if isinstance(outcome, Accepted):
+                return decision, outcome
+            if isinstance(outcome, Duplicate):
+                return decision, outcome.original
+            assert isinstance(outcome, Rejected)
+            if outcome.code == 412:
+                # A concurrent write changed what this decision read: catch up and decide again.
+                await self.barrier(max(0.1, deadline - self._loop.time()))
+                continue
+            raise CommandError(outcome.code, outcome.message, outcome.field)
+        raise CommandError(409, "the object kept changing under concurrent writes; try again", None)
+
+    async def _commit(self, key: str, payload: bytes, deadline: float) -> Outcome:
+        waiter: asyncio.Future[Any] = self._loop.create_future()
+        self._pending.setdefault(key, []).append(waiter)
+        maybe_sent = False
+        backoff = 0.01
+        try:
+            while True:
+                remaining = deadline - self._loop.time()
+                if remaining <= 0:
+                    if maybe_sent:
+                        raise OutcomeUnknown(key)
+                    raise NoQuorum()
+                proposal = self.raft.propose(payload)
+                done, _ = await asyncio.wait({waiter, proposal}, timeout=min(remaining, 2.0), return_when=asyncio.FIRST_COMPLETED)
+                if waiter.done():
+                    proposal.cancel()
+                    return waiter.result()
+                if proposal.done() and not proposal.cancelled():
+                    exc = proposal.exception()
+                    if exc is None:
+                        # Committed: the loop applies it right after this callback; wait for that.
+                        maybe_sent = True
+                        await asyncio.wait({waiter}, timeout=max(0.0, deadline - self._loop.time()))
+                        if waiter.done():
+                            return waiter.result()
+                        continue
+                    if isinstance(exc, RaftError) and exc.reason in _RETRY_REASONS:
+                        if exc.reason != "missing_leader":
+                            maybe_sent = True
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 0.1)
+                        continue
+                    raise exc
+                # Attempt timed out with no answer: pysyncobj may have handed it to a leader.
+                proposal.cancel()
+                maybe_sent = True
+        finally:
+            waiters = self._pending.get(key)
+            if waiters is not None:
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._pending.pop(key, None)
+
+    async def barrier(self, timeout: float = 5.0) -> int:
+        """Linearizable read point: after this returns, the view holds every write acknowledged before the call."""
+        nonce = "barrier-" + secrets.token_hex(8)
+        deadline = self._loop.time() + timeout
+        outcome = await self._commit(nonce, codec.encode(Barrier(nonce)), deadline)
+        assert isinstance(outcome, Accepted)
+        return outcome.last_revision
+
+    # -- status --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        raft = self.raft.status()
+        return {
+            "id": self.node_id,
+            "api": self.config.api_url,
+            "raft": self.config.raft_addr,
+            "role": raft["role"],
+            "term": raft["term"],
+            "commit_index": raft["commit_index"],
+            "applied_index": self._applied_raft_index,
+            "applied_revision": self.view.revision,
+            "leader": raft["leader"],
+            "has_quorum": raft["has_quorum"],
+        }

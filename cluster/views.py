@@ -1,0 +1,285 @@
+"""The config view: every object by kind, uuid and name, built only by folding committed events.
+
+Pure: no I/O, no clock. ``check`` decides whether a committed proposal may apply to the view as
+it stands at that point of the log; ``evolve`` folds the accepted events in. Both are
+deterministic, so every node that replays the same log reaches the same view and the same
+accept/reject decisions.
+
+For speed the view is mutated in place (a 1 000 000-event replay must stay cheap); callers that
+need an older state use a snapshot (``to_snapshot`` / ``from_snapshot``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Iterable, Iterator, Optional
+
+import attrs
+import msgpack
+
+from cluster import schema
+from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Proposal
+
+__all__ = [
+    "Accepted",
+    "ConfigView",
+    "Duplicate",
+    "Outcome",
+    "Rejected",
+    "StoredObject",
+    "ref_uuid",
+]
+
+# How many accepted command ids a view remembers for duplicate detection (evicted oldest first,
+# the same way on every node). Retries of one command happen within seconds, far inside this.
+COMMAND_MEMORY = 100_000
+
+
+@attrs.define
+class StoredObject:
+    kind: str
+    uuid: str
+    name: str
+    tenant: str
+    body: dict[str, Any]
+    created: int
+    modified: int
+
+
+@attrs.frozen
+class Accepted:
+    first_revision: int
+    last_revision: int
+
+
+@attrs.frozen
+class Duplicate:
+    """The command id was already applied; ``original`` is what it did then."""
+
+    original: Accepted
+
+
+@attrs.frozen
+class Rejected:
+    """``code`` is an HTTP-like class: 409 conflict (refs, names), 412 stale precondition, 404 gone."""
+
+    code: int
+    message: str
+    field: Optional[str] = None
+
+
+Outcome = Accepted | Duplicate | Rejected
+
+
+def ref_uuid(ref: str) -> str:
+    """The uuid in a stored ref (``/api/<kind>/<uuid>``)."""
+    return ref.rsplit("/", 1)[-1]
+
+
+def _refs(kind: str, body: dict[str, Any]) -> set[str]:
+    return {ref_uuid(value) for _field, _target, value in schema.ref_fields(kind, body) if value}
+
+
+class ConfigView:
+    def __init__(self) -> None:
+        self.revision = 0
+        self.raft_index = 0
+        self._objects: dict[str, dict[str, StoredObject]] = {}
+        self._by_uuid: dict[str, StoredObject] = {}
+        self._by_name: dict[tuple[str, str, str], str] = {}
+        self._referrers: dict[str, set[str]] = {}
+        self._commands: OrderedDict[str, tuple[int, int]] = OrderedDict()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, uuid: str) -> Optional[StoredObject]:
+        return self._by_uuid.get(uuid)
+
+    def by_name(self, kind: str, name: str, tenant: str = "admin") -> Optional[StoredObject]:
+        uuid = self._by_name.get((kind, tenant, name))
+        return None if uuid is None else self._by_uuid[uuid]
+
+    def list(self, kind: str) -> list[StoredObject]:
+        return list(self._objects.get(kind, {}).values())
+
+    def kinds(self) -> Iterator[str]:
+        return iter(self._objects)
+
+    def referrers(self, uuid: str) -> set[str]:
+        return set(self._referrers.get(uuid, ()))
+
+    def revision_of(self, uuid: str) -> int:
+        """The revision that last changed ``uuid``; 0 when absent (never existed or deleted)."""
+        obj = self._by_uuid.get(uuid)
+        return 0 if obj is None else obj.modified
+
+    def accepted_command(self, command_id: str) -> Optional[Accepted]:
+        seen = self._commands.get(command_id)
+        return None if seen is None else Accepted(*seen)
+
+    def __len__(self) -> int:
+        return len(self._by_uuid)
+
+    # -- apply ---------------------------------------------------------------------------------
+
+    def check(self, proposal: Proposal) -> Outcome | None:
+        """None when ``proposal`` may apply now; otherwise the outcome that replaces applying it."""
+        seen = self._commands.get(proposal.command_id)
+        if seen is not None:
+            return Duplicate(Accepted(*seen))
+        for pre in proposal.preconditions:
+            if self.revision_of(pre.key) != pre.revision:
+                return Rejected(412, f"{pre.key} changed since revision {proposal.based_on}; read it again", "_last_modified")
+        return self._check_invariants(proposal.events)
+
+    def _check_invariants(self, events: Iterable[Any]) -> Rejected | None:
+        # Checks each event against the view as the earlier events of the same proposal leave it.
+        created: dict[str, str] = {}  # uuid -> kind, made earlier in this proposal
+        deleted: set[str] = set()
+        names: dict[tuple[str, str, str], Optional[str]] = {}
+        for event in events:
+            key = (event.kind, event.tenant, event.name)
+            exists = (event.uuid in self._by_uuid or event.uuid in created) and event.uuid not in deleted
+            if isinstance(event, ObjectCreated):
+                if exists or event.uuid in deleted:
+                    return Rejected(409, f"{event.kind} {event.uuid} already exists", "uuid")
+                holder = names.get(key, self._by_name.get(key))
+                if holder is not None:
+                    return Rejected(409, f"{event.kind} named {event.name!r} already exists", "name")
+                bad = self._dangling(event.kind, event.body, created, deleted)
+                if bad:
+                    return bad
+                created[event.uuid] = event.kind
+                names[key] = event.uuid
+            elif isinstance(event, ObjectUpdated):
+                if not exists:
+                    return Rejected(404, f"{event.kind} {event.uuid} does not exist", "uuid")
+                old = self._by_uuid.get(event.uuid)
+                if old is not None and (old.name != event.name or old.tenant != event.tenant):
+                    old_key = (old.kind, old.tenant, old.name)
+                    holder = names.get(key, self._by_name.get(key))
+                    if holder is not None and holder != event.uuid:
+                        return Rejected(409, f"{event.kind} named {event.name!r} already exists", "name")
+                    names[old_key] = None
+                    names[key] = event.uuid
+                bad = self._dangling(event.kind, event.body, created, deleted)
+                if bad:
+                    return bad
+            elif isinstance(event, ObjectDeleted):
+                if not exists:
+                    return Rejected(404, f"{event.kind} {event.uuid} does not exist", "uuid")
+                users = self._referrers.get(event.uuid, set()) - deleted
+                if users:
+                    names_of = sorted(self._describe(u) for u in users)
+                    return Rejected(409, f"{event.kind} {event.name!r} is in use by {', '.join(names_of)}", None)
+                deleted.add(event.uuid)
+                names[key] = None
+            else:
+                return Rejected(400, f"unknown event {type(event).__name__}", None)
+        return None
+
+    def _dangling(self, kind: str, body: dict[str, Any], created: dict[str, str], deleted: set[str]) -> Rejected | None:
+        for field, target, value in schema.ref_fields(kind, body):
+            if not value:
+                continue
+            uuid = ref_uuid(value)
+            obj = self._by_uuid.get(uuid)
+            ok = (obj is not None and obj.kind == target) or created.get(uuid) == target
+            if not ok or uuid in deleted:
+                return Rejected(409, f"{field} refers to {target} {uuid}, which does not exist", field)
+        return None
+
+    def _describe(self, uuid: str) -> str:
+        obj = self._by_uuid.get(uuid)
+        return uuid if obj is None else f"{obj.kind} {obj.name!r}"
+
+    def evolve(self, raft_index: int, command_id: str, events: Iterable[Any]) -> Accepted:
+        """Fold accepted events in, one revision each. Total: never raises on events ``check`` passed."""
+        first = self.revision + 1
+        for event in events:
+            self.revision += 1
+            self._fold(event, self.revision)
+        self.raft_index = max(self.raft_index, raft_index)
+        self._commands[command_id] = (first, self.revision)
+        while len(self._commands) > COMMAND_MEMORY:
+            self._commands.popitem(last=False)
+        return Accepted(first, self.revision)
+
+    def seed(self, event: ObjectCreated) -> None:
+        """Add a built-in object at revision 0 (before any committed event)."""
+        self._fold(event, 0)
+
+    @classmethod
+    def with_builtins(cls, events: Iterable[ObjectCreated]) -> "ConfigView":
+        view = cls()
+        for event in events:
+            view.seed(event)
+        return view
+
+    def note_raft_index(self, raft_index: int) -> None:
+        self.raft_index = max(self.raft_index, raft_index)
+
+    def _fold(self, event: Any, revision: int) -> None:
+        if isinstance(event, ObjectCreated):
+            obj = StoredObject(event.kind, event.uuid, event.name, event.tenant, event.body, revision, revision)
+            self._objects.setdefault(event.kind, {})[event.uuid] = obj
+            self._by_uuid[event.uuid] = obj
+            self._by_name[(event.kind, event.tenant, event.name)] = event.uuid
+            self._link(event.uuid, _refs(event.kind, event.body))
+        elif isinstance(event, ObjectUpdated):
+            obj = self._by_uuid[event.uuid]
+            self._unlink(obj.uuid, _refs(obj.kind, obj.body))
+            if (obj.tenant, obj.name) != (event.tenant, event.name):
+                self._by_name.pop((obj.kind, obj.tenant, obj.name), None)
+                self._by_name[(obj.kind, event.tenant, event.name)] = obj.uuid
+            obj.name, obj.tenant, obj.body, obj.modified = event.name, event.tenant, event.body, revision
+            self._link(obj.uuid, _refs(obj.kind, obj.body))
+        elif isinstance(event, ObjectDeleted):
+            obj = self._by_uuid.pop(event.uuid)
+            self._objects[obj.kind].pop(obj.uuid, None)
+            self._by_name.pop((obj.kind, obj.tenant, obj.name), None)
+            self._unlink(obj.uuid, _refs(obj.kind, obj.body))
+            self._referrers.pop(obj.uuid, None)
+
+    def _link(self, source: str, targets: set[str]) -> None:
+        for target in targets:
+            self._referrers.setdefault(target, set()).add(source)
+
+    def _unlink(self, source: str, targets: set[str]) -> None:
+        for target in targets:
+            users = self._referrers.get(target)
+            if users is not None:
+                users.discard(source)
+                if not users:
+                    del self._referrers[target]
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    def to_snapshot(self) -> bytes:
+        objects = [
+            [o.kind, o.uuid, o.name, o.tenant, o.body, o.created, o.modified] for o in self._by_uuid.values()
+        ]
+        commands = [[k, a, b] for k, (a, b) in self._commands.items()]
+        return msgpack.packb(
+            {"v": 1, "revision": self.revision, "raft_index": self.raft_index, "objects": objects, "commands": commands},
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> "ConfigView":
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if doc.get("v") != 1:
+            raise ValueError(f"unknown view snapshot version {doc.get('v')!r}")
+        view = cls()
+        view.revision = doc["revision"]
+        view.raft_index = doc["raft_index"]
+        for kind, uuid, name, tenant, body, created, modified in doc["objects"]:
+            obj = StoredObject(kind, uuid, name, tenant, body, created, modified)
+            view._objects.setdefault(kind, {})[uuid] = obj
+            view._by_uuid[uuid] = obj
+            view._by_name[(kind, tenant, name)] = uuid
+        for obj in view._by_uuid.values():
+            view._link(obj.uuid, _refs(obj.kind, obj.body))
+        for command_id, first, last in doc["commands"]:
+            view._commands[command_id] = (first, last)
+        return view

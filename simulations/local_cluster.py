@@ -1,0 +1,214 @@
+"""A cluster of real controller processes on 127.0.0.1, for tests, benchmarks and chaos runs.
+
+Every wait here is a poll against a deadline; every process is killed in ``close``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+from cluster.config import NodeConfig, PeerConfig, hash_password, hash_token
+
+__all__ = ["LocalCluster", "free_port", "wait_until"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class LocalCluster:
+    def __init__(self, base_dir: str | Path, nodes: int = 3, *, durable_journal: bool = True) -> None:
+        self.base_dir = Path(base_dir)
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.password = secrets.token_urlsafe(12)
+        self.token = secrets.token_urlsafe(24)
+        secret = secrets.token_hex(32)
+        ids = [f"n{i + 1}" for i in range(nodes)]
+        ports = {i: (free_port(), free_port()) for i in ids}
+        self.configs: dict[str, NodeConfig] = {}
+        for node_id in ids:
+            api_port, raft_port = ports[node_id]
+            peers = tuple(
+                PeerConfig(other, f"http://127.0.0.1:{ports[other][0]}", f"127.0.0.1:{ports[other][1]}")
+                for other in ids
+                if other != node_id
+            )
+            self.configs[node_id] = NodeConfig(
+                node_id=node_id,
+                data_dir=str(self.base_dir / node_id / "data"),
+                api_host="127.0.0.1",
+                api_port=api_port,
+                raft_addr=f"127.0.0.1:{raft_port}",
+                peers=peers,
+                cluster_secret=secret,
+                admin_user="admin",
+                admin_password_hash=hash_password(self.password),
+                admin_token_hash=hash_token(self.token),
+                durable_journal=durable_journal,
+            )
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.configs)
+
+    def api(self, node_id: str) -> str:
+        return self.configs[node_id].api_url
+
+    def config_path(self, node_id: str) -> Path:
+        return self.base_dir / node_id / "node.json"
+
+    def start(self, node_id: str) -> None:
+        config = self.configs[node_id]
+        path = self.config_path(node_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config.save(path)
+        logf = open(self.base_dir / node_id / "controller.log", "ab")
+        self.procs[node_id] = subprocess.Popen(
+            [sys.executable, "-m", "cluster.main", "--config", str(path)],
+            stdout=logf,
+            stderr=logf,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        logf.close()
+
+    def start_all(self, timeout: float = 30.0) -> "LocalCluster":
+        for node_id in self.ids:
+            self.start(node_id)
+        self.wait_leader(timeout)
+        return self
+
+    def alive(self, node_id: str) -> bool:
+        proc = self.procs.get(node_id)
+        return proc is not None and proc.poll() is None
+
+    def kill(self, node_id: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.get(node_id)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+    def pause(self, node_id: str) -> None:
+        self.procs[node_id].send_signal(signal.SIGSTOP)
+
+    def resume(self, node_id: str) -> None:
+        self.procs[node_id].send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        for node_id, proc in self.procs.items():
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGCONT)
+                    proc.kill()
+                    proc.wait(10)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- HTTP helpers (synchronous, for tests and harnesses) -----------------------------------
+
+    def request(
+        self,
+        node_id: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float = 5.0,
+        headers: Optional[dict[str, str]] = None,
+    ) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.api(node_id) + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+                return resp.status, (json.loads(raw) if raw else None)
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw)
+            except ValueError:
+                return exc.code, raw.decode(errors="replace")
+
+    def status(self, node_id: str) -> Optional[dict[str, Any]]:
+        try:
+            code, body = self.request(node_id, "GET", "/internal/status", timeout=1.0,
+                                      headers={"Authorization": f"Bearer {self._internal_token()}"})
+        except (OSError, ValueError):
+            return None
+        return body if code == 200 else None
+
+    def _internal_token(self) -> str:
+        import hashlib
+
+        secret = next(iter(self.configs.values())).cluster_secret
+        return hashlib.sha256(b"avictl-internal\0" + secret.encode()).hexdigest()
+
+    def leader(self) -> Optional[str]:
+        best: tuple[int, Optional[str]] = (-1, None)
+        for node_id in self.ids:
+            if not self.alive(node_id):
+                continue
+            st = self.status(node_id)
+            if st and st.get("role") == "leader" and st.get("term", 0) > best[0]:
+                best = (st["term"], node_id)
+        return best[1]
+
+    def wait_leader(self, timeout: float = 30.0) -> str:
+        return str(wait_until(self.leader, timeout, what="a leader"))
+
+    def wait_converged(self, timeout: float = 30.0) -> int:
+        """Wait until every live node has applied the same revision; returns it."""
+
+        def same() -> Optional[tuple[int]]:
+            revs = set()
+            for node_id in self.ids:
+                if not self.alive(node_id):
+                    continue
+                st = self.status(node_id)
+                if st is None:
+                    return None
+                revs.add(st["applied_revision"])
+            return (revs.pop(),) if len(revs) == 1 else None
+
+        return int(wait_until(same, timeout, what="nodes to converge")[0])

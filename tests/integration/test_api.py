@@ -1,0 +1,238 @@
+"""The REST API contract, against three real controller processes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import pytest
+
+from simulations.local_cluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+POOL = {"name": "web-pool", "servers": [{"ip": {"addr": "127.0.0.2", "type": "V4"}, "port": 8080}]}
+
+
+def revision(cluster: LocalCluster, node: str = "n1") -> int:
+    code, body = cluster.request(node, "GET", "/api/cluster")
+    assert code == 200
+    return next(n["applied_revision"] for n in body["nodes"] if n["id"] == node)
+
+
+def test_create_on_one_node_reads_back_linearizably_on_another(cluster3: LocalCluster) -> None:
+    """A write acknowledged by n1 is visible to a default (linearizable) read on n3 right away."""
+    code, created = cluster3.request("n1", "POST", "/api/pool", dict(POOL, name="lin-pool"))
+    assert code == 201
+    code, listed = cluster3.request("n3", "GET", "/api/pool?name=lin-pool")
+    assert code == 200
+    assert listed["count"] == 1
+    assert listed["results"][0]["uuid"] == created["uuid"]
+
+
+def test_created_object_carries_server_fields_and_defaults(cluster3: LocalCluster) -> None:
+    """POST answers 201 with uuid, url, tenant_ref, _last_modified and the defaults filled."""
+    code, obj = cluster3.request("n2", "POST", "/api/pool", dict(POOL, name="defaults-pool"))
+    assert code == 201
+    assert obj["uuid"].startswith("pool-")
+    assert obj["url"].endswith(f"/api/pool/{obj['uuid']}")
+    assert obj["tenant_ref"].endswith("#admin")
+    assert obj["lb_algorithm"] == "LB_ALGORITHM_LEAST_CONNECTIONS"
+    assert obj["servers"][0]["ratio"] == 1
+    assert int(obj["_last_modified"]) >= 1
+
+
+def test_virtual_service_refs_by_name_url_and_path(cluster3: LocalCluster) -> None:
+    """Refs given by ?name=, by URL and by /api path all resolve, and come back as URLs with #name."""
+    _, pool = cluster3.request("n1", "POST", "/api/pool", dict(POOL, name="vs-pool"))
+    code, vip = cluster3.request("n1", "POST", "/api/vsvip", {"name": "vs1-vip", "vip": [{"vip_id": "1", "ip_address": {"addr": "127.10.0.1", "type": "V4"}}]})
+    assert code == 201, vip
+    code, vs = cluster3.request(
+        "n2",
+        "POST",
+        "/api/virtualservice",
+        {
+            "name": "vs1",
+            "services": [{"port": 8080}],
+            "pool_ref": pool["url"],
+            "vsvip_ref": f"/api/vsvip/{vip['uuid']}",
+            "se_group_ref": "/api/serviceenginegroup?name=Default-Group",
+        },
+    )
+    assert code == 201, vs
+    assert vs["pool_ref"].endswith(f"/api/pool/{pool['uuid']}#vs-pool")
+    assert vs["se_group_ref"].endswith("#Default-Group")
+    assert vs["application_profile_ref"].endswith("#System-HTTP")
+
+
+def test_deleting_a_pool_in_use_is_refused_with_409(cluster3: LocalCluster) -> None:
+    """A pool referenced by a virtual service cannot be deleted; nothing changes."""
+    _, pool = cluster3.request("n1", "POST", "/api/pool", dict(POOL, name="used-pool"))
+    _, vip = cluster3.request("n1", "POST", "/api/vsvip", {"name": "used-vip", "vip": [{"ip_address": {"addr": "127.10.0.2", "type": "V4"}}]})
+    code, _vs = cluster3.request("n1", "POST", "/api/virtualservice", {"name": "user-vs", "services": [{"port": 80}], "pool_ref": pool["url"], "vsvip_ref": vip["url"]})
+    assert code == 201
+    before = revision(cluster3)
+    code, body = cluster3.request("n3", "DELETE", f"/api/pool/{pool['uuid']}")
+    assert code == 409
+    assert "user-vs" in body["error"]["message"]
+    assert revision(cluster3) == before
+
+
+def test_put_with_stale_last_modified_is_412_and_current_one_updates(cluster3: LocalCluster) -> None:
+    """_last_modified makes PUT safe: stale gets 412, current updates and moves the revision."""
+    _, pool = cluster3.request("n1", "POST", "/api/pool", dict(POOL, name="cas-pool"))
+    updated = dict(pool, lb_algorithm="LB_ALGORITHM_ROUND_ROBIN")
+    code, fresh = cluster3.request("n2", "PUT", f"/api/pool/{pool['uuid']}", updated)
+    assert code == 200
+    assert fresh["lb_algorithm"] == "LB_ALGORITHM_ROUND_ROBIN"
+    assert int(fresh["_last_modified"]) > int(pool["_last_modified"])
+    code, body = cluster3.request("n3", "PUT", f"/api/pool/{pool['uuid']}", dict(pool, default_server_port=81))
+    assert code == 412
+    assert body["error"]["field"] == "_last_modified"
+
+
+def test_patch_adds_a_server(cluster3: LocalCluster) -> None:
+    """PATCH {add: {servers: [...]}} appends, as the real product does."""
+    _, pool = cluster3.request("n1", "POST", "/api/pool", dict(POOL, name="patch-pool"))
+    code, patched = cluster3.request("n2", "PATCH", f"/api/pool/{pool['uuid']}", {"add": {"servers": [{"ip": {"addr": "127.0.0.3", "type": "V4"}, "port": 8080}]}})
+    assert code == 200
+    assert [s["ip"]["addr"] for s in patched["servers"]] == ["127.0.0.2", "127.0.0.3"]
+
+
+def test_unchanged_put_makes_no_event(cluster3: LocalCluster) -> None:
+    """Writing back an object unchanged commits nothing."""
+    _, pool = cluster3.request("n1", "POST", "/api/pool", dict(POOL, name="same-pool"))
+    before = revision(cluster3)
+    code, again = cluster3.request("n1", "PUT", f"/api/pool/{pool['uuid']}", pool)
+    assert code == 200
+    assert again["_last_modified"] == pool["_last_modified"]
+    assert revision(cluster3) == before
+
+
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        (dict(POOL, name="bad-1", colour="blue"), 422, "colour"),
+        (dict(POOL, name="bad-2", default_server_port="eighty"), 422, "default_server_port"),
+        ({"name": "bad-3", "servers": [{"ip": {"addr": "127.0.0.2", "type": "V4"}, "port": 80, "ratio": 21}]}, 422, "servers[0].ratio"),
+        (dict(POOL, name="bad-4", lb_algorithm="LB_ALGORITHM_FASTEST"), 422, "lb_algorithm"),
+        (dict(POOL, name="bad-5", health_monitor_refs=["/api/healthmonitor?name=nope"]), 422, "health_monitor_refs[0]"),
+        ({"servers": []}, 422, "name"),
+        (["not", "an", "object"], 400, None),
+    ],
+)
+def test_bad_input_is_refused_naming_the_field_and_changes_nothing(cluster3: LocalCluster, body: Any, status: int, field: str) -> None:
+    """Each kind of bad input gets a 4xx JSON error naming the problem, and the log stays as it was."""
+    before = revision(cluster3)
+    code, answer = cluster3.request("n2", "POST", "/api/pool", body)
+    assert code == status, answer
+    assert answer["error"]["message"]
+    if field is not None:
+        assert answer["error"]["field"] == field
+    assert revision(cluster3) == before
+
+
+def _raw(cluster: LocalCluster, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    url = urllib.parse.urlsplit(cluster.api("n1"))
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def test_malformed_json_and_huge_body_are_4xx(cluster3: LocalCluster) -> None:
+    """Malformed JSON gets 400 naming the body; a body over 1 MiB gets 413; nothing is written."""
+    before = revision(cluster3)
+    auth = {"Authorization": f"Bearer {cluster3.token}", "Content-Type": "application/json"}
+    code, body = _raw(cluster3, "POST", "/api/pool", b'{"name": "x",', auth)
+    assert code == 400
+    assert body["error"]["field"] == "body"
+    code, body = _raw(cluster3, "POST", "/api/pool", b'{"name": "' + b"x" * (2 * 1024 * 1024) + b'"}', auth)
+    assert code == 413
+    assert body["error"]["code"] == "body_too_large"
+    assert revision(cluster3) == before
+
+
+def test_requests_without_credentials_are_401(cluster3: LocalCluster) -> None:
+    """No token, or a wrong one, gets 401 JSON."""
+    code, body = _raw(cluster3, "GET", "/api/pool", b"", {})
+    assert code == 401
+    assert body["error"]["code"] == "unauthorized"
+    code, _ = _raw(cluster3, "GET", "/api/pool", b"", {"Authorization": "Bearer wrong"})
+    assert code == 401
+
+
+def test_session_login_needs_csrf_for_writes(cluster3: LocalCluster) -> None:
+    """A /login session reads freely; a write needs X-CSRFToken and Referer; the session works on every node."""
+    form = urllib.parse.urlencode({"username": "admin", "password": cluster3.password}).encode()
+    req = urllib.request.Request(cluster3.api("n1") + "/login", data=form, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+        assert "Version" in json.loads(resp.read())["version"]
+        cookies = {c.split("=", 1)[0]: c.split("=", 1)[1].split(";", 1)[0] for c in resp.headers.get_all("Set-Cookie")}
+    cookie = f"sessionid={cookies['sessionid']}; csrftoken={cookies['csrftoken']}"
+    url = urllib.parse.urlsplit(cluster3.api("n2"))
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    conn.request("GET", "/api/pool", headers={"Cookie": cookie})
+    assert conn.getresponse().status == 200
+    conn.close()
+    body = json.dumps(dict(POOL, name="session-pool")).encode()
+    code, answer = _raw(cluster3, "POST", "/api/pool", body, {"Cookie": cookie, "Content-Type": "application/json"})
+    assert code == 401
+    assert answer["error"]["field"] == "X-CSRFToken"
+    headers = {"Cookie": cookie, "Content-Type": "application/json", "X-CSRFToken": cookies["csrftoken"], "Referer": cluster3.api("n1")}
+    code, answer = _raw(cluster3, "POST", "/api/pool", body, headers)
+    assert code == 201, answer
+
+
+def test_events_and_cluster_and_openapi(cluster3: LocalCluster) -> None:
+    """/api/events lists committed events with revisions; /api/cluster names one leader; openapi lists routes."""
+    cluster3.request("n1", "POST", "/api/pool", dict(POOL, name="event-pool"))
+    code, events = cluster3.request("n2", "GET", "/api/events?since=1&limit=1000")
+    assert code == 200
+    revisions = [e["revision"] for e in events["results"]]
+    assert revisions == list(range(1, len(revisions) + 1))
+    assert any(e["data"]["name"] == "event-pool" and e["type"] == "ObjectCreated" for e in events["results"])
+    code, status = cluster3.request("n3", "GET", "/api/cluster")
+    assert code == 200
+    assert status["leader"] in cluster3.ids
+    assert {n["id"] for n in status["nodes"]} == set(cluster3.ids)
+    assert sum(1 for n in status["nodes"] if n["role"] == "leader") == 1
+    code, spec = cluster3.request("n1", "GET", "/api/openapi.json")
+    assert code == 200
+    assert "/api/{kind}/{uuid}" in spec["paths"]
+    assert "Pool" in json.dumps(spec["components"]["schemas"])
+
+
+def test_watch_streams_from_a_revision(cluster3: LocalCluster) -> None:
+    """/api/watch?since=REV replays from REV and then streams new commits."""
+    _, pool = cluster3.request("n1", "POST", "/api/pool", dict(POOL, name="watch-1"))
+    since = int(pool["_last_modified"])
+    url = urllib.parse.urlsplit(cluster3.api("n3"))
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    conn.request("GET", f"/api/watch?since={since}", headers={"Authorization": f"Bearer {cluster3.token}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    first = json.loads(resp.readline())
+    assert first["revision"] == since
+    cluster3.request("n2", "POST", "/api/pool", dict(POOL, name="watch-2"))
+    second = json.loads(resp.readline())
+    assert second["revision"] == since + 1
+    assert second["data"]["name"] == "watch-2"
+    conn.close()
+
+
+def test_metrics_expose_raft_and_request_figures(cluster3: LocalCluster) -> None:
+    """/metrics is Prometheus text with commit index, applied revision, role, term and request counts."""
+    with urllib.request.urlopen(cluster3.api("n1") + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    for name in ("avictl_raft_commit_index", "avictl_applied_revision", "avictl_raft_is_leader", "avictl_raft_term",
+                 "avictl_api_requests_total", "avictl_api_request_seconds_bucket"):
+        assert name in text
