@@ -212,3 +212,35 @@ class LocalCluster:
             return (revs.pop(),) if len(revs) == 1 else None
 
         return int(wait_until(same, timeout, what="nodes to converge")[0])
+
+    # -- what a node holds (for checkers) ------------------------------------------------------
+
+    def raw_records(self, node_id: str) -> list[list[Any]]:
+        """Every event-store record of ``node_id`` as [raft_index, first_revision, count, payload]."""
+        import msgpack
+
+        out: list[list[Any]] = []
+        after = 0
+        while True:
+            req = urllib.request.Request(f"{self.api(node_id)}/internal/records?after_raft_index={after}&limit=5000")
+            req.add_header("Authorization", f"Bearer {self._internal_token()}")
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                batch = msgpack.unpackb(resp.read(), raw=False)
+            if not batch:
+                return out
+            out.extend(batch)
+            after = batch[-1][0]
+
+    def object_names(self, node_id: str, kind: str = "pool", *, stale: bool = True) -> list[str]:
+        names: list[str] = []
+        page = 1
+        while True:
+            code, body = self.request(
+                node_id, "GET", f"/api/{kind}?page_size=200&page={page}&fields=name{'&stale=true' if stale else ''}", timeout=30
+            )
+            if code != 200:
+                raise RuntimeError(f"{node_id} answered {code}: {body}")
+            names.extend(r["name"] for r in body["results"])
+            if not body.get("next"):
+                return names
+            page += 1
