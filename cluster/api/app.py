@@ -403,15 +403,15 @@ class Api:
     def _events_since(self, since: int, limit: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for record in self.node.store.read_from_revision(since, limit=limit):
-            command = codec.decode(record.payload)
-            for i, event in enumerate(command.events):
-                revision = record.first_revision + i
-                if revision < since:
-                    continue
-                tag, _version, data = codec.encode_value(event)
-                out.append({"revision": revision, "type": tag, "time": command.time, "command_id": command.command_id, "data": data})
-                if len(out) >= limit:
-                    return out
+            revision = record.first_revision
+            for command in codec.decode(record.payload).commands:
+                for event in command.events:
+                    if revision >= since:
+                        tag, _version, data = codec.encode_value(event)
+                        out.append({"revision": revision, "type": tag, "time": command.time, "command_id": command.command_id, "data": data})
+                        if len(out) >= limit:
+                            return out
+                    revision += 1
         return out
 
     async def events(self, request: web.Request) -> web.Response:

@@ -64,7 +64,7 @@ def assert_all_acked_present_once(cluster: LocalCluster, acked_names: set[str], 
         assert not missing, f"{node} lost {len(missing)} acknowledged writes, e.g. {sorted(missing)[:3]}"
     # Each acknowledged command id appears in exactly one committed record.
     records = cluster.raw_records(cluster.ids[0])
-    seen = Counter(codec.decode(r[3]).command_id for r in records)
+    seen = Counter(c.command_id for r in records for c in codec.decode(r[3]).commands)
     assert all(seen[c] == 1 for c in acked_ids)
 
 
