@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import threading
 import time
 from collections import Counter
 from typing import Any
@@ -12,49 +11,12 @@ from typing import Any
 import pytest
 
 from simulations.local_cluster import LocalCluster, wait_until
+from simulations.background import BackgroundWriter
 from simulations.writers import Writer
 from storage import codec
 from storage import events as _events  # noqa: F401 - registers the event tags
 
 pytestmark = pytest.mark.slow
-
-
-class BackgroundWriter:
-    """Writes continuously from a thread of its own until stopped (bounded by ``max_seconds``)."""
-
-    def __init__(self, cluster: LocalCluster, concurrency: int = 4, max_seconds: float = 120.0) -> None:
-        self.writer = Writer([cluster.api(n) for n in cluster.ids], cluster.token, prefix="bg")
-        self.concurrency = concurrency
-        self.max_seconds = max_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            import aiohttp
-
-            deadline = time.monotonic() + self.max_seconds
-            async with aiohttp.ClientSession() as session:
-
-                async def worker(i: int) -> None:
-                    while not self._stop.is_set() and time.monotonic() < deadline:
-                        await self.writer.write_one(session, start_node=i)
-
-                await asyncio.gather(*(worker(i) for i in range(self.concurrency)))
-
-        asyncio.run(main())
-
-    def __enter__(self) -> "BackgroundWriter":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def first_ack_started_after(self, moment: float) -> float | None:
-        acks = [r.finished for r in list(self.writer.results) if r.outcome == "acked" and r.started >= moment]
-        return min(acks) if acks else None
 
 
 def assert_all_acked_present_once(cluster: LocalCluster, acked_names: set[str], acked_ids: set[str]) -> None:
@@ -119,3 +81,17 @@ def test_all_nodes_killed_after_3000_writes_lose_nothing(fresh_cluster3: LocalCl
     cluster.wait_converged(30)
     assert_all_acked_present_once(cluster, {r.name for r in acked}, {r.command_id for r in acked})
     assert assert_identical_logs(cluster) >= 3000
+
+
+def test_paused_leader_catches_up_within_two_seconds(fresh_cluster3: LocalCluster) -> None:
+    """SIGSTOP the leader 8 s under load, twice: each time it has caught up within 2 s of SIGCONT."""
+    from simulations.leader_pause import pause_leader_once
+
+    cluster = fresh_cluster3
+    with BackgroundWriter(cluster, concurrency=8) as bg:
+        wait_until(lambda: len(bg.writer.acked) > 20, 20, what="first writes")
+        times = [pause_leader_once(cluster, bg, pause_s=8.0) for _ in range(2)]
+    print(f"catch-up after SIGCONT (s): {[round(t, 3) for t in times]}")
+    assert max(times) <= 2.0
+    cluster.wait_converged(30)
+    assert_identical_logs(cluster)
