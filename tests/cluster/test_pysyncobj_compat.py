@@ -1,0 +1,481 @@
+"""Tests of ``cluster._pysyncobj_compat``: our corrections to pysyncobj 0.3.17.
+
+The slow tests run real pysyncobj nodes in child processes (``tests/cluster/_raft_proc.py``) on
+127.0.0.1, always with a password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import struct
+import time
+import types
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import pysyncobj.journal
+import pysyncobj.serializer
+import pysyncobj.syncobj
+import pysyncobj.version
+import pytest
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.encryptor import getEncryptor
+from pysyncobj.journal import FileJournal, MemoryJournal
+
+from cluster import _pysyncobj_compat as compat
+from tests.cluster import _raft_proc
+
+PASSWORD = _raft_proc.PASSWORD
+DurableFileJournal = compat.DurableFileJournal
+
+
+@pytest.fixture(autouse=True)
+def _installed() -> Iterator[None]:
+    """Every test starts and ends with the corrections installed and durability on."""
+    compat.install()
+    compat.set_durable(True)
+    yield
+    compat.install()
+    compat.set_durable(True)
+
+
+def _patched_attrs() -> tuple[Any, Any, Any]:
+    return (
+        pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx,
+        pysyncobj.syncobj.createJournal,
+        pysyncobj.serializer.atomicReplace,
+    )
+
+
+# -- install -------------------------------------------------------------------------------------
+
+
+def test_installed_version_is_the_verified_one() -> None:
+    """The pysyncobj in the venv is the release the corrections were verified on."""
+    assert compat.VERIFIED_VERSION == pysyncobj.version.VERSION
+
+
+def test_install_is_idempotent() -> None:
+    """A second install() changes nothing."""
+    before = _patched_attrs()
+
+    compat.install()
+
+    assert before == _patched_attrs()
+    assert compat.is_installed()
+    assert pysyncobj.syncobj.createJournal is compat._create_journal
+
+
+def test_uninstall_restores_pysyncobj() -> None:
+    """uninstall() puts pysyncobj's own functions back, and install() patches them again."""
+    compat.uninstall()
+
+    assert pysyncobj.syncobj.createJournal is pysyncobj.journal.createJournal
+    assert pysyncobj.serializer.atomicReplace is os.rename
+    assert not compat.is_installed()
+
+    compat.install()
+
+    assert pysyncobj.syncobj.createJournal is compat._create_journal
+
+
+def test_install_refuses_an_unverified_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On another pysyncobj release install() raises and patches nothing."""
+    compat.uninstall()
+    monkeypatch.setattr(pysyncobj.version, "VERSION", "0.3.18")
+
+    with pytest.raises(RuntimeError, match=r"pysyncobj '0\.3\.18' is installed.*verified on pysyncobj '0\.3\.17'"):
+        compat.install()
+
+    assert not compat.is_installed()
+    assert pysyncobj.syncobj.createJournal is pysyncobj.journal.createJournal
+
+
+def test_install_refuses_an_unverified_version_even_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The version check is not skipped by an earlier successful install()."""
+    monkeypatch.setattr(pysyncobj.version, "VERSION", "0.4.0")
+
+    with pytest.raises(RuntimeError):
+        compat.install()
+
+
+def test_factory_returns_the_durable_journal_only_when_enabled(tmp_path: Any) -> None:
+    """createJournal gives DurableFileJournal while durable, pysyncobj's journals otherwise."""
+    durable = pysyncobj.syncobj.createJournal(str(tmp_path / "a"))
+    compat.set_durable(False)
+    plain = pysyncobj.syncobj.createJournal(str(tmp_path / "b"))
+    memory = pysyncobj.syncobj.createJournal(None)
+
+    assert (DurableFileJournal, FileJournal, MemoryJournal) == (type(durable), type(plain), type(memory))
+    assert not compat.is_durable()
+    durable._destroy()
+    plain._destroy()
+
+
+# -- the reset hint ------------------------------------------------------------------------------
+
+
+class _FakeSyncObj:
+    """Just the attributes ``__sendNextNodeIdx`` and our wrapper read."""
+
+    def __init__(self, terms: list[int], commit: int, term: int, journal: Any = None) -> None:
+        self._SyncObj__raftLog = journal if journal is not None else [(b"", i + 1, t) for i, t in enumerate(terms)]
+        self._SyncObj__raftCommitIndex = commit
+        self._SyncObj__raftCurrentTerm = term
+        self.sent: list[dict[str, Any]] = []
+        self._SyncObj__transport = types.SimpleNamespace(send=lambda node, message: self.sent.append(message))
+
+    def _SyncObj__getCurrentLogIndex(self) -> int:
+        return self._SyncObj__raftLog[-1][1]
+
+    def reply(self, **kwargs: Any) -> dict[str, Any]:
+        SyncObj._SyncObj__sendNextNodeIdx(self, "leader", **kwargs)
+        (message,) = self.sent
+        return message
+
+
+def test_past_my_end_with_a_stale_tail_points_after_the_commit_index() -> None:
+    """Entries 5-8 are from an old term and uncommitted: the leader must resend from 5, not 9."""
+    node = _FakeSyncObj(terms=[1, 1, 1, 1, 1, 1, 1, 1], commit=4, term=3)
+
+    assert {"type": "next_node_idx", "next_node_idx": 5, "reset": True, "success": False} == node.reply(reset=True)
+
+
+def test_past_my_end_with_a_current_term_tail_points_after_the_tail() -> None:
+    """A last entry from the current term came from this leader, so the whole log matches."""
+    node = _FakeSyncObj(terms=[1, 1, 1, 1, 3, 3], commit=4, term=3)
+
+    assert 7 == node.reply(reset=True)["next_node_idx"]
+
+
+def test_conflict_points_no_further_than_the_commit_index() -> None:
+    """A term conflict at 7 with commit 4 resets to 5: everything after 4 may be stale."""
+    node = _FakeSyncObj(terms=[1, 1, 1, 1, 1, 1, 1, 1], commit=4, term=3)
+
+    assert 5 == node.reply(reset=True, nextNodeIdx=7)["next_node_idx"]
+
+
+def test_conflict_right_after_the_commit_index_is_kept() -> None:
+    """A hint already inside the known-matching bound passes unchanged."""
+    node = _FakeSyncObj(terms=[1, 1, 1, 1, 1, 1], commit=5, term=3)
+
+    assert 3 == node.reply(reset=True, nextNodeIdx=3)["next_node_idx"]
+
+
+def test_commit_index_beyond_the_log_is_bounded_by_the_log() -> None:
+    """A commit index restored past the journal's end never points past the end."""
+    node = _FakeSyncObj(terms=[1, 1, 1], commit=9, term=3)
+
+    assert 4 == node.reply(reset=True)["next_node_idx"]
+
+
+def test_transmission_and_success_replies_are_unchanged() -> None:
+    """Replies without reset keep pysyncobj's hint (last index + 1, or the given one)."""
+    in_progress = _FakeSyncObj(terms=[1, 1, 1, 1], commit=1, term=3).reply(success=False, reset=False)
+    success = _FakeSyncObj(terms=[1, 1, 1, 1], commit=1, term=3).reply(success=True, nextNodeIdx=5)
+
+    assert {"type": "next_node_idx", "next_node_idx": 5, "reset": False, "success": False} == in_progress
+    assert {"type": "next_node_idx", "next_node_idx": 5, "reset": False, "success": True} == success
+
+
+def test_success_is_sent_only_after_the_journal_synced(tmp_path: Any) -> None:
+    """A follower's success acknowledgement msyncs the entries it covers first."""
+    journal = DurableFileJournal(str(tmp_path / "journal"))
+    journal.add(b"a", 1, 1)
+    journal.add(b"b", 2, 1)
+    node = _FakeSyncObj(terms=[], commit=1, term=1, journal=journal)
+    flushes = journal.flush_count
+
+    node.reply(success=True, nextNodeIdx=3)
+
+    assert (False, flushes + 1) == (journal.dirty, journal.flush_count)
+    journal._destroy()
+
+
+# -- the durable journal -------------------------------------------------------------------------
+
+
+class _SpyJournal(DurableFileJournal):
+    """Records flushes and the moments pysyncobj's FileJournal stores a commit index."""
+
+    def __init__(self, path: str) -> None:
+        self.events: list[tuple[str, Any]] = []
+        super().__init__(path)
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        super().add(command, idx, term)
+        self.events.append(("add", idx))
+
+    def flush(self) -> None:
+        super().flush()
+        self.events.append(("flush", None))
+
+
+@pytest.fixture
+def spy_commits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make FileJournal.setRaftCommitIndex (the persisting step) record itself and the dirty flag."""
+    original = FileJournal.setRaftCommitIndex
+
+    def record(self: Any, index: int) -> None:
+        if isinstance(self, _SpyJournal):
+            self.events.append(("commit", (index, self.dirty)))
+        original(self, index)
+
+    monkeypatch.setattr(FileJournal, "setRaftCommitIndex", record)
+
+
+def test_flush_comes_before_the_commit_index_is_stored(tmp_path: Any, spy_commits: None) -> None:
+    """setRaftCommitIndex msyncs new entries, then stores the index."""
+    journal = _SpyJournal(str(tmp_path / "journal"))
+    journal.add(b"a", 1, 1)
+    journal.add(b"b", 2, 1)
+
+    journal.setRaftCommitIndex(2)
+
+    assert [("add", 1), ("add", 2), ("flush", None), ("commit", (2, False))] == journal.events
+    journal._destroy()
+
+
+def test_commit_without_new_entries_does_not_flush(tmp_path: Any, spy_commits: None) -> None:
+    """Syncs are batched: nothing added since the last msync means no msync."""
+    journal = _SpyJournal(str(tmp_path / "journal"))
+    journal.add(b"a", 1, 1)
+    journal.setRaftCommitIndex(1)
+    journal.events.clear()
+
+    journal.setRaftCommitIndex(1)
+    synced = journal.sync()
+
+    assert ([("commit", (1, False))], False) == (journal.events, synced)
+    journal._destroy()
+
+
+@pytest.mark.parametrize("mutate", ["deleteEntriesFrom", "deleteEntriesTo", "clear"])
+def test_truncations_mark_the_journal_dirty(tmp_path: Any, mutate: str) -> None:
+    """Every change to the journal file, not only add(), needs the next sync."""
+    journal = DurableFileJournal(str(tmp_path / "journal"))
+    for idx in (1, 2, 3):
+        journal.add(b"x", idx, 1)
+    journal.sync()
+
+    getattr(journal, mutate)(*([] if mutate == "clear" else [1]))
+
+    assert journal.dirty
+    journal._destroy()
+
+
+def test_meta_is_written_with_fsync_and_read_back(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Term and vote go through fsync, and a reopened journal reads them."""
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    def fsync(fd: int) -> None:
+        fsynced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(compat.os, "fsync", fsync)
+    path = str(tmp_path / "journal")
+    journal = DurableFileJournal(path)
+    fsynced.clear()
+
+    journal.setCurrentTerm(7, "127.0.0.1:1")
+    journal._destroy()
+    reopened = DurableFileJournal(path)
+
+    assert (7, "127.0.0.1:1") == (reopened.getCurrentTerm(), reopened.getVotedForNodeId())
+    assert 2 == len(fsynced)  # the temporary file, then the directory after the rename
+    assert not os.path.exists(path + ".meta.tmp")
+    reopened._destroy()
+
+
+def test_dump_replace_fsyncs_when_durable(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pysyncobj's dump rename fsyncs the new dump and the directory; not when durability is off."""
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    def fsync(fd: int) -> None:
+        fsynced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(compat.os, "fsync", fsync)
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.tmp").write_bytes(b"dump")
+
+    pysyncobj.serializer.atomicReplace(str(tmp_path / "a.tmp"), str(tmp_path / "a"))
+    durable_syncs = len(fsynced)
+    compat.set_durable(False)
+    pysyncobj.serializer.atomicReplace(str(tmp_path / "b.tmp"), str(tmp_path / "b"))
+
+    assert (2, 2) == (durable_syncs, len(fsynced))
+    assert b"dump" == (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sync", [False, True], ids=["unsynced", "synced"])
+def test_entries_survive_sigkill(tmp_path: Any, sync: bool) -> None:
+    """Entries added by a process killed with SIGKILL are in the journal when it is reopened."""
+    path = str(tmp_path / "journal")
+    cfg = {"path": path, "first": 1, "count": 500, "term": 4, "sync": sync}
+    child = _raft_proc.spawn_child("journal", cfg, str(tmp_path / "stderr.log"))
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()  # the child reports only after the last add
+        assert {"added": 500} == json.loads(line)
+    finally:
+        child.kill()
+        child.wait(timeout=5)
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
+    assert -signal.SIGKILL == child.returncode
+
+    journal = DurableFileJournal(path)
+
+    assert [(b"entry-%d" % i, i, 4) for i in range(1, 501)] == [journal[i] for i in range(len(journal))]
+    journal._destroy()
+
+
+class _Counter(SyncObj):  # type: ignore[misc]
+    counter = 0
+
+    @replicated
+    def add(self, n: int) -> int:
+        self.counter += n
+        return self.counter
+
+
+@pytest.mark.slow
+def test_real_nodes_sync_before_commit_and_ack(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, spy_commits: None) -> None:
+    """In a real 3-node cluster no commit index is stored and no success ack is sent while
+    the journal holds unsynced entries."""
+    monkeypatch.setattr(compat, "DurableFileJournal", _SpyJournal)
+    addrs = [f"127.0.0.1:{p}" for p in _raft_proc.free_ports(3)]
+    violations: list[str] = []
+    acks: list[int] = []
+    nodes: list[_Counter] = []
+    try:
+        for i, addr in enumerate(addrs):
+            conf = SyncObjConf(
+                password=PASSWORD,
+                journalFile=str(tmp_path / f"journal{i}"),
+                fullDumpFile=str(tmp_path / f"dump{i}"),
+                **_raft_proc.FAST_CONF,
+            )
+            nodes.append(_Counter(addr, [a for a in addrs if a != addr], conf))
+        for node in nodes:
+            journal = node._SyncObj__raftLog
+            assert isinstance(journal, _SpyJournal)
+            transport = node._SyncObj__transport
+            real_send = transport.send
+
+            def send(peer: Any, message: Any, journal: Any = journal, real_send: Any = real_send) -> Any:
+                if isinstance(message, dict) and message.get("type") == "next_node_idx" and message["success"]:
+                    acks.append(message["next_node_idx"])
+                    if journal.dirty:
+                        violations.append(f"ack {message['next_node_idx']} with unsynced entries")
+                return real_send(peer, message)
+
+            transport.send = send
+
+        results: list[tuple[Any, Any]] = []
+        assert _raft_proc.wait_for(lambda: any(n._isLeader() for n in nodes), 10.0)
+        for _ in range(200):
+            nodes[0].add(1, callback=lambda res, err: results.append((res, err)))
+        assert _raft_proc.wait_for(lambda: len(results) == 200, 10.0)
+        assert _raft_proc.wait_for(lambda: all(n.counter == 200 for n in nodes), 10.0)
+    finally:
+        for node in nodes:
+            node.destroy()
+        _raft_proc.wait_for(lambda: not any(n.tick_thread_alive() for n in nodes), 5.0)
+
+    commits = [ev for n in nodes for ev in n._SyncObj__raftLog.events if ev[0] == "commit"]
+    dirty_commits = [ev for ev in commits if ev[1][1]]
+    assert ([], []) == (violations, dirty_commits)
+    assert acks and commits
+
+
+# -- the livelock --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", range(3))
+def test_resumed_leader_catches_up_within_2s(tmp_path: Any, run: int) -> None:
+    """A leader paused 8 s under load, holding an uncommitted tail, catches up within 2 s of resuming."""
+    result = _raft_proc.livelock_trial(str(tmp_path), patch=True, pause=8.0, catchup_timeout=2.0)
+
+    before = result["old_before_pause"]
+    assert before["last_idx"] > before["commit"], f"no stale tail to heal, scenario not armed: {result}"
+    assert result["catchup_s"] is not None, f"not caught up within 2 s: {result}"
+
+
+# -- the password --------------------------------------------------------------------------------
+
+
+class _Touch:
+    """Unpickling this creates ``path``: a stand-in for arbitrary code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def _frame(payload: bytes) -> bytes:
+    return struct.pack("i", len(payload)) + payload
+
+
+def _probe(port: int, data: bytes, timeout: float = 2.0) -> tuple[bytes, bool]:
+    """Send ``data`` to the raft port; what it answers until it closes or ``timeout`` passes,
+    and whether it closed the connection."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                return received, False
+            except ConnectionResetError:
+                return received, True
+            if not chunk:
+                return received, True
+            received += chunk
+    return received, False
+
+
+@pytest.mark.slow
+def test_raft_port_without_the_password_gets_nothing_and_runs_nothing(tmp_path: Any) -> None:
+    """Pickles, plaintext status requests, wrong-password tokens and garbage get no answer,
+    execute nothing, and the node keeps committing."""
+    marker = tmp_path / "pwned"
+    evil = zlib.compress(pickle.dumps([_Touch(str(marker)), "status"], protocol=2))
+    control = tmp_path / "control"
+    pickle.loads(zlib.decompress(zlib.compress(pickle.dumps(_Touch(str(control)), protocol=2))))
+    assert control.exists()  # the payload is live: unpickling it does create the file
+    wrong_key = getEncryptor("not-the-password").encrypt_at_time(evil, int(time.monotonic()))
+    probes = {
+        "pickle": _frame(evil),
+        "plaintext status": _frame(zlib.compress(pickle.dumps(["status"], protocol=2))),
+        "wrong password": _frame(wrong_key),
+        "framed garbage": _frame(os.urandom(512)),
+        "garbage": os.urandom(4096),
+    }
+
+    with _raft_proc.Cluster(str(tmp_path / "cluster")) as cluster:
+        assert cluster.leader(timeout=15.0) is not None
+        target = cluster.nodes[0]
+        answers = {name: _probe(target.port, data) for name, data in probes.items()}
+        write = target.request("add", timeout=10.0, wait=5.0)
+
+    assert {name: b"" for name in probes} == {name: received for name, (received, _) in answers.items()}
+    # A well-framed message was read and rejected: the node hung up (random bytes may instead
+    # announce a frame longer than what was sent, which the node then waits for).
+    assert all(closed for name, (_, closed) in answers.items() if name != "garbage"), answers
+    assert not marker.exists()
+    assert write is not None and write["ok"], write
