@@ -11,6 +11,8 @@ Ordering duties, in the order they happen for every committed entry:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import os
 import secrets
 import time
 import uuid as uuidlib
@@ -72,7 +74,7 @@ class Controller:
     def __init__(self, config: NodeConfig, *, tuning: Optional[RaftTuning] = None) -> None:
         self.config = config
         self.node_id = config.node_id
-        self.tuning = tuning or RaftTuning(durable_journal=config.durable_journal)
+        self.tuning = tuning or RaftTuning.from_env(durable_journal=config.durable_journal)
         self.data_dir = Path(config.data_dir)
         self.log = log.bind(node_id=config.node_id)
         self.store: FileLog
@@ -94,6 +96,10 @@ class Controller:
         self._outbox: list[tuple[Any, asyncio.Future[int]]] = []
         self._inflight = 0
         self._send_scheduled = False
+        self._syncing = False
+        self._flush_again = False
+        # One thread, so syncs complete in the order they were started.
+        self._sync_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -142,6 +148,7 @@ class Controller:
         raft = getattr(self, "raft", None)
         if raft is not None:
             await self._loop.run_in_executor(None, raft.close)
+        self._sync_executor.shutdown(wait=True)
         store = getattr(self, "store", None)
         if store is not None:
             store.sync()
@@ -197,10 +204,25 @@ class Controller:
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Make everything applied so far durable (fsync on a thread), then answer its writers."""
         self._flush_scheduled = False
-        self.store.sync()
-        self._applied_raft_index = self._pending_raft_index
+        if self._syncing:
+            self._flush_again = True
+            return
+        self._syncing = True
         outcomes, self._unsynced = self._unsynced, []
+        raft_index = self._pending_raft_index
+        make_durable = self.store.prepare_sync()
+        done = self._loop.run_in_executor(self._sync_executor, make_durable)
+        done.add_done_callback(lambda f: self._flushed(f, outcomes, raft_index))
+
+    def _flushed(self, sync: "asyncio.Future[None]", outcomes: list[tuple[str, Any]], raft_index: int) -> None:
+        self._syncing = False
+        if sync.exception() is not None:
+            # A failed fsync means the page cache can no longer be trusted: stop rather than ack.
+            self.log.critical("event_store_sync_failed", error=str(sync.exception()))
+            os._exit(70)
+        self._applied_raft_index = raft_index
         for key, outcome in outcomes:
             for future in self._pending.pop(key, ()):
                 if not future.done():
@@ -211,6 +233,9 @@ class Controller:
             self._last_view_snapshot = self.view.revision
             self.snapshots.save(self.view.revision, self.view.raft_index, self.view.to_snapshot())
         self._loop.create_task(self._wake_watchers())
+        if self._flush_again or self._unsynced:
+            self._flush_again = False
+            self._schedule_flush(self._pending_raft_index)
 
     async def _wake_watchers(self) -> None:
         async with self._changed:

@@ -74,6 +74,18 @@ class RaftTuning:
     durable_journal: bool = True
 
 
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "RaftTuning":
+        """The defaults, with ``AVICTL_RAFT_TUNING`` (a JSON object of field values) applied: for benchmarks."""
+        raw = os.environ.get("AVICTL_RAFT_TUNING")
+        values = dict(overrides)
+        if raw:
+            import json
+
+            values.update(json.loads(raw))
+        return cls(**values)
+
+
 _DUMP_MAGIC = b"AVDUMP1\n"
 
 

@@ -149,6 +149,33 @@ class FileLog:
             self._failed = exc
             raise
 
+    def prepare_sync(self) -> Callable[[], None]:
+        """Hand what was appended to the OS now; return a function that makes it durable.
+
+        The returned function touches no state of this log (it syncs a duplicate descriptor), so
+        it may run on another thread while appends go on; what is appended after this call is
+        not covered by it.
+        """
+        self._check_writable()
+        fd = -1
+        if self._active is not None:
+            self._active.flush()
+            fd = os.dup(self._active.fileno())
+        dir_dirty, self._dir_dirty = self._dir_dirty, False
+        directory = self._dir
+
+        def make_durable() -> None:
+            try:
+                if fd >= 0:
+                    _fdatasync(fd)
+                if dir_dirty:
+                    _fsync_directory(directory)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+
+        return make_durable
+
     def read_from_revision(self, revision: int, limit: int | None = None) -> list[Record]:
         start = max(bisect.bisect_right(self._index_revision, revision) - 1, 0)
         return self._scan(start, lambda record: record.last_revision >= revision, limit)
