@@ -70,6 +70,7 @@ class Api:
     def __init__(self, node: Controller) -> None:
         self.node = node
         self.auth = Authenticator(node.config)
+        self.closing = asyncio.Event()
         self.registry = CollectorRegistry()
         self.requests = Counter("avictl_api_requests_total", "API requests", ["method", "route", "status"], registry=self.registry)
         self.latency = Histogram(
@@ -430,15 +431,21 @@ class Api:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
         await response.prepare(request)
         next_revision = max(since, 1)
-        while True:
+        quiet_since = time.monotonic()
+        # Ends when the server shuts down, so a connected watcher never delays a stop.
+        while not self.closing.is_set():
             events = self._events_since(next_revision, 1000)
             for event in events:
                 await response.write(json.dumps(event).encode() + b"\n")
                 next_revision = event["revision"] + 1
-            if not events:
-                reached = await self.node.wait_for_revision(next_revision, timeout=15.0)
-                if not reached:
+            if events:
+                quiet_since = time.monotonic()
+                continue
+            if not await self.node.wait_for_revision(next_revision, timeout=1.0):
+                if time.monotonic() - quiet_since >= 15.0:
                     await response.write(b"{\"heartbeat\": true}\n")
+                    quiet_since = time.monotonic()
+        return response
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(build_openapi(request.app.router, API_VERSION))
@@ -482,6 +489,11 @@ def make_app(node: Controller) -> web.Application:
     api = Api(node)
     app = web.Application(middlewares=[api.middleware], client_max_size=MAX_BODY_BYTES)
     app["api"] = api
+
+    async def on_shutdown(_app: web.Application) -> None:
+        api.closing.set()
+
+    app.on_shutdown.append(on_shutdown)
     r = app.router
     r.add_post("/login", api.login)
     r.add_post("/logout", api.logout)
