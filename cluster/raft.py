@@ -72,6 +72,8 @@ class RaftTuning:
     connection_retry_time: float = 0.5
     connection_timeout: float = 1.5
     durable_journal: bool = True
+    # Our entries applied between two pysyncobj snapshots (journal compactions).
+    compaction_min_entries: int = 20_000
 
 
     @classmethod
@@ -127,7 +129,6 @@ class RaftLog:
         applied_index: Callable[[], int],
         store_position: Callable[[], int],
         tuning: RaftTuning = RaftTuning(),
-        compaction_min_entries: int = 20_000,
     ) -> None:
         _pysyncobj_compat.install()
         _pysyncobj_compat.set_durable(tuning.durable_journal)
@@ -138,7 +139,7 @@ class RaftLog:
         self._applied_index = applied_index
         self._store_position = store_position
         self._applied_cond = threading.Condition()
-        self._compaction_min_entries = compaction_min_entries
+        self._compaction_min_entries = tuning.compaction_min_entries
         self._last_compaction_index = 0
         self.self_addr = self_addr
         self.peers = [p for p in peers if p != self_addr]

@@ -41,7 +41,10 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str
 
 
 class LocalCluster:
-    def __init__(self, base_dir: str | Path, nodes: int = 3, *, durable_journal: bool = True) -> None:
+    def __init__(
+        self, base_dir: str | Path, nodes: int = 3, *, durable_journal: bool = True, env: Optional[dict[str, str]] = None
+    ) -> None:
+        self.env = dict(env or {})
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.password = secrets.token_urlsafe(12)
@@ -93,7 +96,7 @@ class LocalCluster:
             stdout=logf,
             stderr=logf,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         logf.close()
 
