@@ -1,0 +1,200 @@
+"""What a Service Engine serves: its slice of the config, as frozen data.
+
+The controller computes a slice from its views (the virtual services placed on one SE, with their
+pools and monitors) and sends it as JSON; ``SliceConfig.from_dict`` validates it and raises
+``SliceError`` naming the field, which the SE reports as a NACK while it keeps its last good
+config. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Optional
+
+import attrs
+
+__all__ = [
+    "ALGORITHMS",
+    "MonitorConfig",
+    "PoolConfig",
+    "ServerConfig",
+    "SliceConfig",
+    "SliceError",
+    "VirtualServiceConfig",
+]
+
+ALGORITHMS = ("LB_ALGORITHM_ROUND_ROBIN", "LB_ALGORITHM_LEAST_CONNECTIONS", "LB_ALGORITHM_CONSISTENT_HASH")
+MONITOR_TYPES = ("HEALTH_MONITOR_TCP", "HEALTH_MONITOR_HTTP", "HEALTH_MONITOR_PING")
+
+
+class SliceError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _get(doc: dict[str, Any], key: str, path: str, kind: type | tuple[type, ...], default: Any = attrs.NOTHING) -> Any:
+    if key not in doc or doc[key] is None:
+        if default is attrs.NOTHING:
+            raise SliceError(f"{path}{key}", "is required")
+        return default
+    value = doc[key]
+    if isinstance(value, bool) and kind in (int, float):
+        raise SliceError(f"{path}{key}", f"must be {kind.__name__}")
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise SliceError(f"{path}{key}", f"must be {names}")
+    return value
+
+
+def _ip(value: str, field: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise SliceError(field, f"{value!r} is not an IPv4 address") from None
+
+
+def _port(value: int, field: str) -> int:
+    if not 1 <= value <= 65535:
+        raise SliceError(field, "must be a port, 1-65535")
+    return value
+
+
+@attrs.frozen
+class ServerConfig:
+    ip: str
+    port: int
+    ratio: int = 1
+    enabled: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+@attrs.frozen
+class MonitorConfig:
+    name: str
+    type: str
+    send_interval: float
+    receive_timeout: float
+    successful_checks: int
+    failed_checks: int
+    http_request: str = "GET / HTTP/1.0"
+    http_response_codes: tuple[str, ...] = ("HTTP_2XX",)
+
+
+@attrs.frozen
+class PoolConfig:
+    uuid: str
+    name: str
+    lb_algorithm: str
+    servers: tuple[ServerConfig, ...]
+    monitors: tuple[MonitorConfig, ...] = ()
+    graceful_disable_timeout: float = 60.0
+
+
+@attrs.frozen
+class VirtualServiceConfig:
+    uuid: str
+    name: str
+    vip: str
+    ports: tuple[int, ...]
+    application: str  # "http" (L7) or "l4"
+    pool: Optional[PoolConfig]
+    enabled: bool = True
+
+    @property
+    def listeners(self) -> list[tuple[str, int]]:
+        return [(self.vip, port) for port in self.ports]
+
+
+@attrs.frozen
+class SliceConfig:
+    revision: int
+    se_name: str
+    virtual_services: tuple[VirtualServiceConfig, ...]
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> "SliceConfig":
+        if not isinstance(doc, dict):
+            raise SliceError("slice", "must be an object")
+        revision = _get(doc, "revision", "", int)
+        se_name = _get(doc, "se_name", "", str)
+        vss = []
+        for i, raw in enumerate(_get(doc, "virtual_services", "", list)):
+            vss.append(_vs(raw, f"virtual_services[{i}]."))
+        seen: dict[tuple[str, int], str] = {}
+        for vs in vss:
+            for listener in vs.listeners:
+                if listener in seen:
+                    raise SliceError(f"virtual_services[{vs.name}].services", f"{listener[0]}:{listener[1]} is also used by {seen[listener]}")
+                seen[listener] = vs.name
+        return cls(revision=revision, se_name=se_name, virtual_services=tuple(vss))
+
+
+def _vs(raw: Any, path: str) -> VirtualServiceConfig:
+    if not isinstance(raw, dict):
+        raise SliceError(path.rstrip("."), "must be an object")
+    application = _get(raw, "application", path, str)
+    if application not in ("http", "l4"):
+        raise SliceError(f"{path}application", "must be http or l4")
+    ports = tuple(_port(_get({"p": p}, "p", f"{path}ports", int), f"{path}ports") for p in _get(raw, "ports", path, list))
+    if not ports:
+        raise SliceError(f"{path}ports", "needs at least one port")
+    pool_doc = raw.get("pool")
+    return VirtualServiceConfig(
+        uuid=_get(raw, "uuid", path, str),
+        name=_get(raw, "name", path, str),
+        vip=_ip(_get(raw, "vip", path, str), f"{path}vip"),
+        ports=ports,
+        application=application,
+        pool=None if pool_doc is None else _pool(pool_doc, f"{path}pool."),
+        enabled=_get(raw, "enabled", path, bool, True),
+    )
+
+
+def _pool(raw: Any, path: str) -> PoolConfig:
+    if not isinstance(raw, dict):
+        raise SliceError(path.rstrip("."), "must be an object")
+    algorithm = _get(raw, "lb_algorithm", path, str)
+    if algorithm not in ALGORITHMS:
+        raise SliceError(f"{path}lb_algorithm", f"unknown algorithm {algorithm!r}; this SE knows {', '.join(ALGORITHMS)}")
+    servers = []
+    for i, s in enumerate(_get(raw, "servers", path, list)):
+        sp = f"{path}servers[{i}]."
+        if not isinstance(s, dict):
+            raise SliceError(sp.rstrip("."), "must be an object")
+        ratio = _get(s, "ratio", sp, int, 1)
+        if not 1 <= ratio <= 20:
+            raise SliceError(f"{sp}ratio", "must be 1-20")
+        servers.append(ServerConfig(_ip(_get(s, "ip", sp, str), f"{sp}ip"), _port(_get(s, "port", sp, int), f"{sp}port"), ratio, _get(s, "enabled", sp, bool, True)))
+    monitors = []
+    for i, m in enumerate(_get(raw, "monitors", path, list, [])):
+        mp = f"{path}monitors[{i}]."
+        if not isinstance(m, dict):
+            raise SliceError(mp.rstrip("."), "must be an object")
+        mtype = _get(m, "type", mp, str)
+        if mtype not in MONITOR_TYPES:
+            raise SliceError(f"{mp}type", f"unknown monitor type {mtype!r}")
+        monitors.append(
+            MonitorConfig(
+                name=_get(m, "name", mp, str),
+                type=mtype,
+                send_interval=float(_get(m, "send_interval", mp, (int, float))),
+                receive_timeout=float(_get(m, "receive_timeout", mp, (int, float))),
+                successful_checks=_get(m, "successful_checks", mp, int),
+                failed_checks=_get(m, "failed_checks", mp, int),
+                http_request=_get(m, "http_request", mp, str, "GET / HTTP/1.0"),
+                http_response_codes=tuple(_get(m, "http_response_codes", mp, list, ["HTTP_2XX"])),
+            )
+        )
+    return PoolConfig(
+        uuid=_get(raw, "uuid", path, str),
+        name=_get(raw, "name", path, str),
+        lb_algorithm=algorithm,
+        servers=tuple(servers),
+        monitors=tuple(monitors),
+        graceful_disable_timeout=float(_get(raw, "graceful_disable_timeout", path, (int, float), 60.0)),
+    )
