@@ -44,6 +44,9 @@ class ApiError(Refused):
         self.code = code
         self.field = field
         self.command_id = command_id
+        # The request itself was wrong (malformed or invalid input): bad usage, like a CLI typo.
+        if status in (400, 413, 422):
+            self.exit_code = 2
 
     def __str__(self) -> str:
         return f"{self.message} (field: {self.field})" if self.field else self.message

@@ -126,10 +126,10 @@ def test_bad_documents_are_usage_errors_before_any_write(run: Any, api: FakeApi,
 
 
 def test_refused_object_stops_with_its_name(run: Any, api: FakeApi, tmp_path: Path) -> None:
-    """A refusal names the object; objects before it stay applied; exit 1."""
+    """A refusal names the object; objects before it stay applied; invalid input exits 2."""
     text = "kind: tenant\nname: a\n---\nkind: pool\nname: p\nbogus: 1\n---\nkind: tenant\nname: c\n"
     result = run("apply", "-f", write(tmp_path, text))
-    assert 1 == result.exit_code
+    assert 2 == result.exit_code
     assert "created tenant a" == result.stdout.strip()
     assert "error: pool p: unknown field bogus (field: bogus)\n" == result.stderr
     assert api.by_name("tenant", "c") is None

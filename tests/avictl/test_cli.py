@@ -80,7 +80,7 @@ def test_vs_create_makes_the_vsvip(run: Any, api: FakeApi) -> None:
 def test_vs_create_refused_removes_its_vsvip(run: Any, api: FakeApi) -> None:
     """If the vs is refused, the vsvip made for it is deleted again."""
     result = run("vs", "create", "web", "--vip", "127.10.0.1", "--port", "8080", "--pool", "missing-pool")
-    assert 1 == result.exit_code
+    assert 2 == result.exit_code
     assert "error: pool named 'missing-pool' does not exist (field: pool_ref)" == one_line_error(result)
     assert ["POST", "POST", "DELETE"] == [r.method for r in api.writes()]
     assert api.by_name("vsvip", "web-vsvip") is None
@@ -152,10 +152,10 @@ def test_serviceengine_is_read_only(run: Any) -> None:
 # -- errors and exit codes ----------------------------------------------------------------------
 
 
-def test_api_refusal_is_one_line_exit_1(run: Any, api: FakeApi) -> None:
-    """A 422 prints 'error: <message> (field: <field>)' and exits 1."""
+def test_invalid_input_is_one_line_exit_2(run: Any, api: FakeApi) -> None:
+    """A 422 (the input was invalid) prints 'error: <message> (field: <field>)' and exits 2."""
     result = run("pool", "create", "web", "--field", "bogus=1")
-    assert 1 == result.exit_code
+    assert 2 == result.exit_code
     assert "error: unknown field bogus (field: bogus)" == one_line_error(result)
 
 
