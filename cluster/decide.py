@@ -17,7 +17,7 @@ import attrs
 
 from cluster import schema
 from cluster.views import ConfigView, StoredObject, ref_uuid
-from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Precondition
+from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Precondition, VirtualServicePlaced
 
 __all__ = [
     "BUILTIN_NAMESPACE",
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 BUILTIN_NAMESPACE = uuidlib.UUID("5b1c0e0e-7a1c-4f7e-9d1e-a71c7a11c0de")
-SERVER_FIELDS = ("uuid", "url", "_last_modified", "tenant_ref")
+SERVER_FIELDS = ("uuid", "url", "_last_modified", "tenant_ref", "runtime")
 _PATH_REF = re.compile(r"^/api/(?P<kind>[a-z]+)/(?P<uuid>[a-z]+-[0-9a-fA-F-]{36})$")
 
 
@@ -140,16 +140,16 @@ def _name_of(body: dict[str, Any]) -> str:
     return name
 
 
-def _check_kind(kind: str) -> None:
+def _check_kind(kind: str, *, creating: bool = False) -> None:
     spec = schema.KINDS.get(kind)
     if spec is None:
         raise CommandError(404, f"unknown object kind {kind!r}", None)
-    if spec.read_only or not spec.creatable:
+    if spec.read_only or (creating and not spec.creatable):
         raise CommandError(405, f"{kind} objects are managed by the cluster and cannot be written here", None)
 
 
 def decide_create(view: ConfigView, kind: str, body: Any, *, tenant: str, uuid: str) -> Decision:
-    _check_kind(kind)
+    _check_kind(kind, creating=True)
     client = _client_body(body)
     name = _name_of(client)
     if view.by_name(kind, name, tenant) is not None:
@@ -200,7 +200,7 @@ def decide_delete(view: ConfigView, obj: StoredObject) -> Decision:
     _check_kind(obj.kind)
     if obj.created == 0:
         raise CommandError(409, f"{obj.kind} {obj.name!r} is built in and cannot be deleted", None)
-    users = view.referrers(obj.uuid)
+    users = view.referrers(obj.uuid) | view.placed_on(obj.uuid)
     if users:
         names = sorted(f"{u.kind} {u.name!r}" for u in (view.get(x) for x in users) if u is not None)
         raise CommandError(409, f"{obj.kind} {obj.name!r} is in use by {', '.join(names)}", None)
@@ -231,3 +231,41 @@ def builtin_events() -> list[Any]:
         view.seed(event)
         events.append(event)
     return events
+
+
+def decide_register_se(view: ConfigView, body: Any, *, uuid: str) -> Decision:
+    """An SE announces itself: create its serviceengine object once; registering again changes nothing."""
+    if not isinstance(body, dict):
+        raise CommandError(400, "the request body must be a JSON object", None)
+    name = _name_of(body)
+    existing = view.by_name("serviceengine", name)
+    if existing is not None:
+        return Decision((), (), existing.uuid)
+    try:
+        stored = schema.normalize("serviceengine", _client_body(body), internal=True)
+    except schema.ValidationError as exc:
+        raise CommandError(422, exc.message, exc.field) from None
+
+    def canonical(target: str, value: Any, field: str = "") -> Any:
+        return resolve_ref(view, target, value, "admin", field or target) if value else value
+
+    stored = _map_refs_with_fields("serviceengine", stored, canonical)
+    event = ObjectCreated(kind="serviceengine", uuid=uuid, name=name, tenant="admin", body=stored)
+    return Decision((event,), (), uuid)
+
+
+def decide_place(view: ConfigView, vs: StoredObject, se_refs: Any, reason: str = "placed by request") -> Decision:
+    """Place a virtual service on exactly the given SEs (refs by name, path or URL); [] unplaces it."""
+    if not isinstance(se_refs, list) or not all(isinstance(r, str) for r in se_refs):
+        raise CommandError(422, "serviceengine_refs must be a list of references", "serviceengine_refs")
+    uuids: list[str] = []
+    for i, ref in enumerate(se_refs):
+        if "/" not in ref and not ref.startswith("serviceengine-"):
+            ref = f"/api/serviceengine?name={ref}"
+        uuids.append(ref_uuid(resolve_ref(view, "serviceengine", ref, vs.tenant, f"serviceengine_refs[{i}]")))
+    if len(set(uuids)) != len(uuids):
+        raise CommandError(422, "serviceengine_refs names an SE twice", "serviceengine_refs")
+    if tuple(uuids) == view.placement(vs.uuid):
+        return Decision((), (), vs.uuid)
+    event = VirtualServicePlaced(vs_uuid=vs.uuid, se_uuids=tuple(uuids), reason=reason)
+    return Decision((event,), (), vs.uuid)

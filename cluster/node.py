@@ -26,6 +26,7 @@ import structlog
 from cluster.config import NodeConfig
 from cluster.decide import CommandError, Decision, builtin_events
 from cluster.raft import RaftError, RaftLog, RaftTuning
+from cluster.slices import SliceCache
 from cluster.views import Accepted, ConfigView, Duplicate, Outcome, Rejected
 from storage import codec
 from storage.events import Barrier, CommittedBatch, CommittedCommand, Proposal, ProposalBatch
@@ -95,6 +96,9 @@ class Controller:
         self._last_view_snapshot = 0
         self._http: Optional[aiohttp.ClientSession] = None
         self._pending_raft_index = 0
+        self.slices = SliceCache()
+        # What each SE last reported to this node (SEs report to every controller): runtime only.
+        self.se_status: dict[str, dict[str, Any]] = {}
         self._outbox: list[tuple[Any, asyncio.Future[int]]] = []
         self._inflight = 0
         self._send_scheduled = False
@@ -113,6 +117,7 @@ class Controller:
         self.view = self._load_view()
         self._applied_raft_index = self.store.last_raft_index
         self._last_view_snapshot = self.view.revision
+        self.slices.refresh(self.view)
         self.log = self.log.bind(revision=self.view.revision)
         self.log.info("view_loaded", revision=self.view.revision, raft_index=self.view.raft_index, objects=len(self.view))
         self.raft = await self._loop.run_in_executor(None, self._make_raft)
@@ -234,6 +239,8 @@ class Controller:
         if self.view.revision - self._last_view_snapshot >= VIEW_SNAPSHOT_EVERY:
             self._last_view_snapshot = self.view.revision
             self.snapshots.save(self.view.revision, self.view.raft_index, self.view.to_snapshot())
+        if self.view.list("serviceengine"):
+            self.slices.refresh(self.view)
         self._loop.create_task(self._wake_watchers())
         if self._flush_again or self._unsynced:
             self._flush_again = False
@@ -242,6 +249,20 @@ class Controller:
     async def _wake_watchers(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+    async def wait_for_slice(self, se_uuid: str, newer_than: int, timeout: float) -> Optional[dict[str, Any]]:
+        """The SE's slice once its version is above ``newer_than`` (None on timeout or if the SE is gone)."""
+
+        def ready() -> bool:
+            current = self.slices.get(se_uuid)
+            return current is None or current["revision"] > newer_than
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+            except asyncio.TimeoutError:
+                return None
+        return self.slices.get(se_uuid)
 
     async def wait_for_revision(self, revision: int, timeout: float) -> bool:
         """Wait until the view reaches ``revision`` (or ``timeout`` passes); True when reached."""

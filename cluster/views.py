@@ -18,7 +18,7 @@ import attrs
 import msgpack
 
 from cluster import schema
-from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Proposal
+from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Proposal, VirtualServicePlaced
 
 __all__ = [
     "Accepted",
@@ -89,6 +89,9 @@ class ConfigView:
         self._by_name: dict[tuple[str, str, str], str] = {}
         self._referrers: dict[str, set[str]] = {}
         self._commands: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._placements: dict[str, tuple[str, ...]] = {}  # vs uuid -> se uuids
+        self._placed_on: dict[str, set[str]] = {}  # se uuid -> vs uuids
+        self._placement_revision: dict[str, int] = {}  # vs uuid -> revision of its last placement
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -112,6 +115,15 @@ class ConfigView:
         """The revision that last changed ``uuid``; 0 when absent (never existed or deleted)."""
         obj = self._by_uuid.get(uuid)
         return 0 if obj is None else obj.modified
+
+    def placement(self, vs_uuid: str) -> tuple[str, ...]:
+        return self._placements.get(vs_uuid, ())
+
+    def placed_on(self, se_uuid: str) -> set[str]:
+        return set(self._placed_on.get(se_uuid, ()))
+
+    def placement_revision(self, vs_uuid: str) -> int:
+        return self._placement_revision.get(vs_uuid, 0)
 
     def accepted_command(self, command_id: str) -> Optional[Accepted]:
         seen = self._commands.get(command_id)
@@ -138,6 +150,11 @@ class ConfigView:
         deleted: set[str] = set()
         names: dict[tuple[str, str, str], Optional[str]] = {}
         for event in events:
+            if isinstance(event, VirtualServicePlaced):
+                bad = self._check_placement(event, created, deleted)
+                if bad:
+                    return bad
+                continue
             key = (event.kind, event.tenant, event.name)
             exists = (event.uuid in self._by_uuid or event.uuid in created) and event.uuid not in deleted
             if isinstance(event, ObjectCreated):
@@ -168,7 +185,7 @@ class ConfigView:
             elif isinstance(event, ObjectDeleted):
                 if not exists:
                     return Rejected(404, f"{event.kind} {event.uuid} does not exist", "uuid")
-                users = self._referrers.get(event.uuid, set()) - deleted
+                users = (self._referrers.get(event.uuid, set()) | self._placed_on.get(event.uuid, set())) - deleted
                 if users:
                     names_of = sorted(self._describe(u) for u in users)
                     return Rejected(409, f"{event.kind} {event.name!r} is in use by {', '.join(names_of)}", None)
@@ -176,6 +193,17 @@ class ConfigView:
                 names[key] = None
             else:
                 return Rejected(400, f"unknown event {type(event).__name__}", None)
+        return None
+
+    def _check_placement(self, event: VirtualServicePlaced, created: dict[str, str], deleted: set[str]) -> Rejected | None:
+        vs = self._by_uuid.get(event.vs_uuid)
+        vs_ok = (vs is not None and vs.kind == "virtualservice") or created.get(event.vs_uuid) == "virtualservice"
+        if not vs_ok or event.vs_uuid in deleted:
+            return Rejected(404, f"virtualservice {event.vs_uuid} does not exist", "uuid")
+        for se in event.se_uuids:
+            obj = self._by_uuid.get(se)
+            if obj is None or obj.kind != "serviceengine" or se in deleted:
+                return Rejected(409, f"serviceengine {se} does not exist", "serviceengine_refs")
         return None
 
     def _dangling(self, kind: str, body: dict[str, Any], created: dict[str, str], deleted: set[str]) -> Rejected | None:
@@ -234,12 +262,30 @@ class ConfigView:
                 self._by_name[(obj.kind, event.tenant, event.name)] = obj.uuid
             obj.name, obj.tenant, obj.body, obj.modified = event.name, event.tenant, event.body, revision
             self._link(obj.uuid, _refs(obj.kind, obj.body))
+        elif isinstance(event, VirtualServicePlaced):
+            self._place(event.vs_uuid, tuple(event.se_uuids), revision)
         elif isinstance(event, ObjectDeleted):
+            if event.kind == "virtualservice":
+                self._place(event.uuid, (), revision)
+                self._placement_revision.pop(event.uuid, None)
             obj = self._by_uuid.pop(event.uuid)
             self._objects[obj.kind].pop(obj.uuid, None)
             self._by_name.pop((obj.kind, obj.tenant, obj.name), None)
             self._unlink(obj.uuid, _refs(obj.kind, obj.body))
             self._referrers.pop(obj.uuid, None)
+
+    def _place(self, vs_uuid: str, se_uuids: tuple[str, ...], revision: int) -> None:
+        for se in self._placements.pop(vs_uuid, ()):
+            on = self._placed_on.get(se)
+            if on is not None:
+                on.discard(vs_uuid)
+                if not on:
+                    del self._placed_on[se]
+        if se_uuids:
+            self._placements[vs_uuid] = se_uuids
+            for se in se_uuids:
+                self._placed_on.setdefault(se, set()).add(vs_uuid)
+        self._placement_revision[vs_uuid] = revision
 
     def _link(self, source: str, targets: set[str]) -> None:
         for target in targets:
@@ -260,8 +306,10 @@ class ConfigView:
             [o.kind, o.uuid, o.name, o.tenant, o.body, o.created, o.modified] for o in self._by_uuid.values()
         ]
         commands = [[k, a, b] for k, (a, b) in self._commands.items()]
+        placements = [[vs, list(ses), self._placement_revision.get(vs, 0)] for vs, ses in sorted(self._placements.items())]
         return msgpack.packb(
-            {"v": 1, "revision": self.revision, "raft_index": self.raft_index, "objects": objects, "commands": commands},
+            {"v": 1, "revision": self.revision, "raft_index": self.raft_index, "objects": objects, "commands": commands,
+             "placements": placements},
             use_bin_type=True,
         )
 
@@ -282,4 +330,6 @@ class ConfigView:
             view._link(obj.uuid, _refs(obj.kind, obj.body))
         for command_id, first, last in doc["commands"]:
             view._commands[command_id] = (first, last)
+        for vs, ses, revision in doc.get("placements", []):
+            view._place(vs, tuple(ses), revision)
         return view

@@ -23,6 +23,7 @@ __all__ = [
     "Proposal",
     "ProposalBatch",
     "CommittedBatch",
+    "VirtualServicePlaced",
 ]
 
 
@@ -61,7 +62,17 @@ class ObjectDeleted:
     tenant: str
 
 
-Event = Union[ObjectCreated, ObjectUpdated, ObjectDeleted]
+@codec.registered("VirtualServicePlaced", 1)
+@attrs.frozen
+class VirtualServicePlaced:
+    """The virtual service now runs on exactly these service engines (none: unplaced)."""
+
+    vs_uuid: str
+    se_uuids: tuple[str, ...] = attrs.field(converter=tuple)
+    reason: str = ""
+
+
+Event = Union[ObjectCreated, ObjectUpdated, ObjectDeleted, VirtualServicePlaced]
 
 
 def _events(value: Any) -> tuple[Any, ...]:

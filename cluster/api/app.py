@@ -27,6 +27,8 @@ from cluster.decide import (
     decide_create,
     decide_delete,
     decide_patch,
+    decide_place,
+    decide_register_se,
     decide_update,
     new_uuid,
 )
@@ -182,7 +184,39 @@ class Api:
             "_last_modified": str(obj.modified),
         }
         out.update({k: v for k, v in body.items() if k not in out})
+        runtime = self.runtime(obj)
+        if runtime is not None:
+            out["runtime"] = runtime
         return out
+
+    def runtime(self, obj: StoredObject) -> Optional[dict[str, Any]]:
+        """Read-only state that is not configuration (ignored when a client sends it back)."""
+        view = self.node.view
+        if obj.kind == "serviceengine":
+            status = self.node.se_status.get(obj.uuid, {})
+            current = self.node.slices.get(obj.uuid)
+            version = current["revision"] if current else 0
+            applied = status.get("applied_revision")
+            return {
+                "virtualservices": sorted(v.name for v in (view.get(u) for u in view.placed_on(obj.uuid)) if v),
+                "slice_revision": version,
+                "applied_revision": applied,
+                "lag": None if applied is None else max(0, version - applied),
+                "nack": status.get("nack"),
+                "vs_errors": status.get("vs_errors") or {},
+                "last_heartbeat": status.get("time"),
+                "telemetry": status.get("telemetry"),
+            }
+        if obj.kind == "virtualservice":
+            return {"serviceengines": [view.get(u).name for u in view.placement(obj.uuid) if view.get(u)]}  # type: ignore[union-attr]
+        if obj.kind == "pool":
+            servers: dict[str, dict[str, str]] = {}
+            for se_uuid, status in self.node.se_status.items():
+                se = view.get(se_uuid)
+                for key, up in ((status.get("servers") or {}).get(obj.uuid) or {}).items():
+                    servers.setdefault(key, {})[se.name if se else se_uuid] = "UP" if up else "DOWN"
+            return {"servers": servers}
+        return None
 
     async def read_json(self, request: web.Request) -> Any:
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
@@ -360,6 +394,75 @@ class Api:
         await self.node.write(decide, command_id=self.command_id(request))
         return web.Response(status=204)
 
+    # -- service engines -----------------------------------------------------------------------
+
+    async def register_se(self, request: web.Request) -> web.Response:
+        body = await self.read_json(request)
+        uuid = new_uuid("serviceengine")
+        decision, _ = await self.node.write(lambda view: decide_register_se(view, body, uuid=uuid), command_id=self.command_id(request))
+        obj = self.node.view.get(decision.uuid)
+        if obj is None:
+            raise CommandError(409, "the service engine was deleted while registering")
+        return web.json_response(self.render(request, obj), status=200)
+
+    def _se(self, request: web.Request) -> StoredObject:
+        ref = request.match_info["uuid"]
+        obj = self.node.view.get(ref) or self.node.view.by_name("serviceengine", ref)
+        if obj is None or obj.kind != "serviceengine":
+            raise CommandError(404, f"serviceengine {ref} does not exist")
+        return obj
+
+    async def se_slice(self, request: web.Request) -> web.StreamResponse:
+        """The SE's slice; with ?watch=true a stream of slices (NDJSON), each newer than ?version=."""
+        se = self._se(request)
+        version = _int_param(request.query, "version", -1, -1, 2**62)
+        if request.query.get("watch", "").lower() not in ("1", "true", "yes"):
+            await self.consistent(request)
+            return web.json_response(self.node.slices.get(se.uuid) or {"revision": 0, "se_name": se.name, "virtual_services": []})
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        quiet_since = time.monotonic()
+        while not self.closing.is_set():
+            current = await self.node.wait_for_slice(se.uuid, version, timeout=1.0)
+            if current is None:
+                if self.node.view.get(se.uuid) is None:
+                    break
+                if time.monotonic() - quiet_since >= 5.0:
+                    await response.write(b"{\"heartbeat\": true}\n")
+                    quiet_since = time.monotonic()
+                continue
+            await response.write(json.dumps(current).encode() + b"\n")
+            version = current["revision"]
+            quiet_since = time.monotonic()
+        return response
+
+    async def se_status(self, request: web.Request) -> web.Response:
+        se = self._se(request)
+        body = await self.read_json(request)
+        if not isinstance(body, dict):
+            raise CommandError(400, "the status report must be a JSON object", "body")
+        applied = body.get("applied_revision")
+        if applied is not None and not isinstance(applied, int):
+            raise CommandError(422, "applied_revision must be an integer", "applied_revision")
+        body["time"] = time.time()
+        self.node.se_status[se.uuid] = body
+        return web.json_response({"ok": True})
+
+    async def place_vs(self, request: web.Request) -> web.Response:
+        body = await self.read_json(request)
+        if not isinstance(body, dict) or "serviceengine_refs" not in body:
+            raise CommandError(422, "the body names serviceengine_refs", "serviceengine_refs")
+        uuid = request.match_info["uuid"]
+
+        def decide(view: Any) -> Any:
+            obj = view.get(uuid)
+            if obj is None or obj.kind != "virtualservice":
+                raise CommandError(404, f"virtualservice {uuid} does not exist")
+            return decide_place(view, obj, body["serviceengine_refs"])
+
+        await self.node.write(decide, command_id=self.command_id(request))
+        return web.json_response(self.render(request, self.object_of(request, "virtualservice")))
+
     # -- cluster, events, watch ----------------------------------------------------------------
 
     async def cluster(self, request: web.Request) -> web.Response:
@@ -505,6 +608,10 @@ def make_app(node: Controller) -> web.Application:
     r.add_get("/api/watch", api.watch)
     r.add_get("/internal/status", api.internal_status)
     r.add_get("/internal/records", api.internal_records)
+    r.add_post("/api/serviceengine/register", api.register_se)
+    r.add_get("/api/serviceengine/{uuid}/slice", api.se_slice)
+    r.add_post("/api/serviceengine/{uuid}/status", api.se_status)
+    r.add_post("/api/virtualservice/{uuid}/placement", api.place_vs)
     r.add_get("/api/{kind}", api.list_objects)
     r.add_post("/api/{kind}", api.create_object)
     r.add_get("/api/{kind}/{uuid}", api.get_object)
