@@ -223,6 +223,13 @@ class RaftLog:
         pysyncobj has no timeout of its own on this path: the caller must bound the wait.
         """
         future: asyncio.Future[int] = self._loop.create_future()
+        replica = self._replica
+        if not replica._isLeader():
+            leader = replica._getLeader()
+            if leader is None or not replica.isNodeConnected(leader):
+                # Nothing is handed to anyone: a definite "not applied", unlike a send into the void.
+                future.set_exception(RaftError("missing_leader"))
+                return future
 
         def done(result: Any, error: int) -> None:
             # Runs on the tick thread.

@@ -116,3 +116,28 @@ def test_node_that_missed_a_compaction_catches_up_from_peers(tmp_path) -> None: 
         log_text = (tmp_path / "c" / follower / "controller.log").read_text()
         assert "catchup_needed" in log_text and "catchup_done" in log_text
         assert {r.name for r in writer.acked} <= set(cluster.object_names(follower))
+
+
+def test_without_quorum_writes_and_reads_get_503_and_nothing_is_applied(fresh_cluster3: LocalCluster) -> None:
+    """With two of three nodes down, the survivor answers 503 + Retry-After to writes and linearizable reads."""
+    cluster = fresh_cluster3
+    leader = cluster.wait_leader()
+    survivor = next(n for n in cluster.ids if n != leader)
+    for node in cluster.ids:
+        if node != survivor:
+            cluster.kill(node)
+    before = cluster.status(survivor)["applied_revision"]  # type: ignore[index]
+    code, body = cluster.request(survivor, "POST", "/api/pool", {"name": "no-quorum", "servers": []}, timeout=30)
+    assert code == 503, body
+    assert body["error"]["code"] == "no_quorum"
+    code, body = cluster.request(survivor, "GET", "/api/pool", timeout=30)
+    assert code == 503
+    code, body = cluster.request(survivor, "GET", "/api/pool?stale=true", timeout=30)
+    assert code == 200
+    for node in cluster.ids:
+        if node != survivor:
+            cluster.start(node)
+    cluster.wait_leader(30)
+    cluster.wait_converged(30)
+    assert "no-quorum" not in cluster.object_names(survivor, stale=False)
+    assert cluster.status(survivor)["applied_revision"] == before  # type: ignore[index]
