@@ -29,7 +29,7 @@ from cluster.raft import RaftError, RaftLog, RaftTuning
 from cluster.slices import SliceCache
 from cluster.views import Accepted, ConfigView, Duplicate, Outcome, Rejected
 from storage import codec
-from storage.events import Barrier, CommittedBatch, CommittedCommand, Proposal, ProposalBatch
+from storage.events import Barrier, CommittedBatch, CommittedCommand, ObjectDeleted, Proposal, ProposalBatch
 from storage.file import FileLog
 from storage.log import Record
 from storage.snapshots import SnapshotStore
@@ -349,6 +349,10 @@ class Controller:
         command_id = command_id or uuidlib.uuid4().hex
         deadline = self._loop.time() + timeout
         for _attempt in range(5):
+            earlier = self.view.accepted_command(command_id)
+            if earlier is not None:
+                # A retry of a command that was applied (maybe after its first answer was lost).
+                return self._decision_of(command_id, earlier), earlier
             decision = decide(self.view)
             if not decision.events:
                 return decision, Accepted(self.view.revision, self.view.revision)
@@ -361,9 +365,12 @@ class Controller:
             )
             outcome = await self._commit(command_id, proposal, deadline)
             if isinstance(outcome, Accepted):
+                if decision.uuid and self.view.get(decision.uuid) is None and not _deletes(decision):
+                    # An earlier attempt of this command id was the one applied (its first answer was lost).
+                    return self._decision_of(command_id, outcome), outcome
                 return decision, outcome
             if isinstance(outcome, Duplicate):
-                return decision, outcome.original
+                return self._decision_of(command_id, outcome.original), outcome.original
             assert isinstance(outcome, Rejected)
             if outcome.code == 412:
                 # A concurrent write changed what this decision read: catch up and decide again.
@@ -374,6 +381,8 @@ class Controller:
 
     def _enqueue(self, item: Any) -> "asyncio.Future[int]":
         future: asyncio.Future[int] = self._loop.create_future()
+        # The writer may stop listening (its command applied through another attempt).
+        future.add_done_callback(_consume_exception)
         self._outbox.append((item, future))
         if not self._send_scheduled:
             self._send_scheduled = True
@@ -412,6 +421,14 @@ class Controller:
 
             entry.add_done_callback(release)
             self._loop.call_later(ENTRY_ANSWER_TIMEOUT, release)
+
+    def _decision_of(self, command_id: str, accepted: Accepted) -> Decision:
+        for record in self.store.read_from_revision(accepted.first_revision, limit=1):
+            for command in codec.decode(record.payload).commands:
+                if command.command_id == command_id:
+                    target = command.events[0]
+                    return Decision(command.events, (), getattr(target, "uuid", None) or getattr(target, "vs_uuid", ""))
+        return Decision((), (), "")
 
     async def _commit(self, key: str, item: Any, deadline: float) -> Outcome:
         waiter: asyncio.Future[Any] = self._loop.create_future()
@@ -481,3 +498,12 @@ class Controller:
             "leader": raft["leader"],
             "has_quorum": raft["has_quorum"],
         }
+
+
+def _consume_exception(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _deletes(decision: Decision) -> bool:
+    return any(isinstance(e, ObjectDeleted) for e in decision.events)

@@ -141,3 +141,28 @@ def test_without_quorum_writes_and_reads_get_503_and_nothing_is_applied(fresh_cl
     cluster.wait_converged(30)
     assert "no-quorum" not in cluster.object_names(survivor, stale=False)
     assert cluster.status(survivor)["applied_revision"] == before  # type: ignore[index]
+
+
+def test_leader_alone_reports_unknown_and_a_retry_applies_at_most_once(fresh_cluster3: LocalCluster) -> None:
+    """A leader cut off from both followers answers 504 outcome_unknown; retrying the command id later applies it once."""
+    cluster = fresh_cluster3
+    leader = cluster.wait_leader()
+    for node in cluster.ids:
+        if node != leader:
+            cluster.kill(node)
+    headers = {"X-Avi-Command-Id": "unknown-outcome-1"}
+    body = {"name": "maybe-pool", "servers": []}
+    code, answer = cluster.request(leader, "POST", "/api/pool", body, timeout=30, headers=headers)
+    assert code == 504, answer
+    assert answer["error"]["code"] == "outcome_unknown"
+    assert answer["error"]["command_id"] == "unknown-outcome-1"
+    for node in cluster.ids:
+        if node != leader:
+            cluster.start(node)
+    new_leader = cluster.wait_leader(30)
+    code, answer = cluster.request(new_leader, "POST", "/api/pool", body, timeout=30, headers=headers)
+    assert code == 201, answer
+    cluster.wait_converged(30)
+    assert cluster.object_names(new_leader, stale=False).count("maybe-pool") == 1
+    records = cluster.raw_records(new_leader)
+    assert sum(1 for r in records for c in codec.decode(r[3]).commands if c.command_id == "unknown-outcome-1") == 1
