@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv test test-fast demo demo-down bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,9 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
+
+demo-down: $(STAMP)
+	$(BIN)/python -m examples.demo down
 
 bench: $(STAMP)
 	$(BIN)/python -m simulations.bench control-plane

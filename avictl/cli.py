@@ -719,6 +719,50 @@ for _kind in ALL_KINDS:
     cli.add_command(_make_kind_group(_kind))
 
 
+# -- service engines and placement -------------------------------------------------------------
+
+
+@cli.commands["serviceengine"].command("run")  # type: ignore[attr-defined]
+@click.option("--name", required=True, help="The SE's name (registered with the cluster on first start).")
+@click.option("--controller", "controllers", multiple=True, metavar="URL",
+              help="Controller API URL (repeatable; default: the global --api, else the context's nodes).")
+@click.option("--state-dir", metavar="DIR", help="Where the last good slice is kept (default: $AVICTL_HOME/se/<name>).")
+@click.option("--report-interval", type=click.FloatRange(0.2, 3600.0), default=5.0, show_default=True,
+              help="Seconds between status reports to the controllers.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.pass_context
+def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_dir: Optional[str], report_interval: float, log_level: str) -> None:
+    """Run a Service Engine in the foreground: it registers, receives the VSs placed on it and serves them."""
+    from cluster.logsetup import configure_logging
+
+    opts = settings(ctx)
+    urls = [u.strip() for value in (controllers or opts.api) for u in value.split(",") if u.strip()]
+    token = opts.token
+    if not urls or not token:
+        context = load_context()
+        if context is None:
+            raise UsageFault("no controller given: use --controller URL and --token, or run 'avictl cluster up' first")
+        urls = urls or context.api_urls
+        token = token or context.token
+    configure_logging(node_id=f"se:{name}", level=log_level)
+    from engine.main import run_service_engine
+
+    run_service_engine(name, urls, str(token), state_dir or avictl_home() / "se" / name, report_interval=report_interval)
+
+
+@cli.commands["virtualservice"].command("place")  # type: ignore[attr-defined]
+@click.argument("name")
+@click.option("--se", "ses", multiple=True, metavar="SE", help="A Service Engine to serve NAME on (repeatable; none unplaces it).")
+@output_option
+@click.pass_context
+def vs_place(ctx: click.Context, name: str, ses: tuple[str, ...], fmt: str) -> None:
+    """Place virtual service NAME on exactly the given Service Engines (an event in the log)."""
+    client = client_of(ctx)
+    obj = _find_or_fail(client, "virtualservice", name)
+    placed = client.post(f"/api/virtualservice/{obj['uuid']}/placement", {"serviceengine_refs": list(ses)})
+    emit(render.render_objects("virtualservice", [placed], fmt))
+
+
 # -- apply -------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,239 @@
+"""The Service Engine's control side: register, subscribe to its slice, apply it, report back.
+
+xDS-style contract: the SE subscribes with the version it applied; the controller streams newer
+slices; the SE validates and applies each one, then ACKs its version, or NACKs with the error and
+keeps its last good config. It reports to every controller it knows, so any node can show its
+state. With no controller reachable it keeps serving what it has (headless) and reconnects with
+backoff, to any controller node; the last good slice is kept on disk, so a restarted SE serves it
+before any controller answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+import aiohttp
+import structlog
+
+from engine.config import SliceConfig, SliceError
+from engine.dataplane import DataPlane
+
+__all__ = ["ServiceEngineAgent"]
+
+log = structlog.get_logger(__name__)
+
+
+class ServiceEngineAgent:
+    def __init__(
+        self,
+        name: str,
+        controllers: list[str],
+        token: str,
+        state_dir: str | Path,
+        *,
+        report_interval: float = 5.0,
+        dataplane: Optional[DataPlane] = None,
+    ) -> None:
+        if not controllers:
+            raise ValueError("an SE needs at least one controller URL")
+        self.name = name
+        self.controllers = [c.rstrip("/") for c in controllers]
+        self.token = token
+        self.state_dir = Path(state_dir)
+        self.report_interval = report_interval
+        self.dataplane = dataplane or DataPlane()
+        self.uuid: Optional[str] = None
+        self.applied: Optional[SliceConfig] = None
+        self.applied_revision = -1
+        self.nack: Optional[dict[str, Any]] = None
+        self.vs_errors: dict[str, str] = {}
+        self.connected_to: Optional[str] = None
+        self.log = log.bind(se=name)
+        self._session: Optional[aiohttp.ClientSession] = None
+        self._report_now = asyncio.Event()
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    # -- the last good slice on disk -----------------------------------------------------------
+
+    def _state_file(self) -> Path:
+        return self.state_dir / "slice.json"
+
+    def _save(self, doc: dict[str, Any]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_file().with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"uuid": self.uuid, "slice": doc}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._state_file())
+
+    async def _restore(self) -> None:
+        try:
+            saved = json.loads(self._state_file().read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self.log.warning("se_state_unreadable", error=str(exc))
+            return
+        self.uuid = saved.get("uuid")
+        await self.apply(saved.get("slice"), persist=False)
+        self.log.info("se_restored_last_slice", revision=self.applied_revision)
+
+    # -- apply ---------------------------------------------------------------------------------
+
+    async def apply(self, doc: Any, *, persist: bool = True) -> bool:
+        """Validate and apply one slice; True when it was applied (maybe with per-VS errors)."""
+        try:
+            config = SliceConfig.from_dict(doc)
+        except SliceError as exc:
+            revision = doc.get("revision") if isinstance(doc, dict) else None
+            self.nack = {"revision": revision, "error": str(exc)}
+            self.log.warning("slice_nacked", revision=revision, error=str(exc))
+            self._report_now.set()
+            return False
+        errors = await self.dataplane.apply(config)
+        self.applied = config
+        self.applied_revision = config.revision
+        self.vs_errors = dict(errors)
+        self.nack = (
+            {"revision": config.revision, "error": "; ".join(f"{vs}: {err}" for vs, err in sorted(errors.items()))}
+            if errors
+            else None
+        )
+        if persist:
+            self._save(doc)
+        self.log.info("slice_applied", revision=config.revision, virtual_services=len(config.virtual_services), errors=errors or None)
+        self._report_now.set()
+        return True
+
+    # -- talking to controllers ----------------------------------------------------------------
+
+    async def _register(self, stop: asyncio.Event) -> None:
+        assert self._session is not None
+        backoff = 0.1
+        while not stop.is_set():
+            for url in self.controllers:
+                try:
+                    async with self._session.post(
+                        f"{url}/api/serviceengine/register",
+                        json={"name": self.name},
+                        headers=self._headers,
+                        timeout=aiohttp.ClientTimeout(total=5),
+                    ) as resp:
+                        body = await resp.json(content_type=None)
+                        if resp.status == 200:
+                            self.uuid = body["uuid"]
+                            self.log.info("se_registered", uuid=self.uuid, controller=url)
+                            return
+                        self.log.warning("se_register_refused", status=resp.status, body=body)
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                    self.log.info("se_register_retry", controller=url, error=str(exc) or type(exc).__name__)
+            await _wait(stop, backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _subscribe(self, stop: asyncio.Event) -> None:
+        assert self._session is not None
+        backoff = 0.1
+        start = random.randrange(len(self.controllers))
+        attempt = 0
+        while not stop.is_set():
+            url = self.controllers[(start + attempt) % len(self.controllers)]
+            attempt += 1
+            try:
+                async with self._session.get(
+                    f"{url}/api/serviceengine/{self.uuid}/slice",
+                    params={"watch": "true", "version": str(self.applied_revision)},
+                    headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=15),
+                ) as resp:
+                    if resp.status == 404:
+                        self.log.warning("se_unknown_to_cluster", controller=url)
+                        await self._register(stop)
+                        continue
+                    if resp.status != 200:
+                        raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+                    self.connected_to = url
+                    self.log.info("se_subscribed", controller=url, version=self.applied_revision)
+                    backoff = 0.1
+                    async for line in resp.content:
+                        if stop.is_set():
+                            return
+                        doc = json.loads(line)
+                        if doc.get("heartbeat"):
+                            continue
+                        await self.apply(doc)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, ConnectionError) as exc:
+                self.log.info("se_subscription_lost", controller=url, error=str(exc) or type(exc).__name__)
+            self.connected_to = None
+            await _wait(stop, backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def status(self) -> dict[str, Any]:
+        pools = {}
+        if self.applied is not None:
+            pools = {vs.pool.name: vs.pool.uuid for vs in self.applied.virtual_services if vs.pool is not None}
+        servers = {pools.get(name, name): states for name, states in self.dataplane.server_states().items()}
+        return {
+            "applied_revision": self.applied_revision if self.applied_revision >= 0 else None,
+            "nack": self.nack,
+            "vs_errors": self.vs_errors,
+            "servers": servers,
+            "telemetry": self.dataplane.telemetry(),
+            "connected_to": self.connected_to,
+        }
+
+    async def _report(self, stop: asyncio.Event) -> None:
+        assert self._session is not None
+        while not stop.is_set():
+            if self.uuid is not None:
+                body = self.status()
+                await asyncio.gather(*(self._post_status(url, body) for url in self.controllers))
+            self._report_now.clear()
+            try:
+                await asyncio.wait_for(self._report_now.wait(), self.report_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _post_status(self, url: str, body: dict[str, Any]) -> None:
+        assert self._session is not None
+        try:
+            async with self._session.post(
+                f"{url}/api/serviceengine/{self.uuid}/status", json=body, headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=2),
+            ) as resp:
+                await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._restore()
+        self._session = aiohttp.ClientSession()
+        reporter = asyncio.create_task(self._report(stop))
+        try:
+            if self.uuid is None:
+                await self._register(stop)
+            if not stop.is_set():
+                subscriber = asyncio.create_task(self._subscribe(stop))
+                await stop.wait()
+                subscriber.cancel()
+                await asyncio.gather(subscriber, return_exceptions=True)
+        finally:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+            await self._session.close()
+            await self.dataplane.close()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,788 @@
+"""The L7 (HTTP/1.1) reverse proxy: httptools parsers on asyncio Protocols.
+
+A client connection (``L7Connection``) parses requests with ``httptools.HttpRequestParser`` and
+proxies them one at a time, in order, to a backend picked per request; pipelined requests wait in
+a queue (bounded: reading pauses when it is full). Backend connections (``_Upstream``) come from a
+per-pool ``UpstreamPool`` of idle keep-alive connections and go back to it when a response ends
+cleanly. Bodies are streamed both ways, never buffered whole: Content-Length bodies pass through
+as they are, chunked ones are re-chunked (trailers are dropped). Back-pressure runs both ways
+(``pause_writing`` on one side pauses reading on the other).
+
+Contracts worth knowing:
+- ``should_keep_alive()`` is read inside ``on_message_complete`` (and ``on_headers_complete``):
+  once ``feed_data`` returns, httptools has reset and says False.
+- A connection goes back to the idle pool only after ``feed_data`` returns, so a callback never
+  hands a parser that is still running to another request.
+- 502 when no server is up or the backend fails before the response starts; a response that
+  breaks after it started is cut by closing the client connection.
+- A reused idle connection that dies before answering a request without a body is retried once on
+  a fresh pick (the server closed it while it sat idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Optional
+
+import httptools
+
+if TYPE_CHECKING:
+    from engine.dataplane import Listener, PoolRuntime
+
+__all__ = ["L7Connection", "UpstreamPool"]
+
+CONNECT_ATTEMPTS = 3
+MAX_PIPELINE = 32  # queued requests per client connection before reading pauses
+MAX_BUFFERED = 256 * 1024  # request body bytes held while a backend connects, before reading pauses
+
+_PAUSE_UPSTREAM = 1  # the backend's write buffer is full
+_PAUSE_BACKLOG = 2  # too many queued requests or buffered body bytes
+
+# Lower-cased header names the proxy rewrites; the length set is a cheap pre-filter.
+_REQ_SPECIAL = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"upgrade", b"x-forwarded-for", b"content-length"}
+)
+_RESP_SPECIAL = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"content-length"})
+_REQ_LENGTHS = frozenset(len(n) for n in _REQ_SPECIAL)
+_RESP_LENGTHS = frozenset(len(n) for n in _RESP_SPECIAL)
+
+_502_BODY = b"<html><body><h1>502 Bad Gateway</h1>\nNo server is available to handle this request.\n</body></html>\n"
+_502_HEAD = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: %d\r\n" % len(_502_BODY)
+_502_KEEP = _502_HEAD + b"\r\n" + _502_BODY
+_502_CLOSE = _502_HEAD + b"Connection: close\r\n\r\n" + _502_BODY
+_400 = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_CRLF = b"\r\n"
+
+
+def _status_lines() -> list[bytes]:
+    lines = []
+    for code in range(600):
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = ""
+        lines.append(f"HTTP/1.1 {code} {phrase}\r\n".encode())
+    return lines
+
+
+# Responses go out with the standard reason phrase: the backend's is not kept (one parser callback less).
+_STATUS_LINES = _status_lines()
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class UpstreamPool:
+    """Idle keep-alive backend connections of one pool, per server key, most recently used first."""
+
+    def __init__(self, max_idle_per_server: int = 64, idle_timeout: float = 30.0) -> None:
+        self.max_idle_per_server = max_idle_per_server
+        self.idle_timeout = idle_timeout
+        self._idle: dict[str, list[_Upstream]] = {}
+        self._keys: Optional[frozenset[str]] = None  # None: accept any key
+
+    def take(self, key: str, now: float) -> Optional["_Upstream"]:
+        idle = self._idle.get(key)
+        while idle:
+            upstream = idle.pop()
+            if upstream.transport.is_closing():
+                continue
+            if now - upstream.idle_since > self.idle_timeout:
+                upstream.transport.close()
+                continue
+            return upstream
+        return None
+
+    def put(self, upstream: "_Upstream", now: float) -> None:
+        key = upstream.key
+        if self._keys is not None and key not in self._keys:
+            upstream.transport.close()
+            return
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
+        if len(idle) >= self.max_idle_per_server:
+            upstream.transport.close()
+            return
+        upstream.idle_since = now
+        idle.append(upstream)
+
+    def discard(self, upstream: "_Upstream") -> None:
+        idle = self._idle.get(upstream.key)
+        if idle and upstream in idle:
+            idle.remove(upstream)
+
+    def retain(self, keys: frozenset[str]) -> None:
+        """Only servers in ``keys`` may be pooled from now on; idle connections to others are closed."""
+        self._keys = keys
+        for key in [k for k in self._idle if k not in keys]:
+            for upstream in self._idle.pop(key):
+                upstream.transport.close()
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle for longer than ``idle_timeout``."""
+        for idle in self._idle.values():
+            fresh = [u for u in idle if now - u.idle_since <= self.idle_timeout and not u.transport.is_closing()]
+            for upstream in idle:
+                if upstream not in fresh:
+                    upstream.transport.close()
+            idle[:] = fresh
+
+    def idle_count(self, key: Optional[str] = None) -> int:
+        if key is not None:
+            return len(self._idle.get(key, ()))
+        return sum(len(v) for v in self._idle.values())
+
+    def close(self) -> None:
+        """Close the idle connections; connections still in use are closed when they finish."""
+        self._keys = frozenset()
+        for idle in self._idle.values():
+            for upstream in idle:
+                upstream.transport.close()
+        self._idle.clear()
+
+
+class _Request:
+    """One client request from its head until its response has been sent."""
+
+    __slots__ = (
+        "head",
+        "pending",
+        "chunked",
+        "has_body",
+        "http11",
+        "keep_alive",
+        "head_only",
+        "complete",
+        "started",
+        "pool",
+        "balancer",
+        "server_key",
+        "upstream",
+        "connecting",
+        "retried",
+        "status",
+        "response_started",
+        "response_done",
+        "out_chunked",
+        "until_close",
+    )
+
+    def __init__(self, head: bytes, chunked: bool, has_body: bool, http11: bool, keep_alive: bool, head_only: bool, started: float) -> None:
+        self.head = head
+        self.pending: Optional[list[bytes]] = None  # body bytes that arrived before a backend was attached
+        self.chunked = chunked
+        self.has_body = has_body
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.head_only = head_only
+        self.complete = False  # the whole request has been read from the client
+        self.started = started
+        self.pool: Optional[PoolRuntime] = None
+        self.balancer: Any = None  # the Balancer ``server_key`` was counted on (opened) and is released to
+        self.server_key: Optional[str] = None  # set while the request counts against a server
+        self.upstream: Optional[_Upstream] = None
+        self.connecting: Optional[asyncio.Task[None]] = None
+        self.retried = False
+        self.status = 0
+        self.response_started = False
+        self.response_done = False
+        self.out_chunked = False
+        self.until_close = False
+
+
+class L7Connection(asyncio.Protocol):
+    """One client connection of an HTTP virtual service."""
+
+    __slots__ = (
+        "_listener",
+        "_loop",
+        "_stats",
+        "transport",
+        "_parser",
+        "_client_ip",
+        "_xff",
+        "_queue",
+        "_parsing",
+        "_url",
+        "_head",
+        "_xff_in",
+        "_chunked",
+        "_has_body",
+        "_paused",
+        "_write_paused",
+        "_out",
+        "_outbuf",
+        "_buffered",
+        "_closed",
+        "_broken",
+        "_draining",
+    )
+
+    def __init__(self, listener: "Listener") -> None:
+        self._listener = listener
+        self._loop = listener.loop
+        self._stats = listener.vs.stats
+        self.transport: Any = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._client_ip = ""
+        self._xff = b""
+        self._queue: deque[_Request] = deque()
+        self._parsing: Optional[_Request] = None
+        # The request being parsed: its head is built as the headers arrive ([0] is the request line).
+        self._url = b""
+        self._head: list[bytes] = [b""]
+        self._xff_in: Optional[bytes] = None
+        self._chunked = False
+        self._has_body = False
+        self._paused = 0
+        self._write_paused = False
+        self._out: Optional[list[bytes]] = None  # set while a backend's bytes are parsed: writes are batched
+        self._outbuf: list[bytes] = []
+        self._buffered = 0
+        self._closed = False
+        self._broken = False  # no more requests will be read (parse error, EOF, upgrade)
+        self._draining = False
+
+    # -- transport callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self.transport = transport
+        stats = self._stats
+        stats.open_connections += 1
+        stats.total_connections += 1
+        self._listener.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self._client_ip = peer[0] if peer else ""
+        self._xff = self._client_ip.encode()
+
+    def data_received(self, data: bytes) -> None:
+        self._stats.bytes_in += len(data)
+        if self._broken:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The request before the upgrade is proxied as a plain request; nothing after it is read.
+            self._stop_reading()
+        except httptools.HttpParserError:
+            if not self._queue and not self._closed:
+                self._write(_400)
+                self._close()
+            else:
+                self._stop_reading()
+
+    def eof_received(self) -> bool:
+        # A client may half-close after its last request; answer what is queued, then close.
+        self._broken = True
+        return bool(self._queue)
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._closed = True
+        self._stats.open_connections -= 1
+        self._listener.connections.discard(self)
+        for req in self._queue:
+            if req.connecting is not None:
+                req.connecting.cancel()
+                req.connecting = None
+            upstream = req.upstream
+            if upstream is not None:
+                self._detach(req, upstream)
+                upstream.transport.abort()
+            self._release_slot(req)
+        self._queue.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._queue:
+            upstream = self._queue[0].upstream
+            if upstream is not None and not upstream.paused:
+                upstream.paused = True
+                upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._queue:
+            upstream = self._queue[0].upstream
+            if upstream is not None and upstream.paused:
+                upstream.paused = False
+                upstream.transport.resume_reading()
+
+    def drain(self) -> None:
+        """The listener is being removed: finish the request in flight, then close."""
+        self._draining = True
+        if not self._queue:
+            self._close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    # -- parser callbacks ----------------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self._url = url if not self._url else self._url + url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) in _REQ_LENGTHS:
+            lname = name.lower()
+            if lname in _REQ_SPECIAL:
+                if lname == b"content-length":
+                    self._has_body = value.strip() != b"0"
+                elif lname == b"x-forwarded-for":
+                    self._xff_in = value if self._xff_in is None else self._xff_in + b", " + value
+                    return
+                else:
+                    if lname == b"transfer-encoding":
+                        self._chunked = True
+                    return  # hop-by-hop
+        self._head += (name, b": ", value, _CRLF)
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        method = parser.get_method()
+        head = self._head
+        head[0] = b"%b %b HTTP/1.1\r\n" % (method, self._url)
+        xff_in = self._xff_in
+        chunked = self._chunked
+        if chunked:
+            head += (b"X-Forwarded-For: ", self._xff if xff_in is None else xff_in + b", " + self._xff, b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        else:
+            head += (b"X-Forwarded-For: ", self._xff if xff_in is None else xff_in + b", " + self._xff, b"\r\n\r\n")
+        req = _Request(
+            b"".join(head),
+            chunked,
+            chunked or self._has_body,
+            parser.get_http_version() == "1.1",
+            parser.should_keep_alive(),
+            method == b"HEAD",
+            self._loop.time(),
+        )
+        del head[1:]
+        self._url = b""
+        self._xff_in = None
+        self._chunked = self._has_body = False
+        self._stats.requests += 1
+        self._parsing = req
+        queue = self._queue
+        queue.append(req)
+        if len(queue) == 1:
+            self._begin(req)
+        elif len(queue) > MAX_PIPELINE:
+            self._pause(_PAUSE_BACKLOG)
+
+    def on_body(self, body: bytes) -> None:
+        req = self._parsing
+        if req is None or req.response_done:
+            return  # the response went out already (an error or an early answer): the rest is dropped
+        upstream = req.upstream
+        if upstream is not None:
+            if req.chunked:
+                upstream.transport.writelines((b"%x\r\n" % len(body), body, _CRLF))
+            else:
+                upstream.transport.write(body)
+            return
+        if req.chunked:
+            body = b"%x\r\n%b\r\n" % (len(body), body)
+        if req.pending is None:
+            req.pending = [body]
+        else:
+            req.pending.append(body)
+        self._buffered += len(body)
+        if self._buffered > MAX_BUFFERED:
+            self._pause(_PAUSE_BACKLOG)
+
+    def on_message_complete(self) -> None:
+        req = self._parsing
+        if req is None:
+            return
+        self._parsing = None
+        # Must be read here: after feed_data returns the parser has reset and reports False.
+        req.keep_alive = req.keep_alive and self._parser.should_keep_alive()
+        req.complete = True
+        if req.response_done:
+            if req.upstream is None:
+                self._finish(req)
+            return
+        if req.chunked:
+            upstream = req.upstream
+            if upstream is not None:
+                upstream.transport.write(_LAST_CHUNK)
+            elif req.pending is None:
+                req.pending = [_LAST_CHUNK]
+            else:
+                req.pending.append(_LAST_CHUNK)
+
+    # -- exchange --------------------------------------------------------------------------------
+
+    def _begin(self, req: _Request) -> None:
+        pool = self._listener.vs.pool
+        if pool is None:
+            self._fail(req)
+            return
+        balancer = pool.balancer
+        server = balancer.pick(self._client_ip)
+        if server is None:
+            self._fail(req)
+            return
+        key = server.key
+        balancer.opened(key)
+        req.pool = pool
+        req.balancer = balancer
+        req.server_key = key
+        upstream = pool.upstreams.take(key, self._loop.time())
+        if upstream is not None:
+            self._attach(req, upstream, True)
+        else:
+            req.connecting = self._loop.create_task(self._connect(req, pool, server))
+
+    async def _connect(self, req: _Request, pool: "PoolRuntime", server: Any) -> None:
+        loop = self._loop
+        attempts = 0
+        while True:
+            key = server.key
+            try:
+                async with asyncio.timeout(pool.connect_timeout):
+                    _, upstream = await loop.create_connection(lambda: _Upstream(pool.upstreams, key), server.ip, server.port)  # noqa: B023
+            except (OSError, TimeoutError):
+                self._stats.connect_failures += 1
+                self._release_slot(req)
+                attempts += 1
+                balancer = pool.balancer
+                server = balancer.pick(self._client_ip) if attempts < CONNECT_ATTEMPTS and not self._closed else None
+                if server is None:
+                    req.connecting = None
+                    if not self._closed:
+                        self._fail(req)
+                    return
+                balancer.opened(server.key)
+                req.balancer = balancer
+                req.server_key = server.key
+                continue
+            req.connecting = None
+            if self._closed:
+                upstream.transport.close()
+                return
+            self._attach(req, upstream, False)
+            return
+
+    def _attach(self, req: _Request, upstream: "_Upstream", reused: bool) -> None:
+        req.upstream = upstream
+        upstream.owner = self
+        upstream.req = req
+        upstream.reused = reused
+        upstream.got_bytes = False
+        upstream.finished = False
+        upstream.keep = True
+        if self._write_paused:
+            upstream.paused = True
+            upstream.transport.pause_reading()
+        transport = upstream.transport
+        transport.write(req.head)
+        if req.pending is not None:
+            transport.writelines(req.pending)
+            if self._buffered:
+                self._buffered -= sum(len(p) for p in req.pending)
+            req.pending = None
+            if self._paused & _PAUSE_BACKLOG and self._buffered <= MAX_BUFFERED and len(self._queue) <= MAX_PIPELINE:
+                self._resume(_PAUSE_BACKLOG)
+
+    def _detach(self, req: _Request, upstream: "_Upstream") -> None:
+        upstream.owner = None
+        upstream.req = None
+        req.upstream = None
+        if upstream.paused:
+            upstream.paused = False
+            upstream.transport.resume_reading()
+        if self._paused & _PAUSE_UPSTREAM:
+            self._resume(_PAUSE_UPSTREAM)
+
+    def _release_slot(self, req: _Request) -> None:
+        if req.server_key is not None:
+            req.balancer.closed(req.server_key)
+            req.server_key = None
+
+    def _response_head(self, upstream: "_Upstream", status: int) -> None:
+        req = upstream.req
+        assert req is not None
+        parts = upstream.head
+        if status < 200:
+            if req.http11 and status != 101:
+                parts[0] = _STATUS_LINES[status]
+                parts.append(_CRLF)
+                self._write(b"".join(parts))
+            return
+        req.status = status
+        req.response_started = True
+        parts[0] = _STATUS_LINES[status] if status < 600 else b"HTTP/1.1 %d \r\n" % status
+        has_length = upstream.has_length
+        chunked = upstream.chunked
+        no_body = req.head_only or status == 204 or status == 304
+        if not no_body and (chunked or not has_length):
+            req.until_close = not chunked
+            if req.http11:
+                req.out_chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                req.keep_alive = False  # an HTTP/1.0 client reads the body until the connection closes
+        if not req.keep_alive or self._draining:
+            req.keep_alive = False
+            parts.append(b"Connection: close\r\n")
+        elif not req.http11:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(_CRLF)
+        self._write(b"".join(parts))
+        if req.head_only:
+            # httptools cannot be told the request was HEAD, so it would wait for a body: the
+            # exchange ends here and the backend connection is not reused.
+            self._response_complete(upstream, False)
+
+    def _response_chunk(self, body: bytes) -> None:
+        self._write(b"%x\r\n" % len(body))
+        self._write(body)
+        self._write(_CRLF)
+
+    def _response_complete(self, upstream: "_Upstream", keep_alive: bool) -> None:
+        req = upstream.req
+        assert req is not None
+        if req.out_chunked:
+            self._write(_LAST_CHUNK)
+        req.response_done = True
+        upstream.finished = True
+        upstream.keep = keep_alive and upstream.keep
+        self._stats.response(req.status, self._loop.time() - req.started)
+
+    def _exchange_done(self, upstream: "_Upstream") -> None:
+        """Called once the backend's parser has returned: release the backend, then move on."""
+        req = upstream.req
+        assert req is not None
+        upstream.owner = None
+        upstream.req = None
+        req.upstream = None
+        if upstream.paused:
+            upstream.paused = False
+            upstream.transport.resume_reading()
+        if self._paused:
+            self._resume(_PAUSE_UPSTREAM)
+        if req.server_key is not None:
+            req.balancer.closed(req.server_key)
+            req.server_key = None
+        if upstream.keep and req.complete and not upstream.transport.is_closing():
+            upstream.pool.put(upstream, self._loop.time())
+        else:
+            upstream.transport.close()
+        if req.complete:
+            self._finish(req)
+
+    def _upstream_lost(self, upstream: "_Upstream") -> None:
+        req = upstream.req
+        assert req is not None
+        if upstream.finished:
+            self._exchange_done(upstream)
+            return
+        if not req.response_started:
+            self._detach(req, upstream)
+            self._release_slot(req)
+            if upstream.reused and not upstream.got_bytes and not req.has_body and not req.retried:
+                req.retried = True
+                self._begin(req)
+            else:
+                self._fail(req)
+            return
+        if req.until_close:
+            self._response_complete(upstream, False)
+            self._exchange_done(upstream)
+            return
+        # The response was cut mid-body: only closing tells the client.
+        self._detach(req, upstream)
+        self._release_slot(req)
+        self.transport.close()
+
+    def _fail(self, req: _Request) -> None:
+        """Answer 502 for ``req`` (the head of the queue)."""
+        self._release_slot(req)
+        req.pending = None
+        req.status = 502
+        req.response_done = True
+        keep = req.keep_alive and not self._draining and not self._broken
+        req.keep_alive = keep
+        self._write(_502_KEEP if keep else _502_CLOSE)
+        self._stats.response(502, self._loop.time() - req.started)
+        if req.complete:
+            self._finish(req)
+
+    def _finish(self, req: _Request) -> None:
+        queue = self._queue
+        if not queue or queue[0] is not req:
+            return
+        queue.popleft()
+        if not req.keep_alive or self._draining or (self._broken and not queue):
+            self._close()
+            return
+        if self._paused & _PAUSE_BACKLOG and len(queue) <= MAX_PIPELINE and self._buffered <= MAX_BUFFERED:
+            self._resume(_PAUSE_BACKLOG)
+        if queue:
+            self._begin(queue[0])
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self._stats.bytes_out += len(data)
+        if self._out is not None:
+            self._out.append(data)
+        else:
+            self.transport.write(data)
+
+    def _flush_batch(self) -> None:
+        """One send for everything written while a backend read was parsed (head and body together)."""
+        out = self._out
+        self._out = None
+        if out:
+            if not self._closed:
+                self.transport.writelines(out)
+            out.clear()
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and not self._closed:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and not self._closed and not self._broken:
+                self.transport.resume_reading()
+
+    def _stop_reading(self) -> None:
+        self._broken = True
+        if not self._queue:
+            self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self.transport.close()
+
+
+class _Upstream(asyncio.Protocol):
+    """One keep-alive connection to a backend server; owned by at most one request at a time."""
+
+    __slots__ = (
+        "pool",
+        "key",
+        "transport",
+        "parser",
+        "owner",
+        "req",
+        "head",
+        "has_length",
+        "chunked",
+        "idle_since",
+        "reused",
+        "got_bytes",
+        "finished",
+        "keep",
+        "paused",
+    )
+
+    def __init__(self, pool: UpstreamPool, key: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: Any = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.owner: Optional[L7Connection] = None
+        self.req: Optional[_Request] = None
+        self.head: list[bytes] = [b""]  # the response head for the client, built as headers arrive
+        self.has_length = False
+        self.chunked = False
+        self.idle_since = 0.0
+        self.reused = False
+        self.got_bytes = False
+        self.finished = False  # the owner's response is complete; released once feed_data returns
+        self.keep = True
+        self.paused = False  # reading paused because the client's write buffer is full
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        if owner is None or self.finished:
+            self.transport.close()  # bytes nobody asked for: the connection cannot be trusted
+            return
+        self.got_bytes = True
+        owner._out = out = owner._outbuf
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self.keep = False
+            if not self.finished:
+                owner._flush_batch()
+                self.transport.abort()  # connection_lost reports it to the owner
+                return
+        owner._out = None
+        if out:
+            if not owner._closed:
+                owner.transport.writelines(out)
+            out.clear()
+        if self.finished:
+            owner._exchange_done(self)
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner._upstream_lost(self)
+        else:
+            self.pool.discard(self)
+
+    def pause_writing(self) -> None:
+        if self.owner is not None:
+            self.owner._pause(_PAUSE_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        if self.owner is not None:
+            self.owner._resume(_PAUSE_UPSTREAM)
+
+    # -- parser callbacks ----------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) in _RESP_LENGTHS:
+            lname = name.lower()
+            if lname in _RESP_SPECIAL:
+                if lname == b"content-length":
+                    self.has_length = True
+                else:
+                    if lname == b"transfer-encoding":
+                        self.chunked = True
+                    return  # hop-by-hop
+        self.head += (name, b": ", value, _CRLF)
+
+    def on_headers_complete(self) -> None:
+        if self.finished or self.owner is None:
+            self.keep = False  # a second response in one read: never reuse this connection
+        else:
+            self.owner._response_head(self, self.parser.get_status_code())
+        del self.head[1:]
+        self.has_length = self.chunked = False
+
+    def on_body(self, body: bytes) -> None:
+        owner = self.owner
+        if self.finished or owner is None:
+            return
+        if self.req.out_chunked:  # type: ignore[union-attr]
+            owner._response_chunk(body)
+            return
+        owner._stats.bytes_out += len(body)
+        out = owner._out
+        if out is not None:
+            out.append(body)
+        else:
+            owner.transport.write(body)
+
+    def on_message_complete(self) -> None:
+        if self.finished or self.owner is None:
+            return
+        req = self.req
+        assert req is not None
+        if req.status == 0:
+            return  # an informational (1xx) response; the final one follows
+        # Must be read here: after feed_data returns the parser has reset and reports False.
+        self.owner._response_complete(self, self.parser.should_keep_alive())

@@ -1,0 +1,33 @@
+"""``avictl se run``: one Service Engine in the foreground until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Callable, Optional
+
+__all__ = ["run_service_engine"]
+
+
+def run_service_engine(name: str, controllers: list[str], token: str, state_dir: str | Path, *, report_interval: float = 5.0) -> None:
+    from engine.agent import ServiceEngineAgent
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        agent = ServiceEngineAgent(name, controllers, token, state_dir, report_interval=report_interval)
+        await agent.run(stop)
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+
+
+def _loop_factory() -> Optional[Callable[[], asyncio.AbstractEventLoop]]:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -1,0 +1,383 @@
+"""The L7 proxy: keep-alive both sides, X-Forwarded-For, streamed bodies, pipelining, 502s, counters.
+
+Scenarios marked ``both_loops`` run on asyncio's default loop and on uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import aiohttp
+
+from engine.l7 import UpstreamPool
+from tests.engine.test_dataplane import HttpBackend, StubChecker, both_loops, eventually, free_port, pool_doc, slice_of, stub_dataplane, vs_doc
+
+
+async def _l7(backends: list[HttpBackend], **pool_kwargs: Any):  # type: ignore[no-untyped-def]
+    port = free_port()
+    dp = stub_dataplane()
+    servers = [("127.0.0.1", b.port) for b in backends] or [("127.0.0.1", free_port())]
+    assert {} == await dp.apply(slice_of(vs_doc("web", "127.0.0.1", port, "http", pool_doc(servers, **pool_kwargs))))
+    return dp, port
+
+
+async def _raw(port: int, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    return reader, writer
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """One response with a Content-Length or chunked body: (status line, headers, body)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+    if b"content-length" in headers:
+        body = await reader.readexactly(int(headers[b"content-length"]))
+    elif headers.get(b"transfer-encoding") == b"chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            body += chunk[:-2]
+    else:
+        body = b""
+    return lines[0], headers, body
+
+
+@both_loops
+async def test_keep_alive_reuses_one_client_and_one_backend_connection() -> None:
+    """100 sequential requests use one client connection and one backend connection."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            for _ in range(100):
+                async with session.get(f"http://127.0.0.1:{port}/x") as resp:
+                    assert (200, b"a") == (resp.status, await resp.read())
+        stats = dp.telemetry()["web"]
+        assert (1, 100, 100) == (stats["total_connections"], stats["requests"], stats["responses"]["2xx"])
+        assert 100 == stats["latency"]["count"]
+        assert 1 == backend.accepted
+    finally:
+        await dp.close()
+        backend.close()
+
+
+async def test_backend_connections_are_pooled_across_clients() -> None:
+    """20 clients, one after the other, share the idle backend connection."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    try:
+        for _ in range(20):
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                    assert 200 == resp.status
+        assert 20 == dp.telemetry()["web"]["total_connections"]
+        assert 1 == backend.accepted
+    finally:
+        await dp.close()
+        backend.close()
+
+
+async def test_idle_backend_connections_are_capped_per_server() -> None:
+    """Beyond max_idle_per_server, finished backend connections are closed instead of kept."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    dp._pools["pool-1"].upstreams.max_idle_per_server = 2
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=10)) as session:
+
+            async def one() -> None:
+                async with session.get(f"http://127.0.0.1:{port}/chunked") as resp:
+                    assert b"firstsecond" == await resp.read()
+
+            tasks = [asyncio.create_task(one()) for _ in range(5)]
+            await eventually(lambda: backend.accepted == 5, what="5 backend connections")
+            backend.release.set()
+            await asyncio.gather(*tasks)
+        assert 2 == dp._pools["pool-1"].upstreams.idle_count()
+    finally:
+        await dp.close()
+        backend.close()
+
+
+@both_loops
+async def test_x_forwarded_for_is_added_or_appended() -> None:
+    """The client IP is added as X-Forwarded-For, after any the client sent."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                await resp.read()
+            async with session.get(f"http://127.0.0.1:{port}/", headers={"X-Forwarded-For": "10.1.1.1"}) as resp:
+                await resp.read()
+        assert ["127.0.0.1", "10.1.1.1, 127.0.0.1"] == [r[2]["x-forwarded-for"] for r in backend.requests]
+        assert f"127.0.0.1:{port}" == backend.requests[0][2]["host"]
+    finally:
+        await dp.close()
+        backend.close()
+
+
+@both_loops
+async def test_chunked_response_is_streamed() -> None:
+    """The first chunk reaches the client before the backend has sent the rest."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/chunked") as resp:
+                assert b"first" == await resp.content.readexactly(5)
+                backend.release.set()
+                assert b"second" == await resp.content.read()
+            async with session.get(f"http://127.0.0.1:{port}/after") as resp:
+                assert b"a" == await resp.read()
+        assert 1 == backend.accepted
+    finally:
+        await dp.close()
+        backend.close()
+
+
+@both_loops
+async def test_request_bodies_are_streamed_both_framings() -> None:
+    """A Content-Length body and a chunked body (several MB) reach the backend intact."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    payload = os.urandom(3 << 20)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/echo", data=payload) as resp:
+                assert payload == await resp.read()
+
+            async def chunks() -> Any:
+                for i in range(0, len(payload), 100_000):
+                    yield payload[i : i + 100_000]
+
+            async with session.post(f"http://127.0.0.1:{port}/echo", data=chunks()) as resp:
+                assert payload == await resp.read()
+        assert "chunked" == backend.requests[1][2]["transfer-encoding"]
+        assert 1 == backend.accepted
+    finally:
+        await dp.close()
+        backend.close()
+
+
+@both_loops
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    """Three requests sent at once come back as three responses, in order, on one connection."""
+    a = await HttpBackend(b"a").start()
+    b = await HttpBackend(b"b").start()
+    dp, port = await _l7([a, b])
+    try:
+        reader, writer = await _raw(
+            port,
+            b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+            b"GET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        responses = [await _read_response(reader) for _ in range(3)]
+        assert [b"a", b"hello", b"a"] == [body for _, _, body in responses]
+        assert b"close" == responses[2][1][b"connection"]
+        assert b"" == await reader.read()
+        writer.close()
+    finally:
+        await dp.close()
+        a.close()
+        b.close()
+
+
+@both_loops
+async def test_502_when_no_server_is_up() -> None:
+    """With every server down the client gets a small 502 and keeps its connection."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    try:
+        StubChecker.by_pool["pool-1"].set(backend.key, False)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            for _ in range(3):
+                async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                    assert 502 == resp.status
+                    assert b"502 Bad Gateway" in await resp.read()
+            StubChecker.by_pool["pool-1"].set(backend.key, True)
+            async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                assert 200 == resp.status
+        stats = dp.telemetry()["web"]
+        assert (1, 3, 1) == (stats["total_connections"], stats["responses"]["5xx"], stats["responses"]["2xx"])
+    finally:
+        await dp.close()
+        backend.close()
+
+
+@both_loops
+async def test_502_when_backend_refuses_or_dies_before_answering() -> None:
+    """A refused connect, and a backend that closes without answering, both give 502."""
+    dp, port = await _l7([])
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                assert 502 == resp.status
+    finally:
+        await dp.close()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    rude = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = free_port()
+    dp = stub_dataplane()
+    try:
+        await dp.apply(slice_of(vs_doc("web", "127.0.0.1", port, "http", pool_doc([("127.0.0.1", rude.sockets[0].getsockname()[1])]))))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                assert 502 == resp.status
+    finally:
+        await dp.close()
+        rude.close()
+
+
+@both_loops
+async def test_head_1xx_204_and_until_close_responses() -> None:
+    """HEAD, 204, a response delimited by the backend closing, and HTTP/1.0 clients are framed right."""
+    backend = await HttpBackend(b"abc").start()
+    dp, port = await _l7([backend])
+    try:
+        reader, writer = await _raw(port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, _ = await _read_response_head_only(reader)
+        assert (b"HTTP/1.1 200 OK", b"3") == (status, headers[b"content-length"])
+        writer.write(b"GET /status/204 HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, _ = await _read_response_head_only(reader)
+        assert status.startswith(b"HTTP/1.1 204")
+        writer.write(b"GET /until-close HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = await _read_response(reader)
+        assert (b"chunked", b"no length here") == (headers[b"transfer-encoding"], body)
+        writer.write(b"GET /status/404 HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = await _read_response(reader)
+        assert (b"HTTP/1.1 404 Not Found", b"abc") == (status, body)
+        writer.close()
+
+        reader, writer = await _raw(port, b"GET /until-close HTTP/1.0\r\n\r\n")
+        assert (await reader.read()).endswith(b"\r\n\r\nno length here")
+        writer.close()
+
+        reader, writer = await _raw(port, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, body = await _read_response(reader)
+        assert (b"keep-alive", b"abc") == (headers[b"connection"], body)
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        status, headers, body = await _read_response(reader)
+        assert (b"close", b"abc") == (headers[b"connection"], body)
+        assert b"" == await reader.read()
+        writer.close()
+
+        stats = dp.telemetry()["web"]["responses"]
+        assert (6, 1) == (stats["2xx"], stats["4xx"])
+    finally:
+        await dp.close()
+        backend.close()
+
+
+async def _read_response_head_only(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+    return lines[0], headers, b""
+
+
+@both_loops
+async def test_expect_100_continue_is_relayed() -> None:
+    """A client that waits for 100 Continue gets it from the backend, then the final response."""
+
+    async def backend_fn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"expect: 100-continue" in head.lower()
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = await reader.readexactly(4)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n" + body.upper())
+
+    server = await asyncio.start_server(backend_fn, "127.0.0.1", 0)
+    port = free_port()
+    dp = stub_dataplane()
+    try:
+        await dp.apply(slice_of(vs_doc("web", "127.0.0.1", port, "http", pool_doc([("127.0.0.1", server.sockets[0].getsockname()[1])]))))
+        reader, writer = await _raw(port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        assert b"HTTP/1.1 100 Continue\r\n\r\n" == await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"ping")
+        status, _, body = await _read_response(reader)
+        assert (b"HTTP/1.1 200 OK", b"PING") == (status, body)
+        writer.close()
+    finally:
+        await dp.close()
+        server.close()
+
+
+@both_loops
+async def test_bad_request_gets_400_and_close() -> None:
+    """Bytes that are not HTTP are answered 400 and the connection is closed."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    try:
+        reader, writer = await _raw(port, b"NOT HTTP AT ALL\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        writer.close()
+        assert 0 == backend.accepted
+    finally:
+        await dp.close()
+        backend.close()
+
+
+async def test_stale_idle_backend_connection_is_retried() -> None:
+    """A pooled connection the backend closed while idle is replaced without the client seeing an error."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                assert 200 == resp.status
+            # Simulate the race: the backend closes the idle connection while the proxy writes to it.
+            pool: UpstreamPool = dp._pools["pool-1"].upstreams
+            (idle,) = pool._idle[backend.key]
+            idle.transport.pause_reading()  # the proxy has not noticed yet
+            backend.transports[0].close()
+            await asyncio.sleep(0.05)
+
+            async def second() -> int:
+                async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                    await resp.read()
+                    return resp.status
+
+            task = asyncio.create_task(second())
+            await eventually(lambda: idle.owner is not None, what="the stale connection to be reused")
+            idle.transport.resume_reading()
+            assert 200 == await task
+        assert 2 == backend.accepted
+    finally:
+        await dp.close()
+        backend.close()
+
+
+async def test_removed_vs_closes_idle_keep_alive_clients() -> None:
+    """Removing an HTTP VS closes its idle keep-alive client connections."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    try:
+        reader, writer = await _raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await _read_response(reader)
+        await dp.apply(slice_of(revision=2))
+        assert b"" == await reader.read()
+        writer.close()
+    finally:
+        await dp.close()
+        backend.close()

@@ -1,0 +1,223 @@
+"""Service Engines as real processes: slices from the cluster, traffic through VIPs, health, NACKs, headless."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from simulations.local_cluster import LocalCluster, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+class Fleet:
+    """A 3-node cluster, two HTTP backends and SE processes, all on 127.0.0.1."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.cluster = LocalCluster(base / "cluster", nodes=3)
+        self.backends: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+        self.ses: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start_backend(self, name: str, port: int | None = None) -> int:
+        port = port or free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "simulations.backend", "--port", str(port), "--name", name],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.backends[name] = (port, proc)
+        wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), 10, what=f"backend {name}")
+        return port
+
+    def stop_backend(self, name: str) -> None:
+        _port, proc = self.backends[name]
+        proc.terminate()
+        proc.wait(10)
+
+    def start_se(self, name: str) -> None:
+        urls = ",".join(self.cluster.api(n) for n in self.cluster.ids)
+        log = open(self.base / f"{name}.log", "ab")
+        self.ses[name] = subprocess.Popen(
+            [sys.executable, "-m", "avictl", "--api", urls, "--token", self.cluster.token, "se", "run", "--name", name,
+             "--state-dir", str(self.base / name), "--report-interval", "0.5"],
+            stdout=log, stderr=log, env={**os.environ, "AVICTL_HOME": str(self.base / "home")},
+        )
+        log.close()
+
+    def stop_se(self, name: str) -> None:
+        proc = self.ses[name]
+        proc.kill()
+        proc.wait(10)
+
+    def se(self, name: str, node: str = "n1") -> dict[str, Any]:
+        code, body = self.cluster.request(node, "GET", f"/api/serviceengine?name={name}&stale=true")
+        assert code == 200
+        return body["results"][0] if body["results"] else {}
+
+    def close(self) -> None:
+        for proc in self.ses.values():
+            if proc.poll() is None:
+                proc.kill()
+        for _port, proc in self.backends.values():
+            if proc.poll() is None:
+                proc.kill()
+        self.cluster.close()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def answered_by(url: str, n: int) -> collections.Counter[str]:
+    return collections.Counter(get(url)["server"] for _ in range(n))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    f = Fleet(tmp_path_factory.mktemp("fleet"))
+    try:
+        f.cluster.start_all()
+        f.start_backend("a")
+        f.start_backend("b")
+        f.start_se("se-1")
+        wait_until(lambda: f.se("se-1"), 20, what="se-1 to register")
+        yield f
+    finally:
+        f.close()
+
+
+def make_vs(fleet: Fleet, name: str, vip: str, port: int, *, algorithm: str = "LB_ALGORITHM_ROUND_ROBIN", monitor: bool = False) -> dict[str, Any]:
+    c = fleet.cluster
+    pa, pb = fleet.backends["a"][0], fleet.backends["b"][0]
+    pool: dict[str, Any] = {"name": f"{name}-pool", "lb_algorithm": algorithm,
+                            "servers": [{"ip": {"addr": "127.0.0.1", "type": "V4"}, "port": pa, "ratio": 1},
+                                        {"ip": {"addr": "127.0.0.1", "type": "V4"}, "port": pb, "ratio": 2}]}
+    if monitor:
+        code, hm = c.request("n1", "POST", "/api/healthmonitor", {
+            "name": f"{name}-hm", "type": "HEALTH_MONITOR_HTTP", "send_interval": 2, "receive_timeout": 1,
+            "successful_checks": 1, "failed_checks": 2, "http_monitor": {"http_request": "GET /healthz HTTP/1.0"}})
+        assert code == 201, hm
+        pool["health_monitor_refs"] = [hm["url"]]
+    code, pool_obj = c.request("n1", "POST", "/api/pool", pool)
+    assert code == 201, pool_obj
+    code, vip_obj = c.request("n2", "POST", "/api/vsvip", {"name": f"{name}-vip", "vip": [{"ip_address": {"addr": vip, "type": "V4"}}]})
+    assert code == 201, vip_obj
+    code, vs = c.request("n3", "POST", "/api/virtualservice", {"name": name, "services": [{"port": port}], "pool_ref": pool_obj["url"], "vsvip_ref": vip_obj["url"]})
+    assert code == 201, vs
+    code, placed = c.request("n1", "POST", f"/api/virtualservice/{vs['uuid']}/placement", {"serviceengine_refs": ["se-1"]})
+    assert code == 200, placed
+    return {"pool": pool_obj, "vs": vs, "revision": int(placed["_last_modified"])}
+
+
+def test_traffic_reaches_both_servers_in_ratio(fleet: Fleet) -> None:
+    """A VS placed on se-1 answers on its VIP and spreads requests 1:2 by server ratio (round robin)."""
+    port = free_port()
+    made = make_vs(fleet, "ratio", "127.10.1.1", port)
+    url = f"http://127.10.1.1:{port}/hello"
+    wait_until(lambda: _http_ok(url), 15, what="the VIP to answer")
+    counts = answered_by(url, 300)
+    assert counts == collections.Counter({"a": 100, "b": 200})
+    assert get(url)["x_forwarded_for"] == "127.0.0.1"
+    se = fleet.se("se-1", "n2")
+    assert se["runtime"]["applied_revision"] >= made["revision"] - 5
+    assert "ratio" in se["runtime"]["virtualservices"]
+
+
+def test_health_monitor_takes_a_stopped_server_out_and_back(fleet: Fleet) -> None:
+    """A stopped server gets no requests once its monitor marks it down; it returns after it restarts."""
+    port = free_port()
+    made = make_vs(fleet, "health", "127.10.1.2", port, monitor=True)
+    url = f"http://127.10.1.2:{port}/"
+    wait_until(lambda: _http_ok(url), 15, what="the VIP to answer")
+    b_port = fleet.backends["b"][0]
+    fleet.stop_backend("b")
+    wait_until(lambda: set(answered_by(url, 6)) == {"a"}, 10, interval=0.2, what="b to be taken out")
+    key = f"127.0.0.1:{b_port}"
+    wait_until(lambda: fleet.cluster.request("n3", "GET", f"/api/pool/{made['pool']['uuid']}")[1]["runtime"]["servers"].get(key) == {"se-1": "DOWN"},
+               10, what="the pool to show b down")
+    fleet.start_backend("b", b_port)
+    wait_until(lambda: "b" in answered_by(url, 6), 10, interval=0.2, what="b to come back")
+
+
+def test_a_port_in_use_is_nacked_and_the_other_vs_keeps_serving(fleet: Fleet) -> None:
+    """A VS whose port is taken shows as an error on the SE; the SE's other VSs keep serving."""
+    taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    taken.bind(("127.10.1.3", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        make_vs(fleet, "clash", "127.10.1.3", port)
+        wait_until(lambda: "clash" in (fleet.se("se-1").get("runtime", {}).get("vs_errors") or {}), 15, what="the NACK")
+        se = fleet.se("se-1", "n3")
+        assert "clash" in se["runtime"]["nack"]["error"]
+        other_port = free_port()
+        make_vs(fleet, "fine", "127.10.1.4", other_port)
+        wait_until(lambda: _http_ok(f"http://127.10.1.4:{other_port}/"), 15, what="the other VS to serve")
+    finally:
+        taken.close()
+
+
+def test_se_reconnects_to_another_controller_and_misses_no_change(fleet: Fleet) -> None:
+    """Kill the controller the SE streams from; a change made meanwhile still reaches the SE."""
+    port = free_port()
+    made = make_vs(fleet, "moving", "127.10.1.5", port)
+    url = f"http://127.10.1.5:{port}/"
+    wait_until(lambda: _http_ok(url), 15, what="the VIP to answer")
+    connected = wait_until(lambda: fleet.se("se-1").get("runtime", {}).get("telemetry") is not None and _connected_node(fleet), 10, what="a connection")
+    fleet.cluster.kill(connected)
+    others = [n for n in fleet.cluster.ids if n != connected]
+    code, _ = fleet.cluster.request(others[0], "PATCH", f"/api/pool/{made['pool']['uuid']}",
+                                    {"replace": {"servers": [{"ip": {"addr": "127.0.0.1", "type": "V4"}, "port": fleet.backends["a"][0]}]}}, timeout=15)
+    assert code == 200
+    wait_until(lambda: set(answered_by(url, 6)) == {"a"}, 15, interval=0.2, what="the change to reach the SE")
+    fleet.cluster.start(connected)
+    fleet.cluster.wait_converged(30)
+
+
+def _connected_node(fleet: Fleet) -> str | None:
+    log = (fleet.base / "se-1.log").read_text()
+    for line in reversed(log.splitlines()):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "se_subscribed":
+            for node in fleet.cluster.ids:
+                if fleet.cluster.api(node) == event.get("controller"):
+                    return node
+    return None
+
+
+def test_se_restarted_with_controllers_down_serves_its_last_config(fleet: Fleet) -> None:
+    """Restart the SE while every controller is down: it serves its last good slice, then reconnects."""
+    port = free_port()
+    make_vs(fleet, "headless", "127.10.1.6", port)
+    url = f"http://127.10.1.6:{port}/"
+    wait_until(lambda: _http_ok(url), 15, what="the VIP to answer")
+    fleet.stop_se("se-1")
+    for node in fleet.cluster.ids:
+        fleet.cluster.kill(node)
+    fleet.start_se("se-1")
+    wait_until(lambda: _http_ok(url), 15, what="the restarted SE to serve headless")
+    for node in fleet.cluster.ids:
+        fleet.cluster.start(node)
+    fleet.cluster.wait_leader(30)
+    wait_until(lambda: (fleet.se("se-1").get("runtime") or {}).get("lag") == 0, 20, what="the SE to report in again")
+    assert _http_ok(url)
