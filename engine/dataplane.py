@@ -115,8 +115,13 @@ class Listener:
         self.draining = True
         for conn in list(self.connections):
             conn.drain()
-        if self.connections:
-            self._expiry = self.loop.call_later(grace, self.abort_all)
+        # Armed even with no connections: one may still be completing its accept.
+        self._expiry = self.loop.call_later(grace, self.abort_all)
+
+    @property
+    def finished(self) -> bool:
+        """Retired, and nothing left to wait for."""
+        return self.draining and self._expiry is None and not self.connections
 
     def abort_all(self) -> None:
         if self._expiry is not None:
@@ -136,9 +141,13 @@ class DataPlane:
         drain_cap: float = 60.0,
         health_factory: Optional[HealthFactory] = None,
         backlog: int = 1024,
+        keepalive_timeout: float = 60.0,
+        sweep_interval: float = 5.0,
     ) -> None:
         self._health_factory: HealthFactory = health_factory or HealthChecker
         self.connect_timeout = connect_timeout
+        self.keepalive_timeout = keepalive_timeout  # idle HTTP client connections (and slow request heads)
+        self.sweep_interval = sweep_interval
         self.drain_cap = drain_cap
         self.backlog = backlog
         self._listeners: dict[tuple[str, int], Listener] = {}
@@ -172,8 +181,12 @@ class DataPlane:
             try:
                 if runtime is None:
                     runtime = PoolRuntime(pool_config, self._health_factory, self._health_changed, self.connect_timeout)
-                    runtime.start()
                     self._pools[uuid] = runtime
+                    try:
+                        runtime.start()
+                    except Exception:
+                        del self._pools[uuid]
+                        raise
                 elif runtime.config != pool_config:
                     runtime.update(pool_config)
             except Exception as exc:  # a bad pool must not take the other VSs down
@@ -221,7 +234,7 @@ class DataPlane:
                 listener.retire(grace)
                 self._retired.append(listener)
         self._listeners = listeners
-        self._retired = [r for r in self._retired if r.connections]
+        self._retired = [r for r in self._retired if not r.finished]
         in_use = set(pool_configs) | {lst.vs.pool.config.uuid for lst in listeners.values() if lst.vs.pool is not None}
         for uuid in [u for u in self._pools if u not in in_use]:
             await self._pools.pop(uuid).stop()
@@ -252,12 +265,16 @@ class DataPlane:
         return {address: listener.vs.config.name for address, listener in self._listeners.items()}
 
     async def _sweep(self) -> None:
+        """Periodic housekeeping, so the data path keeps no timers: idle backend and client connections."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(5.0)
+            await asyncio.sleep(self.sweep_interval)
             now = loop.time()
             for pool in self._pools.values():
                 pool.upstreams.sweep(now)
+            for listener in [*self._listeners.values(), *self._retired]:
+                for conn in list(listener.connections):
+                    conn.close_if_idle(now, self.keepalive_timeout)
 
     async def close(self) -> None:
         """Stop serving: close every listener and connection, stop health checks."""

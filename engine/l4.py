@@ -138,6 +138,9 @@ class L4Connection(asyncio.Protocol):
         if self.upstream is not None:
             self.upstream.transport.resume_reading()
 
+    def close_if_idle(self, now: float, timeout: float) -> None:
+        """L4 connections have no idle timeout (yet)."""
+
     def drain(self) -> None:
         """The listener is being removed: established connections run on until the grace period ends."""
 

@@ -17,6 +17,12 @@ Contracts worth knowing:
   breaks after it started is cut by closing the client connection.
 - A reused idle connection that dies before answering a request without a body is retried once on
   a fresh pick (the server closed it while it sat idle).
+- Writes to the client made while one backend read is parsed go out as one ``writelines`` (head and
+  body in one send). A Content-Length body of ``BYPASS_MIN`` bytes or more is relayed as it is read,
+  past the parser, which is replaced when the body ends.
+- Responses carry the standard reason phrase for their status; the backend's phrase is not kept.
+- Idle client connections (and slow request heads) are closed by the data plane's sweep
+  (``close_if_idle``); nothing on the hot path arms a timer.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ __all__ = ["L7Connection", "UpstreamPool"]
 CONNECT_ATTEMPTS = 3
 MAX_PIPELINE = 32  # queued requests per client connection before reading pauses
 MAX_BUFFERED = 256 * 1024  # request body bytes held while a backend connects, before reading pauses
+BYPASS_MIN = 64 * 1024  # a Content-Length response body at least this long is relayed without the parser
 
 _PAUSE_UPSTREAM = 1  # the backend's write buffer is full
 _PAUSE_BACKLOG = 2  # too many queued requests or buffered body bytes
@@ -217,6 +224,7 @@ class L7Connection(asyncio.Protocol):
         "_closed",
         "_broken",
         "_draining",
+        "_idle_since",
     )
 
     def __init__(self, listener: "Listener") -> None:
@@ -243,6 +251,7 @@ class L7Connection(asyncio.Protocol):
         self._closed = False
         self._broken = False  # no more requests will be read (parse error, EOF, upgrade)
         self._draining = False
+        self._idle_since = 0.0  # when the last response ended (or the connection was accepted); 0 while busy
 
     # -- transport callbacks -------------------------------------------------------------------
 
@@ -255,6 +264,8 @@ class L7Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._client_ip = peer[0] if peer else ""
         self._xff = self._client_ip.encode()
+        self._idle_since = self._loop.time()
+        self._draining = self._listener.draining
 
     def data_received(self, data: bytes) -> None:
         self._stats.bytes_in += len(data)
@@ -340,19 +351,23 @@ class L7Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         method = parser.get_method()
+        http11 = parser.get_http_version() == "1.1"
         head = self._head
-        head[0] = b"%b %b HTTP/1.1\r\n" % (method, self._url)
         xff_in = self._xff_in
         chunked = self._chunked
-        if chunked:
-            head += (b"X-Forwarded-For: ", self._xff if xff_in is None else xff_in + b", " + self._xff, b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        if http11:
+            head[0] = b"%b %b HTTP/1.1\r\n" % (method, self._url)
+            tail = b"\r\nTransfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n\r\n"
         else:
-            head += (b"X-Forwarded-For: ", self._xff if xff_in is None else xff_in + b", " + self._xff, b"\r\n\r\n")
+            # Kept at 1.0 (it may lack Host, which 1.1 requires), asking the backend for keep-alive.
+            head[0] = b"%b %b HTTP/1.0\r\n" % (method, self._url)
+            tail = b"\r\nConnection: keep-alive\r\n\r\n"
+        head += (b"X-Forwarded-For: ", self._xff if xff_in is None else xff_in + b", " + self._xff, tail)
         req = _Request(
             b"".join(head),
             chunked,
             chunked or self._has_body,
-            parser.get_http_version() == "1.1",
+            http11,
             parser.should_keep_alive(),
             method == b"HEAD",
             self._loop.time(),
@@ -362,6 +377,7 @@ class L7Connection(asyncio.Protocol):
         self._xff_in = None
         self._chunked = self._has_body = False
         self._stats.requests += 1
+        self._idle_since = 0.0
         self._parsing = req
         queue = self._queue
         queue.append(req)
@@ -622,6 +638,16 @@ class L7Connection(asyncio.Protocol):
             self._resume(_PAUSE_BACKLOG)
         if queue:
             self._begin(queue[0])
+        else:
+            self._idle_since = self._loop.time()
+
+    def close_if_idle(self, now: float, timeout: float) -> None:
+        """Close the connection if no request is in flight and none has started for ``timeout`` seconds.
+
+        Also bounds how long a client may take to send a request head (the clock runs until it is complete).
+        """
+        if not self._queue and now - self._idle_since > timeout:
+            self._close()
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -674,7 +700,10 @@ class _Upstream(asyncio.Protocol):
         "req",
         "head",
         "has_length",
+        "length",
         "chunked",
+        "body_left",
+        "bypass_keep",
         "idle_since",
         "reused",
         "got_bytes",
@@ -692,7 +721,10 @@ class _Upstream(asyncio.Protocol):
         self.req: Optional[_Request] = None
         self.head: list[bytes] = [b""]  # the response head for the client, built as headers arrive
         self.has_length = False
+        self.length = 0
         self.chunked = False
+        self.body_left = 0  # body bytes still to relay for a large Content-Length response (bypass)
+        self.bypass_keep = False
         self.idle_since = 0.0
         self.reused = False
         self.got_bytes = False
@@ -707,6 +739,9 @@ class _Upstream(asyncio.Protocol):
         owner = self.owner
         if owner is None or self.finished:
             self.transport.close()  # bytes nobody asked for: the connection cannot be trusted
+            return
+        if self.body_left:
+            self._relay_body(owner, data)
             return
         self.got_bytes = True
         owner._out = out = owner._outbuf
@@ -725,6 +760,23 @@ class _Upstream(asyncio.Protocol):
             out.clear()
         if self.finished:
             owner._exchange_done(self)
+
+    def _relay_body(self, owner: L7Connection, data: bytes) -> None:
+        """The body of a large Content-Length response: straight to the client, no parsing, no copy.
+
+        The parser is left mid-body and replaced by a fresh one when the body ends.
+        """
+        left = self.body_left
+        n = len(data)
+        if n < left:
+            self.body_left = left - n
+            owner._write(data)
+            return
+        self.body_left = 0
+        owner._write(data if n == left else data[:left])
+        self.parser = httptools.HttpResponseParser(self)
+        owner._response_complete(self, self.bypass_keep and n == left)  # bytes past the body: do not reuse
+        owner._exchange_done(self)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         owner = self.owner
@@ -749,6 +801,7 @@ class _Upstream(asyncio.Protocol):
             if lname in _RESP_SPECIAL:
                 if lname == b"content-length":
                     self.has_length = True
+                    self.length = int(value)  # llhttp has checked it is digits
                 else:
                     if lname == b"transfer-encoding":
                         self.chunked = True
@@ -756,10 +809,15 @@ class _Upstream(asyncio.Protocol):
         self.head += (name, b": ", value, _CRLF)
 
     def on_headers_complete(self) -> None:
-        if self.finished or self.owner is None:
+        owner = self.owner
+        if self.finished or owner is None:
             self.keep = False  # a second response in one read: never reuse this connection
         else:
-            self.owner._response_head(self, self.parser.get_status_code())
+            owner._response_head(self, self.parser.get_status_code())
+            req = self.req
+            if self.has_length and not self.chunked and self.length >= BYPASS_MIN and req is not None and req.response_started and not self.finished:
+                self.body_left = self.length  # on_body counts down what this read already holds
+                self.bypass_keep = self.parser.should_keep_alive()
         del self.head[1:]
         self.has_length = self.chunked = False
 
@@ -767,6 +825,8 @@ class _Upstream(asyncio.Protocol):
         owner = self.owner
         if self.finished or owner is None:
             return
+        if self.body_left:
+            self.body_left -= len(body)
         if self.req.out_chunked:  # type: ignore[union-attr]
             owner._response_chunk(body)
             return
@@ -778,6 +838,7 @@ class _Upstream(asyncio.Protocol):
             owner.transport.write(body)
 
     def on_message_complete(self) -> None:
+        self.body_left = 0
         if self.finished or self.owner is None:
             return
         req = self.req

@@ -6,6 +6,7 @@ Scenarios marked ``both_loops`` run on asyncio's default loop and on uvloop.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 from typing import Any
 
@@ -155,7 +156,7 @@ async def test_request_bodies_are_streamed_both_framings() -> None:
     payload = os.urandom(3 << 20)
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"http://127.0.0.1:{port}/echo", data=payload) as resp:
+            async with session.post(f"http://127.0.0.1:{port}/echo", data=io.BytesIO(payload)) as resp:
                 assert payload == await resp.read()
 
             async def chunks() -> Any:
@@ -164,7 +165,7 @@ async def test_request_bodies_are_streamed_both_framings() -> None:
 
             async with session.post(f"http://127.0.0.1:{port}/echo", data=chunks()) as resp:
                 assert payload == await resp.read()
-        assert "chunked" == backend.requests[1][2]["transfer-encoding"]
+        assert (str(len(payload)), "chunked") == (backend.requests[0][2]["content-length"], backend.requests[1][2]["transfer-encoding"])
         assert 1 == backend.accepted
     finally:
         await dp.close()
@@ -306,6 +307,8 @@ async def test_expect_100_continue_is_relayed() -> None:
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = await reader.readexactly(4)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n" + body.upper())
+        await reader.read()
+        writer.close()
 
     server = await asyncio.start_server(backend_fn, "127.0.0.1", 0)
     port = free_port()
@@ -378,6 +381,67 @@ async def test_removed_vs_closes_idle_keep_alive_clients() -> None:
         await dp.apply(slice_of(revision=2))
         assert b"" == await reader.read()
         writer.close()
+    finally:
+        await dp.close()
+        backend.close()
+
+
+async def test_idle_keep_alive_client_is_closed_after_timeout() -> None:
+    """A keep-alive client that sends nothing for keepalive_timeout is closed; a busy one is not."""
+    backend = await HttpBackend(b"a").start()
+    port = free_port()
+    dp = stub_dataplane(keepalive_timeout=0.3, sweep_interval=0.05)
+    try:
+        await dp.apply(slice_of(vs_doc("web", "127.0.0.1", port, "http", pool_doc([("127.0.0.1", backend.port)]))))
+        reader, writer = await _raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await _read_response(reader)
+        busy_reader, busy_writer = await _raw(port, b"GET /chunked HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = asyncio.get_running_loop().time()
+        assert b"" == await reader.read()
+        assert 0.25 < asyncio.get_running_loop().time() - started < 2
+        backend.release.set()
+        _, _, body = await _read_response(busy_reader)
+        assert b"firstsecond" == body
+        writer.close()
+        busy_writer.close()
+    finally:
+        await dp.close()
+        backend.close()
+
+
+@both_loops
+async def test_large_responses_are_relayed_intact_and_the_connection_reused() -> None:
+    """Big Content-Length bodies (relayed past the parser) arrive intact, one after another, on one backend connection."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    payloads = [os.urandom(n) for n in (70_000, 1 << 20, 5 << 20, 10, 200_000)]
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            for payload in payloads:
+                async with session.post(f"http://127.0.0.1:{port}/echo", data=io.BytesIO(payload)) as resp:
+                    assert payload == await resp.read()
+            async with session.get(f"http://127.0.0.1:{port}/status/204") as resp:
+                assert 204 == resp.status
+        assert 1 == backend.accepted
+        stats = dp.telemetry()["web"]
+        assert stats["bytes_out"] > sum(len(p) for p in payloads)
+    finally:
+        await dp.close()
+        backend.close()
+
+
+async def test_http10_request_goes_upstream_as_10_with_keep_alive() -> None:
+    """An HTTP/1.0 request (maybe without Host) is forwarded as 1.0, asking the backend to keep the connection."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    try:
+        for _ in range(2):
+            reader, writer = await _raw(port, b"GET /ten HTTP/1.0\r\n\r\n")
+            status, _, body = await _read_response(reader)
+            assert (b"HTTP/1.1 200 OK", b"a") == (status, body)
+            writer.close()
+        assert "keep-alive" == backend.requests[0][2]["connection"]
+        assert 1 == backend.accepted
     finally:
         await dp.close()
         backend.close()
