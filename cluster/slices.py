@@ -9,6 +9,7 @@ version is still V.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 from cluster.views import ConfigView, StoredObject, ref_uuid
@@ -96,6 +97,7 @@ class SliceCache:
 
     def __init__(self) -> None:
         self._slices: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._encoded: dict[str, tuple[int, bytes]] = {}
 
     def refresh(self, view: ConfigView) -> set[str]:
         """Recompute every SE's slice; return the SEs whose slice changed."""
@@ -109,8 +111,21 @@ class SliceCache:
                 changed.add(se_uuid)
         for gone in set(self._slices) - current:
             del self._slices[gone]
+            self._encoded.pop(gone, None)
             changed.add(gone)
         return changed
+
+    def encoded(self, se_uuid: str) -> Optional[tuple[int, bytes]]:
+        """The current slice as one JSON line, encoded once per version however many watchers send it."""
+        entry = self._slices.get(se_uuid)
+        if entry is None:
+            return None
+        version = entry[0]
+        cached = self._encoded.get(se_uuid)
+        if cached is None or cached[0] != version:
+            cached = (version, json.dumps({"revision": version, **entry[1]}).encode() + b"\n")
+            self._encoded[se_uuid] = cached
+        return cached
 
     def get(self, se_uuid: str) -> Optional[dict[str, Any]]:
         entry = self._slices.get(se_uuid)

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,6 +54,7 @@ class ServiceEngineAgent:
         self.nack: Optional[dict[str, Any]] = None
         self.vs_errors: dict[str, str] = {}
         self.connected_to: Optional[str] = None
+        self.applied_at: Optional[float] = None
         self.log = log.bind(se=name)
         self._session: Optional[aiohttp.ClientSession] = None
         self._report_now = asyncio.Event()
@@ -102,6 +104,7 @@ class ServiceEngineAgent:
         errors = await self.dataplane.apply(config)
         self.applied = config
         self.applied_revision = config.revision
+        self.applied_at = time.time()
         self.vs_errors = dict(errors)
         self.nack = (
             {"revision": config.revision, "error": "; ".join(f"{vs}: {err}" for vs, err in sorted(errors.items()))}
@@ -183,6 +186,7 @@ class ServiceEngineAgent:
         servers = {pools.get(name, name): states for name, states in self.dataplane.server_states().items()}
         return {
             "applied_revision": self.applied_revision if self.applied_revision >= 0 else None,
+            "applied_at": self.applied_at,
             "nack": self.nack,
             "vs_errors": self.vs_errors,
             "servers": servers,
@@ -191,14 +195,21 @@ class ServiceEngineAgent:
         }
 
     async def _report(self, stop: asyncio.Event) -> None:
+        """Report to every controller each interval; right after an apply, first to the one we stream from."""
         assert self._session is not None
+        loop = asyncio.get_running_loop()
+        next_full = loop.time()
         while not stop.is_set():
             if self.uuid is not None:
                 body = self.status()
-                await asyncio.gather(*(self._post_status(url, body) for url in self.controllers))
+                if loop.time() >= next_full or self.connected_to is None:
+                    await asyncio.gather(*(self._post_status(url, body) for url in self.controllers))
+                    next_full = loop.time() + self.report_interval
+                else:
+                    await self._post_status(self.connected_to, body)
             self._report_now.clear()
             try:
-                await asyncio.wait_for(self._report_now.wait(), self.report_interval)
+                await asyncio.wait_for(self._report_now.wait(), max(0.0, next_full - loop.time()))
             except asyncio.TimeoutError:
                 pass
 

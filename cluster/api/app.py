@@ -201,6 +201,7 @@ class Api:
                 "virtualservices": sorted(v.name for v in (view.get(u) for u in view.placed_on(obj.uuid)) if v),
                 "slice_revision": version,
                 "applied_revision": applied,
+                "applied_at": status.get("applied_at"),
                 "lag": None if applied is None else max(0, version - applied),
                 "nack": status.get("nack"),
                 "vs_errors": status.get("vs_errors") or {},
@@ -431,8 +432,11 @@ class Api:
                     await response.write(b"{\"heartbeat\": true}\n")
                     quiet_since = time.monotonic()
                 continue
-            await response.write(json.dumps(current).encode() + b"\n")
-            version = current["revision"]
+            encoded = self.node.slices.encoded(se.uuid)
+            if encoded is None:
+                break
+            version, line = encoded
+            await response.write(line)
             quiet_since = time.monotonic()
         return response
 
