@@ -729,9 +729,12 @@ for _kind in ALL_KINDS:
 @click.option("--state-dir", metavar="DIR", help="Where the last good slice is kept (default: $AVICTL_HOME/se/<name>).")
 @click.option("--report-interval", type=click.FloatRange(0.2, 3600.0), default=5.0, show_default=True,
               help="Seconds between status reports to the controllers.")
+@click.option("--metrics", "metrics_listen", metavar="HOST:PORT",
+              help="Serve Prometheus /metrics here (e.g. 127.0.0.1:9910; port 0 picks one; default: off).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.pass_context
-def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_dir: Optional[str], report_interval: float, log_level: str) -> None:
+def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_dir: Optional[str], report_interval: float,
+           metrics_listen: Optional[str], log_level: str) -> None:
     """Run a Service Engine in the foreground: it registers, receives the VSs placed on it and serves them."""
     from cluster.logsetup import configure_logging
 
@@ -744,10 +747,17 @@ def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_di
             raise UsageFault("no controller given: use --controller URL and --token, or run 'avictl cluster up' first")
         urls = urls or context.api_urls
         token = token or context.token
+    listen = None
+    if metrics_listen:
+        host, _, port = metrics_listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise UsageFault(f"--metrics must be HOST:PORT, not {metrics_listen!r}")
+        listen = (host, int(port))
     configure_logging(node_id=f"se:{name}", level=log_level)
     from engine.main import run_service_engine
 
-    run_service_engine(name, urls, str(token), state_dir or avictl_home() / "se" / name, report_interval=report_interval)
+    run_service_engine(name, urls, str(token), state_dir or avictl_home() / "se" / name, report_interval=report_interval,
+                       metrics_listen=listen)
 
 
 @cli.commands["virtualservice"].command("place")  # type: ignore[attr-defined]

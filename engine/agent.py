@@ -39,6 +39,7 @@ class ServiceEngineAgent:
         *,
         report_interval: float = 5.0,
         dataplane: Optional[DataPlane] = None,
+        metrics_listen: Optional[tuple[str, int]] = None,
     ) -> None:
         if not controllers:
             raise ValueError("an SE needs at least one controller URL")
@@ -55,6 +56,10 @@ class ServiceEngineAgent:
         self.vs_errors: dict[str, str] = {}
         self.connected_to: Optional[str] = None
         self.applied_at: Optional[float] = None
+        self._last_sample: Optional[tuple[float, float, int, int]] = None
+        self._last_se_stats: dict[str, Any] = {}
+        self.metrics_listen = metrics_listen
+        self.metrics_port: Optional[int] = None
         self.log = log.bind(se=name)
         self._session: Optional[aiohttp.ClientSession] = None
         self._report_now = asyncio.Event()
@@ -179,18 +184,68 @@ class ServiceEngineAgent:
             await _wait(stop, backoff)
             backoff = min(backoff * 2, 2.0)
 
+    def _se_stats(self, telemetry: dict[str, Any]) -> dict[str, Any]:
+        """Per-SE figures: CPU and memory of this process, open connections, connections and requests per second."""
+        now = time.monotonic()
+        cpu = sum(os.times()[:2])
+        connections = sum(v.get("total_connections", 0) for v in telemetry.values())
+        requests = sum(v.get("requests", 0) for v in telemetry.values())
+        last = self._last_sample
+        self._last_sample = (now, cpu, connections, requests)
+        elapsed = now - last[0] if last else 0.0
+        rate = (lambda new, old: round((new - old) / elapsed, 1)) if elapsed > 0 else (lambda new, old: None)
+        self._last_se_stats = {
+            "cpu_percent": rate(cpu * 100, last[1] * 100) if last else None,
+            "memory_mb": round(_rss_bytes() / 2**20, 1),
+            "open_connections": sum(v.get("open_connections", 0) for v in telemetry.values()),
+            "connections_per_s": rate(connections, last[2]) if last else None,
+            "requests_per_s": rate(requests, last[3]) if last else None,
+        }
+        return self._last_se_stats
+
+    def metrics_text(self) -> str:
+        from engine.metrics import render_metrics
+
+        status = {
+            "applied_revision": self.applied_revision if self.applied_revision >= 0 else None,
+            "nack": self.nack,
+            "se": self._last_se_stats,
+            "telemetry": self.dataplane.telemetry(),
+            "servers": self.dataplane.server_states(),
+        }
+        return render_metrics(self.name, status)
+
+    async def _serve_metrics(self) -> Any:
+        from aiohttp import web
+
+        async def metrics(_request: web.Request) -> web.Response:
+            return web.Response(text=self.metrics_text(), content_type="text/plain", charset="utf-8")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        assert self.metrics_listen is not None
+        site = web.TCPSite(runner, self.metrics_listen[0], self.metrics_listen[1], reuse_address=True)
+        await site.start()
+        self.metrics_port = runner.addresses[0][1]
+        self.log.info("se_metrics_serving", address=f"{self.metrics_listen[0]}:{self.metrics_port}")
+        return runner
+
     def status(self) -> dict[str, Any]:
         pools = {}
         if self.applied is not None:
             pools = {vs.pool.name: vs.pool.uuid for vs in self.applied.virtual_services if vs.pool is not None}
         servers = {pools.get(name, name): states for name, states in self.dataplane.server_states().items()}
+        telemetry = self.dataplane.telemetry()
         return {
+            "se": self._se_stats(telemetry),
             "applied_revision": self.applied_revision if self.applied_revision >= 0 else None,
             "applied_at": self.applied_at,
             "nack": self.nack,
             "vs_errors": self.vs_errors,
             "servers": servers,
-            "telemetry": self.dataplane.telemetry(),
+            "telemetry": telemetry,
             "connected_to": self.connected_to,
         }
 
@@ -226,6 +281,7 @@ class ServiceEngineAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._restore()
+        metrics_runner = await self._serve_metrics() if self.metrics_listen else None
         self._session = aiohttp.ClientSession()
         reporter = asyncio.create_task(self._report(stop))
         try:
@@ -240,7 +296,17 @@ class ServiceEngineAgent:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
             await self._session.close()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
             await self.dataplane.close()
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -10,7 +10,15 @@ from typing import Callable, Optional
 __all__ = ["run_service_engine"]
 
 
-def run_service_engine(name: str, controllers: list[str], token: str, state_dir: str | Path, *, report_interval: float = 5.0) -> None:
+def run_service_engine(
+    name: str,
+    controllers: list[str],
+    token: str,
+    state_dir: str | Path,
+    *,
+    report_interval: float = 5.0,
+    metrics_listen: Optional[tuple[str, int]] = None,
+) -> None:
     from engine.agent import ServiceEngineAgent
 
     async def main() -> None:
@@ -18,7 +26,7 @@ def run_service_engine(name: str, controllers: list[str], token: str, state_dir:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        agent = ServiceEngineAgent(name, controllers, token, state_dir, report_interval=report_interval)
+        agent = ServiceEngineAgent(name, controllers, token, state_dir, report_interval=report_interval, metrics_listen=metrics_listen)
         await agent.run(stop)
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

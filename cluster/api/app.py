@@ -206,6 +206,7 @@ class Api:
                 "nack": status.get("nack"),
                 "vs_errors": status.get("vs_errors") or {},
                 "last_heartbeat": status.get("time"),
+                "resources": status.get("se"),
                 "telemetry": status.get("telemetry"),
             }
         if obj.kind == "virtualservice":

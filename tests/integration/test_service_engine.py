@@ -27,6 +27,7 @@ class Fleet:
         self.cluster = LocalCluster(base / "cluster", nodes=3)
         self.backends: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
         self.ses: dict[str, subprocess.Popen[bytes]] = {}
+        self.metrics_ports: dict[str, int] = {}
 
     def start_backend(self, name: str, port: int | None = None) -> int:
         port = port or free_port()
@@ -44,9 +45,10 @@ class Fleet:
     def start_se(self, name: str) -> None:
         urls = ",".join(self.cluster.api(n) for n in self.cluster.ids)
         log = open(self.base / f"{name}.log", "ab")
+        metrics_port = self.metrics_ports.setdefault(name, free_port())
         self.ses[name] = subprocess.Popen(
             [sys.executable, "-m", "avictl", "--api", urls, "--token", self.cluster.token, "se", "run", "--name", name,
-             "--state-dir", str(self.base / name), "--report-interval", "0.5"],
+             "--state-dir", str(self.base / name), "--report-interval", "0.5", "--metrics", f"127.0.0.1:{metrics_port}"],
             stdout=log, stderr=log, env={**os.environ, "AVICTL_HOME": str(self.base / "home")},
         )
         log.close()
@@ -137,6 +139,33 @@ def test_traffic_reaches_both_servers_in_ratio(fleet: Fleet) -> None:
     se = fleet.se("se-1", "n2")
     assert se["runtime"]["applied_revision"] >= made["revision"] - 5
     assert "ratio" in se["runtime"]["virtualservices"]
+
+
+def test_telemetry_reaches_the_controllers_and_se_metrics(fleet: Fleet) -> None:
+    """Per-VS counters and per-SE figures show on the SE object; the SE serves Prometheus /metrics."""
+    port = free_port()
+    make_vs(fleet, "counted", "127.10.1.7", port)
+    url = f"http://127.10.1.7:{port}/"
+    wait_until(lambda: _http_ok(url), 15, what="the VIP to answer")
+    answered_by(url, 20)
+
+    def reported() -> dict[str, Any] | None:
+        for node in fleet.cluster.ids:
+            runtime = fleet.se("se-1", node).get("runtime") or {}
+            stats = (runtime.get("telemetry") or {}).get("counted")
+            if stats and stats["requests"] >= 20:
+                return runtime
+        return None
+
+    runtime = wait_until(reported, 10, what="telemetry to reach a controller")
+    assert runtime["telemetry"]["counted"]["responses"]["2xx"] >= 20
+    assert runtime["resources"]["memory_mb"] > 0
+    assert runtime["resources"]["open_connections"] >= 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_ports['se-1']}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    line = next(l for l in text.splitlines() if l.startswith('avictl_vs_requests_total{se="se-1",vs="counted"}'))
+    assert float(line.split()[-1]) >= 20
+    assert "avictl_se_memory_bytes" in text
 
 
 def test_health_monitor_takes_a_stopped_server_out_and_back(fleet: Fleet) -> None:
