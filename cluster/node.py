@@ -11,6 +11,7 @@ Ordering duties, in the order they happen for every committed entry:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import os
 import secrets
@@ -99,6 +100,8 @@ class Controller:
         self.slices = SliceCache()
         # What each SE last reported to this node (SEs report to every controller): runtime only.
         self.se_status: dict[str, dict[str, Any]] = {}
+        # The newest client request logs per VS uuid, as SEs send them (bounded; runtime only).
+        self.request_logs: dict[str, collections.deque[dict[str, Any]]] = {}
         self._outbox: list[tuple[Any, asyncio.Future[int]]] = []
         self._inflight = 0
         self._send_scheduled = False

@@ -258,6 +258,8 @@ class ServiceEngineAgent:
             if self.uuid is not None:
                 body = self.status()
                 if loop.time() >= next_full or self.connected_to is None:
+                    # Request logs ride on the full reports only, so every controller gets each batch once.
+                    body["request_logs"] = self.dataplane.take_request_logs()
                     await asyncio.gather(*(self._post_status(url, body) for url in self.controllers))
                     next_full = loop.time() + self.report_interval
                 else:

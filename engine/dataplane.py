@@ -256,6 +256,10 @@ class DataPlane:
         """Per-VS counters keyed by VS name (JSON-able)."""
         return self._telemetry.snapshot()
 
+    def take_request_logs(self, limit_per_vs: int = 200) -> dict[str, list[dict[str, Any]]]:
+        """Client request logs gathered since the last call, keyed by VS uuid (bounded per VS)."""
+        return self._telemetry.take_logs(limit_per_vs)
+
     def server_states(self) -> dict[str, dict[str, bool]]:
         """``{pool_name: {"ip:port": up}}`` as the Balancers see it (health; ``enabled`` is separate)."""
         return {pool.config.name: pool.states() for pool in self._pools.values()}

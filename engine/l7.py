@@ -173,6 +173,8 @@ class _Request:
         "response_done",
         "out_chunked",
         "until_close",
+        "method",
+        "url",
     )
 
     def __init__(self, head: bytes, chunked: bool, has_body: bool, http11: bool, keep_alive: bool, head_only: bool, started: float) -> None:
@@ -196,6 +198,8 @@ class _Request:
         self.response_done = False
         self.out_chunked = False
         self.until_close = False
+        self.method = b""
+        self.url = b""
 
 
 class L7Connection(asyncio.Protocol):
@@ -372,6 +376,8 @@ class L7Connection(asyncio.Protocol):
             method == b"HEAD",
             self._loop.time(),
         )
+        req.method = method
+        req.url = self._url
         del head[1:]
         self._url = b""
         self._xff_in = None
@@ -565,7 +571,9 @@ class L7Connection(asyncio.Protocol):
         req.response_done = True
         upstream.finished = True
         upstream.keep = keep_alive and upstream.keep
-        self._stats.response(req.status, self._loop.time() - req.started)
+        latency = self._loop.time() - req.started
+        self._stats.response(req.status, latency)
+        self._stats.log_request(self._client_ip, req.method, req.url, req.status, latency, req.server_key)
 
     def _exchange_done(self, upstream: "_Upstream") -> None:
         """Called once the backend's parser has returned: release the backend, then move on."""
@@ -622,7 +630,9 @@ class L7Connection(asyncio.Protocol):
         keep = req.keep_alive and not self._draining and not self._broken
         req.keep_alive = keep
         self._write(_502_KEEP if keep else _502_CLOSE)
-        self._stats.response(502, self._loop.time() - req.started)
+        latency = self._loop.time() - req.started
+        self._stats.response(502, latency)
+        self._stats.log_request(self._client_ip, req.method, req.url, 502, latency, req.server_key)
         if req.complete:
             self._finish(req)
 

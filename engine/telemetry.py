@@ -9,13 +9,18 @@ monotonic except ``open_connections``; a VS whose config is swapped in place kee
 from __future__ import annotations
 
 import bisect
-from typing import Any
+import time
+from collections import deque
+from typing import Any, Optional
 
 __all__ = ["LATENCY_BUCKETS", "Telemetry", "VsStats"]
 
 # Upper bounds in seconds, Prometheus style (``le``); the last, implicit bucket is +Inf.
 LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+LOG_CAPACITY = 1000
 
 
 class VsStats:
@@ -33,6 +38,7 @@ class VsStats:
         "latency_counts",
         "latency_sum",
         "connect_failures",
+        "logs",
     )
 
     def __init__(self, uuid: str, name: str) -> None:
@@ -47,6 +53,21 @@ class VsStats:
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.connect_failures = 0  # backend connects that failed or timed out
+        # The newest client request logs, bounded: the oldest are dropped when nobody collects them.
+        self.logs: deque[tuple[float, str, bytes, bytes, int, float, Optional[str]]] = deque(maxlen=LOG_CAPACITY)
+
+    def log_request(self, client: str, method: bytes, url: bytes, status: int, latency: float, server: Optional[str]) -> None:
+        self.logs.append((time.time(), client, method, url, status, latency, server))
+
+    def take_logs(self, limit: int) -> list[dict[str, Any]]:
+        """Remove and return up to ``limit`` of the oldest logs, as JSON-able records."""
+        out = []
+        logs = self.logs
+        while logs and len(out) < limit:
+            when, client, method, url, status, latency, server = logs.popleft()
+            out.append({"time": when, "client": client, "method": method.decode("latin-1"), "uri": url.decode("latin-1"),
+                        "status": status, "latency_ms": round(latency * 1000, 3), "server": server})
+        return out
 
     def response(self, status: int, seconds: float) -> None:
         """Count one finished response with its status and its latency (request head to last byte)."""
@@ -97,6 +118,14 @@ class Telemetry:
         """Drop the counters of VSs no longer served."""
         for uuid in [u for u in self._by_uuid if u not in uuids]:
             del self._by_uuid[uuid]
+
+    def take_logs(self, limit_per_vs: int) -> dict[str, list[dict[str, Any]]]:
+        """Request logs collected since the last call, keyed by VS uuid (at most ``limit_per_vs`` each)."""
+        out = {}
+        for uuid, stats in self._by_uuid.items():
+            if stats.logs:
+                out[uuid] = stats.take_logs(limit_per_vs)
+        return out
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """JSON-able counters keyed by VS name (cumulative latency buckets, ``le`` as strings)."""

@@ -8,6 +8,7 @@ reaches a client.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 from typing import Any, Awaitable, Callable, Optional
@@ -40,6 +41,7 @@ __all__ = ["make_app", "API_VERSION"]
 
 API_VERSION = "30.2.1"
 MAX_BODY_BYTES = 1024 * 1024
+REQUEST_LOGS_KEPT = 1000
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -450,8 +452,21 @@ class Api:
         if applied is not None and not isinstance(applied, int):
             raise CommandError(422, "applied_revision must be an integer", "applied_revision")
         body["time"] = time.time()
+        logs = body.pop("request_logs", None) or {}
+        if isinstance(logs, dict):
+            for vs_uuid, records in logs.items():
+                if isinstance(records, list) and self.node.view.get(str(vs_uuid)) is not None:
+                    kept = self.node.request_logs.setdefault(str(vs_uuid), collections.deque(maxlen=REQUEST_LOGS_KEPT))
+                    kept.extend(dict(r, se=se.name) for r in records if isinstance(r, dict))
         self.node.se_status[se.uuid] = body
         return web.json_response({"ok": True})
+
+    async def vs_logs(self, request: web.Request) -> web.Response:
+        """The newest client request logs of a VS (from every SE serving it), newest last."""
+        vs = self.object_of(request, "virtualservice")
+        limit = _int_param(request.query, "limit", 50, 1, REQUEST_LOGS_KEPT)
+        logs = list(self.node.request_logs.get(vs.uuid, ()))[-limit:]
+        return web.json_response({"count": len(logs), "results": logs})
 
     async def place_vs(self, request: web.Request) -> web.Response:
         body = await self.read_json(request)
@@ -617,6 +632,7 @@ def make_app(node: Controller) -> web.Application:
     r.add_get("/api/serviceengine/{uuid}/slice", api.se_slice)
     r.add_post("/api/serviceengine/{uuid}/status", api.se_status)
     r.add_post("/api/virtualservice/{uuid}/placement", api.place_vs)
+    r.add_get("/api/virtualservice/{uuid}/logs", api.vs_logs)
     r.add_get("/api/{kind}", api.list_objects)
     r.add_post("/api/{kind}", api.create_object)
     r.add_get("/api/{kind}/{uuid}", api.get_object)

@@ -136,7 +136,9 @@ def test_traffic_reaches_both_servers_in_ratio(fleet: Fleet) -> None:
     counts = answered_by(url, 300)
     assert counts == collections.Counter({"a": 100, "b": 200})
     assert get(url)["x_forwarded_for"] == "127.0.0.1"
-    se = fleet.se("se-1", "n2")
+    # Every controller hears from the SE within a report interval (0.5 s here).
+    se = wait_until(lambda: (s := fleet.se("se-1", "n2")).get("runtime", {}).get("applied_revision") is not None and s, 10,
+                    what="n2 to hear from se-1")
     assert se["runtime"]["applied_revision"] >= made["revision"] - 5
     assert "ratio" in se["runtime"]["virtualservices"]
 
@@ -168,6 +170,30 @@ def test_telemetry_reaches_the_controllers_and_se_metrics(fleet: Fleet) -> None:
     assert "avictl_se_memory_bytes" in text
 
 
+def test_request_logs_and_metrics_through_the_cli(fleet: Fleet) -> None:
+    """avictl logs VS shows the client requests the SE served; avictl metrics VS its counters."""
+    port = free_port()
+    make_vs(fleet, "logged", "127.10.1.8", port)
+    url = f"http://127.10.1.8:{port}/"
+    wait_until(lambda: _http_ok(url), 15, what="the VIP to answer")
+    for i in range(5):
+        get(f"{url}logged-{i}")
+    env = {**os.environ, "AVICTL_HOME": str(fleet.base / "home")}
+    base = [sys.executable, "-m", "avictl", "--api", fleet.cluster.api("n1"), "--token", fleet.cluster.token]
+
+    def logged() -> list[dict[str, Any]] | None:
+        out = subprocess.run([*base, "logs", "logged", "-o", "json"], env=env, capture_output=True, text=True, timeout=30)
+        logs = json.loads(out.stdout) if out.returncode == 0 else []
+        return logs if sum(1 for r in logs if r["uri"].startswith("/logged-")) == 5 else None
+
+    logs = wait_until(logged, 15, interval=0.3, what="the request logs to reach n1")
+    assert {r["status"] for r in logs} == {200}
+    assert all(r["se"] == "se-1" and r["client"] == "127.0.0.1" for r in logs)
+    out = subprocess.run([*base, "metrics", "logged", "-o", "json"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["se-1"]["requests"] >= 5
+
+
 def test_health_monitor_takes_a_stopped_server_out_and_back(fleet: Fleet) -> None:
     """A stopped server gets no requests once its monitor marks it down; it returns after it restarts."""
     port = free_port()
@@ -194,7 +220,7 @@ def test_a_port_in_use_is_nacked_and_the_other_vs_keeps_serving(fleet: Fleet) ->
         port = taken.getsockname()[1]
         make_vs(fleet, "clash", "127.10.1.3", port)
         wait_until(lambda: "clash" in (fleet.se("se-1").get("runtime", {}).get("vs_errors") or {}), 15, what="the NACK")
-        se = fleet.se("se-1", "n3")
+        se = wait_until(lambda: (s := fleet.se("se-1", "n3")).get("runtime", {}).get("nack") and s, 10, what="n3 to hear the NACK")
         assert "clash" in se["runtime"]["nack"]["error"]
         other_port = free_port()
         make_vs(fleet, "fine", "127.10.1.4", other_port)
