@@ -204,6 +204,7 @@ class Api:
                 "slice_revision": version,
                 "applied_revision": applied,
                 "applied_at": status.get("applied_at"),
+                "acked_at": status.get("acked_at"),
                 "lag": None if applied is None else max(0, version - applied),
                 "nack": status.get("nack"),
                 "vs_errors": status.get("vs_errors") or {},
@@ -452,6 +453,10 @@ class Api:
         if applied is not None and not isinstance(applied, int):
             raise CommandError(422, "applied_revision must be an integer", "applied_revision")
         body["time"] = time.time()
+        previous = self.node.se_status.get(se.uuid) or {}
+        # When this node first heard of the SE applying this revision: the ACK's arrival.
+        same = previous.get("applied_revision") == applied and previous.get("acked_at") is not None
+        body["acked_at"] = previous["acked_at"] if same else body["time"]
         logs = body.pop("request_logs", None) or {}
         if isinstance(logs, dict):
             for vs_uuid, records in logs.items():

@@ -1,9 +1,10 @@
-"""Config propagation: from an API acknowledgement to "applied" on every subscribed Service Engine.
+"""Config propagation: from an API acknowledgement to the ACK of every subscribed Service Engine.
 
 Starts a 3-node cluster and N real SE processes (one small VS each, all over one shared pool),
 then makes K changes to the shared pool one at a time; for each, the time from the API's answer
-to the moment the last SE reports it applied that change (SE-side wall clock, same machine).
-Ends with one JSON line holding ``ses``, ``changes``, ``p50_ms``, ``p99_ms``, ``max_ms``.
+to the arrival at a controller of the last SE's ACK of that change (controller wall clock, same
+machine as the client). Also reports the SE-side "applied" times. Ends with one JSON line holding
+``ses``, ``changes``, ``p50_ms``, ``p99_ms``, ``max_ms`` (ACKs) and ``applied_p50_ms``, ``applied_p99_ms``.
 """
 
 from __future__ import annotations
@@ -55,22 +56,27 @@ def run(args: argparse.Namespace) -> int:
                 cluster.request("n1", "POST", f"/api/virtualservice/{vs['uuid']}/placement", {"serviceengine_refs": [f"se-{i + 1}"]})
             wait_until(lambda: _all_applied(cluster, 0, up_to_date=True) is not None, 60, interval=0.2, what="every SE to apply its VS")
             samples: list[float] = []
+            applied_samples: list[float] = []
             for n in range(changes):
                 code, changed = cluster.request("n1", "PATCH", f"/api/pool/{pool['uuid']}", {"replace": {"default_server_port": 20000 + n}})
                 acked_at = time.time()
                 assert code == 200, changed
                 revision = int(changed["_last_modified"])
-                applied = wait_until(lambda: _all_applied(cluster, revision), 30, interval=0.02, what=f"change {n} everywhere")
-                samples.append((max(applied) - acked_at) * 1000)
-                print(f"change {n + 1}: applied on all {ses} SEs {samples[-1]:.1f} ms after the API ack", file=sys.stderr, flush=True)
+                times = wait_until(lambda: _all_applied(cluster, revision), 30, interval=0.02, what=f"change {n} everywhere")
+                samples.append((max(t[1] for t in times) - acked_at) * 1000)
+                applied_samples.append((max(t[0] for t in times) - acked_at) * 1000)
+                print(f"change {n + 1}: ACKed by all {ses} SEs {samples[-1]:.1f} ms after the API ack "
+                      f"(applied by all after {applied_samples[-1]:.1f} ms)", file=sys.stderr, flush=True)
         finally:
             for p in procs:
                 p.kill()
             for p in procs:
                 p.wait(10)
     samples.sort()
+    applied_samples.sort()
     result = {"ses": ses, "changes": changes, "p50_ms": round(percentile(samples, 50), 1), "p99_ms": round(percentile(samples, 99), 1),
-              "max_ms": round(samples[-1], 1), "cpu_count": os.cpu_count()}
+              "max_ms": round(samples[-1], 1), "applied_p50_ms": round(percentile(applied_samples, 50), 1),
+              "applied_p99_ms": round(percentile(applied_samples, 99), 1), "cpu_count": os.cpu_count()}
     print(json.dumps(result))
     return 0
 
@@ -80,8 +86,8 @@ def _count(cluster: Any) -> int:
     return int(body["count"]) if code == 200 else 0
 
 
-def _all_applied(cluster: Any, revision: int, *, up_to_date: bool = False) -> list[float] | None:
-    """The applied_at of every SE once each applied ``revision`` or later (or its latest slice), else None.
+def _all_applied(cluster: Any, revision: int, *, up_to_date: bool = False) -> list[tuple[float, float]] | None:
+    """(applied_at, acked_at) of every SE once each applied ``revision`` or later (or its latest slice), else None.
 
     An SE reports a fresh apply at once only to the controller it streams from (to the others on
     its report interval), so the freshest report of each SE over all nodes counts.
@@ -96,16 +102,19 @@ def _all_applied(cluster: Any, revision: int, *, up_to_date: bool = False) -> li
             for se in body["results"]:
                 runtime = se.get("runtime") or {}
                 seen = best.get(se["name"])
-                if seen is None or (runtime.get("applied_revision") or -1) > (seen.get("applied_revision") or -1):
+                newer = seen is None or (runtime.get("applied_revision") or -1) > (seen.get("applied_revision") or -1)
+                same_earlier = (seen is not None and runtime.get("applied_revision") == seen.get("applied_revision")
+                                and (runtime.get("acked_at") or 1e18) < (seen.get("acked_at") or 1e18))
+                if newer or same_earlier:
                     best[se["name"]] = runtime
             if not body.get("next"):
                 break
             page += 1
-    times: list[float] = []
+    times: list[tuple[float, float]] = []
     for runtime in best.values():
-        if (runtime.get("applied_revision") or -1) < revision or runtime.get("applied_at") is None:
+        if (runtime.get("applied_revision") or -1) < revision or runtime.get("applied_at") is None or runtime.get("acked_at") is None:
             return None
         if up_to_date and (runtime.get("lag") != 0 or not runtime.get("virtualservices")):
             return None
-        times.append(runtime["applied_at"])
+        times.append((runtime["applied_at"], runtime["acked_at"]))
     return times
