@@ -965,3 +965,49 @@ def metrics_cmd(ctx: click.Context, vs_name: str, fmt: str) -> None:
              (s.get("responses") or {}).get("2xx"), (s.get("responses") or {}).get("5xx"), s.get("bytes_in"), s.get("bytes_out")]
             for se, s in per_se.items())
     emit(render.table(["SE", "OPEN", "CONNECTIONS", "REQUESTS", "2XX", "5XX", "BYTES_IN", "BYTES_OUT"], rows))
+
+
+# -- chaos ---------------------------------------------------------------------------------------
+
+
+@cli.group("chaos")
+def chaos_group() -> None:
+    """Fault-injection runs against a fresh local cluster, with a verdict (issue 5)."""
+
+
+@chaos_group.command("list")
+@output_option
+def chaos_list(fmt: str) -> None:
+    """The scenarios `avictl chaos run` knows."""
+    from simulations.chaos.scenarios import SCENARIOS
+
+    if fmt != "table":
+        emit(render.dump([{"name": s.name, "description": s.description, "criteria": attrs.asdict(s.criteria)}
+                          for s in SCENARIOS.values()], fmt))
+        return
+    emit(render.table(["NAME", "DESCRIPTION"], ([s.name, s.description] for s in SCENARIOS.values())))
+
+
+@chaos_group.command("run")
+@click.option("--scenario", required=True, metavar="NAME", help="A scenario from `avictl chaos list`.")
+@click.option("--duration", type=click.FloatRange(1.0, 86400.0), default=60.0, show_default=True,
+              help="Seconds of workload and faults.")
+@click.option("--seed", type=int, default=None, help="Seed of the fault schedule (default: random, printed in the report).")
+@output_option
+def chaos_run(scenario: str, duration: float, seed: Optional[int], fmt: str) -> None:
+    """Run SCENARIO on a fresh 3-node cluster in a temp dir; exit 1 when the verdict is fail."""
+    from simulations.chaos.runner import run_scenario, verdict_rows
+    from simulations.chaos.scenarios import SCENARIOS
+
+    if scenario not in SCENARIOS:
+        raise UsageFault(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    report = run_scenario(scenario, duration=duration, seed=seed, progress=note)
+    if fmt == "table":
+        emit(render.table(["CHECK", "VERDICT", "DETAIL"], verdict_rows(report)))
+    else:
+        emit(render.dump(report, fmt))
+    if report["verdict"] != "pass":
+        failed = [c["name"] for c in report["checks"] if not c["ok"]]
+        raise Refused(f"chaos verdict: fail ({', '.join(failed)}); seed {seed}")
