@@ -17,6 +17,8 @@ __all__ = ["SUBCOMMANDS", "main"]
 #: subcommand name -> module implementing it
 SUBCOMMANDS: dict[str, str] = {
     "control-plane": "simulations.bench.control_plane",
+    "data-plane": "simulations.bench.data_plane",
+    "propagation": "simulations.bench.propagation",
 }
 
 
