@@ -232,6 +232,16 @@ class ServiceEngineAgent:
         self.log.info("se_metrics_serving", address=f"{self.metrics_listen[0]}:{self.metrics_port}")
         return runner
 
+    def ack(self) -> dict[str, Any]:
+        """What an ACK or NACK carries: the applied version and its errors, nothing costly to build."""
+        return {
+            "applied_revision": self.applied_revision if self.applied_revision >= 0 else None,
+            "applied_at": self.applied_at,
+            "nack": self.nack,
+            "vs_errors": self.vs_errors,
+            "connected_to": self.connected_to,
+        }
+
     def status(self) -> dict[str, Any]:
         pools = {}
         if self.applied is not None:
@@ -256,13 +266,15 @@ class ServiceEngineAgent:
         next_full = loop.time()
         while not stop.is_set():
             if self.uuid is not None:
-                body = self.status()
-                if loop.time() >= next_full or self.connected_to is None:
+                full = loop.time() >= next_full or self.connected_to is None
+                body = self.status() if full else self.ack()
+                if full:
                     # Request logs ride on the full reports only, so every controller gets each batch once.
                     body["request_logs"] = self.dataplane.take_request_logs()
                     await asyncio.gather(*(self._post_status(url, body) for url in self.controllers))
                     next_full = loop.time() + self.report_interval
                 else:
+                    # The ACK (or NACK) alone, at once: counters and logs follow on the full report.
                     await self._post_status(self.connected_to, body)
             self._report_now.clear()
             try:

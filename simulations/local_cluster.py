@@ -20,7 +20,18 @@ from typing import Any, Optional
 
 from cluster.config import NodeConfig, PeerConfig, hash_password, hash_token
 
-__all__ = ["LocalCluster", "free_port", "wait_until"]
+__all__ = ["LocalCluster", "die_with_parent", "free_port", "wait_until"]
+
+
+def die_with_parent() -> None:
+    """In a child before exec: get SIGKILL when the harness dies, so no controller outlives a killed test run."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def free_port() -> int:
@@ -96,6 +107,7 @@ class LocalCluster:
             stdout=logf,
             stderr=logf,
             start_new_session=True,
+            preexec_fn=die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         logf.close()

@@ -463,7 +463,8 @@ class Api:
                 if isinstance(records, list) and self.node.view.get(str(vs_uuid)) is not None:
                     kept = self.node.request_logs.setdefault(str(vs_uuid), collections.deque(maxlen=REQUEST_LOGS_KEPT))
                     kept.extend(dict(r, se=se.name) for r in records if isinstance(r, dict))
-        self.node.se_status[se.uuid] = body
+        # A full report replaces what the SE said before; an ACK only updates its fields.
+        self.node.se_status[se.uuid] = {**previous, **body}
         return web.json_response({"ok": True})
 
     async def vs_logs(self, request: web.Request) -> web.Response:

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from simulations.bench._stats import percentile
-    from simulations.local_cluster import LocalCluster, free_port, wait_until
+    from simulations.local_cluster import LocalCluster, die_with_parent, free_port, wait_until
 
     ses = 10 if args.quick else args.ses
     changes = 10 if args.quick else args.changes
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "avictl", "--api", urls, "--token", cluster.token, "se", "run", "--name", name,
                      "--state-dir", os.path.join(tmp, name), "--report-interval", "30", "--log-level", "warning"],
-                    stdout=log, stderr=log, env={**os.environ, "AVICTL_HOME": tmp},
+                    stdout=log, stderr=log, env={**os.environ, "AVICTL_HOME": tmp}, preexec_fn=die_with_parent,
                 ))
                 log.close()
             wait_until(lambda: _count(cluster) >= ses, 120, interval=0.5, what=f"{ses} SEs to register")

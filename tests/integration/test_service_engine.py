@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from simulations.local_cluster import LocalCluster, free_port, wait_until
+from simulations.local_cluster import LocalCluster, die_with_parent, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ class Fleet:
     def start_backend(self, name: str, port: int | None = None) -> int:
         port = port or free_port()
         proc = subprocess.Popen([sys.executable, "-m", "simulations.backend", "--port", str(port), "--name", name],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         self.backends[name] = (port, proc)
         wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), 10, what=f"backend {name}")
         return port
@@ -49,7 +49,7 @@ class Fleet:
         self.ses[name] = subprocess.Popen(
             [sys.executable, "-m", "avictl", "--api", urls, "--token", self.cluster.token, "se", "run", "--name", name,
              "--state-dir", str(self.base / name), "--report-interval", "0.5", "--metrics", f"127.0.0.1:{metrics_port}"],
-            stdout=log, stderr=log, env={**os.environ, "AVICTL_HOME": str(self.base / "home")},
+            stdout=log, stderr=log, env={**os.environ, "AVICTL_HOME": str(self.base / "home")}, preexec_fn=die_with_parent,
         )
         log.close()
 
