@@ -745,7 +745,10 @@ def _normalize_object(
             value = old
         allowed = _condition(f, "only_when", out)
         if allowed is False:
-            if name in given:
+            # A value the client merely carried over (what GET returned) is dropped quietly when its
+            # condition no longer holds; a value it chose is refused.
+            carried = value is None or (old is not None and value == old)
+            if name in given and not carried:
                 sibling, values = f.only_when  # type: ignore[misc]
                 raise ValidationError(fpath, f"only allowed when {sibling} is {' or '.join(values)}")
             continue

@@ -825,3 +825,10 @@ def test_identity_patch_changes_nothing(case: tuple[str, dict[str, Any]]) -> Non
     once = _valid(kind, body)
     part = {k: v for k, v in redact(kind, once).items()}
     assert once == normalize(kind, apply_patch(kind, once, {"add": part}), existing=once, internal=True)
+
+
+def test_switching_away_from_consistent_hash_drops_the_carried_hash_key() -> None:
+    """PUT of a GET'd consistent-hash pool with another algorithm drops the hash key instead of refusing."""
+    stored = normalize("pool", {"name": "p", "lb_algorithm": "LB_ALGORITHM_CONSISTENT_HASH"})
+    body = dict(stored, lb_algorithm="LB_ALGORITHM_ROUND_ROBIN")
+    assert "lb_algorithm_hash" not in normalize("pool", body, existing=stored)

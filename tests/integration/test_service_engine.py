@@ -276,3 +276,46 @@ def test_se_restarted_with_controllers_down_serves_its_last_config(fleet: Fleet)
     fleet.cluster.wait_leader(30)
     wait_until(lambda: (fleet.se("se-1").get("runtime") or {}).get("lag") == 0, 20, what="the SE to report in again")
     assert _http_ok(url)
+
+
+def test_pool_changes_under_load_fail_no_request(fleet: Fleet) -> None:
+    """1 000 requests through the VIP while servers are added and removed and the algorithm changes: none fails."""
+    import threading
+
+    port = free_port()
+    made = make_vs(fleet, "churn", "127.10.1.9", port)
+    url = f"http://127.10.1.9:{port}/"
+    wait_until(lambda: _http_ok(url), 15, what="the VIP to answer")
+    pa, pb = fleet.backends["a"][0], fleet.backends["b"][0]
+    a = {"ip": {"addr": "127.0.0.1", "type": "V4"}, "port": pa}
+    b = {"ip": {"addr": "127.0.0.1", "type": "V4"}, "port": pb}
+    changes = [
+        {"replace": {"servers": [a]}},
+        {"replace": {"servers": [a, b], "lb_algorithm": "LB_ALGORITHM_LEAST_CONNECTIONS"}},
+        {"replace": {"servers": [b]}},
+        {"replace": {"servers": [a, b], "lb_algorithm": "LB_ALGORITHM_CONSISTENT_HASH"}},
+        {"replace": {"servers": [a, b], "lb_algorithm": "LB_ALGORITHM_ROUND_ROBIN"}},
+    ]
+    failures: list[str] = []
+    served = collections.Counter()
+    done = threading.Event()
+
+    def client() -> None:
+        for i in range(1000):
+            try:
+                served[get(f"{url}churn-{i}")["server"]] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is what the test counts
+                failures.append(f"request {i}: {exc!r}")
+        done.set()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    for change in changes:
+        if done.is_set():
+            break
+        code, body = fleet.cluster.request("n1", "PATCH", f"/api/pool/{made['pool']['uuid']}", change)
+        assert code == 200, body
+        wait_until(lambda: done.is_set() or sum(served.values()) > 0, 5, what="traffic")
+    thread.join(120)
+    assert not failures, failures[:5]
+    assert sum(served.values()) == 1000
