@@ -351,12 +351,22 @@ class Controller:
         """
         command_id = command_id or uuidlib.uuid4().hex
         deadline = self._loop.time() + timeout
+        caught_up = False
         for _attempt in range(5):
             earlier = self.view.accepted_command(command_id)
             if earlier is not None:
                 # A retry of a command that was applied (maybe after its first answer was lost).
                 return self._decision_of(command_id, earlier), earlier
-            decision = decide(self.view)
+            try:
+                decision = decide(self.view)
+            except CommandError:
+                if caught_up:
+                    raise
+                # This node may not have applied writes another node acknowledged (a ref to an
+                # object created a moment ago): catch up once, then decide again.
+                await self.barrier(max(0.1, deadline - self._loop.time()))
+                caught_up = True
+                continue
             if not decision.events:
                 return decision, Accepted(self.view.revision, self.view.revision)
             proposal = Proposal(
@@ -378,6 +388,7 @@ class Controller:
             if outcome.code == 412:
                 # A concurrent write changed what this decision read: catch up and decide again.
                 await self.barrier(max(0.1, deadline - self._loop.time()))
+                caught_up = True
                 continue
             raise CommandError(outcome.code, outcome.message, outcome.field)
         raise CommandError(409, "the object kept changing under concurrent writes; try again", None)

@@ -236,3 +236,21 @@ def test_metrics_expose_raft_and_request_figures(cluster3: LocalCluster) -> None
     for name in ("avictl_raft_commit_index", "avictl_applied_revision", "avictl_raft_is_leader", "avictl_raft_term",
                  "avictl_api_requests_total", "avictl_api_request_seconds_bucket"):
         assert name in text
+
+
+def test_a_write_on_one_node_can_refer_to_an_object_just_created_on_another(cluster3: LocalCluster) -> None:
+    """Read-your-writes across nodes for writes too: under load, create on n1 and n2, refer to both at once from n3."""
+    from simulations.background import BackgroundWriter
+
+    with BackgroundWriter(cluster3, concurrency=16, max_seconds=60, prefix="ryw-load"):
+        _refer_to_fresh_objects(cluster3)
+
+
+def _refer_to_fresh_objects(cluster3: LocalCluster) -> None:
+    for i in range(50):
+        code, pool = cluster3.request("n1", "POST", "/api/pool", dict(POOL, name=f"ryw-{i}"))
+        assert code == 201
+        code, vip = cluster3.request("n2", "POST", "/api/vsvip", {"name": f"ryw-vip-{i}", "vip": [{"ip_address": {"addr": "127.10.3.1", "type": "V4"}}]})
+        assert code == 201
+        code, vs = cluster3.request("n3", "POST", "/api/virtualservice", {"name": f"ryw-vs-{i}", "services": [{"port": 80}], "pool_ref": pool["url"], "vsvip_ref": vip["url"]})
+        assert code == 201, vs
