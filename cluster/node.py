@@ -385,8 +385,9 @@ class Controller:
             if isinstance(outcome, Duplicate):
                 return self._decision_of(command_id, outcome.original), outcome.original
             assert isinstance(outcome, Rejected)
-            if outcome.code == 412:
-                # A concurrent write changed what this decision read: catch up and decide again.
+            if outcome.code == 412 or (outcome.code in (404, 409) and not caught_up):
+                # A concurrent write changed what this decision read, or this node decided on a
+                # view behind what was already committed: catch up and decide again.
                 await self.barrier(max(0.1, deadline - self._loop.time()))
                 caught_up = True
                 continue

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +25,11 @@ __all__ = ["LocalCluster", "die_with_parent", "free_port", "wait_until"]
 
 
 def die_with_parent() -> None:
-    """In a child before exec: get SIGKILL when the harness dies, so no controller outlives a killed test run."""
+    """In a child before exec: get SIGKILL when the harness dies, so no controller outlives a killed test run.
+
+    Only for children started from the main thread: the kernel sends the signal when the thread
+    that forked the child exits, not only when the whole process does.
+    """
     import ctypes
 
     PR_SET_PDEATHSIG = 1
@@ -107,7 +112,10 @@ class LocalCluster:
             stdout=logf,
             stderr=logf,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            # PR_SET_PDEATHSIG fires when the *thread* that started the child exits, so only a
+            # child started from the main thread may be tied to it (the chaos nemesis restarts
+            # nodes from worker threads).
+            preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         logf.close()

@@ -94,3 +94,14 @@ def test_placement_refusals(cluster3: LocalCluster) -> None:
     assert cluster3.request("n2", "DELETE", f"/api/virtualservice/{vs['uuid']}")[0] == 204
     wait_until(lambda: cluster3.request("n3", "GET", f"/api/serviceengine/{se['uuid']}")[1]["runtime"]["virtualservices"] == [], 5)
     assert cluster3.request("n2", "DELETE", f"/api/serviceengine/{se['uuid']}")[0] == 204
+
+
+def test_registering_on_every_node_at_once_is_idempotent(cluster3: LocalCluster) -> None:
+    """The same SE name registered on all three nodes concurrently gets one uuid from each, never a conflict."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for i in range(20):
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda node: cluster3.request(node, "POST", "/api/serviceengine/register", {"name": f"twice-{i}"}), cluster3.ids))
+        assert [code for code, _ in answers] == [200, 200, 200], answers
+        assert len({body["uuid"] for _, body in answers}) == 1
