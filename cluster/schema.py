@@ -824,8 +824,27 @@ def check_local_vips(body: dict[str, Any]) -> None:
 # -- refs and redaction ----------------------------------------------------------------------------
 
 
+_HOLDS_REFS: dict[int, bool] = {}
+
+
+def _holds_refs(f: Field) -> bool:
+    """Whether any ref can occur under ``f`` (memoized: the schema is static)."""
+    known = _HOLDS_REFS.get(id(f))
+    if known is None:
+        if f.type == "ref":
+            known = True
+        elif f.type == "object":
+            known = any(_holds_refs(sub) for sub in (f.fields or {}).values())
+        elif f.type == "list":
+            known = f.item is not None and _holds_refs(f.item)
+        else:
+            known = False
+        _HOLDS_REFS[id(f)] = known
+    return known
+
+
 def _walk_refs(f: Field, value: Any, path: str) -> Iterator[tuple[str, str, str]]:
-    if value is None:
+    if value is None or not _holds_refs(f):
         return
     if f.type == "ref":
         if isinstance(value, str):
@@ -849,8 +868,11 @@ def ref_fields(kind: str, body: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(field path, target kind, ref value) for every ref present in ``body``, in schema order.
     Tolerant: a partial or not yet validated body is walked as far as its shape allows."""
     ks = _kind(kind)
-    root = Field("object", fields=ks.fields)
-    return list(_walk_refs(root, body, ""))
+    out: list[tuple[str, str, str]] = []
+    for name, sub in ks.fields.items():
+        if _holds_refs(sub):
+            out.extend(_walk_refs(sub, body.get(name), name))
+    return out
 
 
 def _transform(f: Field, value: Any, on_ref: Callable[[str, str], Any], drop_write_only: bool) -> Any:
