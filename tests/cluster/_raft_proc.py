@@ -200,7 +200,8 @@ def _journal_main(cfg: dict[str, Any]) -> None:
     if cfg.get("sync"):
         journal.sync()
     _out({"added": cfg["count"]})
-    time.sleep(3600)
+    # The test kills this process within seconds; the bound only makes sure it never lingers.
+    time.sleep(60)
 
 
 # -- parent --------------------------------------------------------------------------------------

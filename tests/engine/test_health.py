@@ -113,7 +113,7 @@ def test_reconfigure_keeps_state_and_drops_removed_monitors() -> None:
     """Removing the monitor that holds a server down brings it up; kept monitors keep state."""
     status = ServerStatus([monitor("a", failed=1), monitor("b", failed=1)])
     status.record("b", False)
-    assert True is status.reconfigure([monitor("a", failed=1)])
+    assert status.reconfigure([monitor("a", failed=1)]) is True
     status.record("a", False)
     assert (None, {"a": DOWN, "c": UNKNOWN}) == (status.reconfigure([monitor("a", failed=3), monitor("c")]), status.monitor_states())
 
