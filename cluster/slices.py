@@ -59,6 +59,24 @@ def _pool(view: ConfigView, obj: StoredObject) -> dict[str, Any]:
     }
 
 
+def _placement(view: ConfigView, vs: StoredObject) -> dict[str, Any]:
+    """Who serves the VS and in which role: the SE names, primary (active) first, and the epoch.
+
+    ``epoch`` is the log revision of the VS's last placement: it orders VIP ownership claims, so an
+    SE that sees a placement with a higher epoch than the one it serves under yields at once.
+    """
+    group = _target(view, vs.body.get("se_group_ref"))
+    names = []
+    for se_uuid in view.placement(vs.uuid):
+        se = view.get(se_uuid)
+        names.append(se.name if se is not None else se_uuid)
+    return {
+        "ha_mode": (group.body.get("ha_mode") if group is not None else None) or "HA_MODE_SHARED",
+        "epoch": view.placement_revision(vs.uuid),
+        "ses": names,
+    }
+
+
 def _virtual_service(view: ConfigView, vs: StoredObject) -> Optional[dict[str, Any]]:
     vsvip = _target(view, vs.body.get("vsvip_ref"))
     addrs = [((v or {}).get("ip_address") or {}).get("addr") for v in (vsvip.body.get("vip") or [])] if vsvip else []
@@ -75,6 +93,7 @@ def _virtual_service(view: ConfigView, vs: StoredObject) -> Optional[dict[str, A
         "application": "http" if l7 else "l4",
         "enabled": bool(vs.body.get("enabled", True)),
         "pool": None if pool is None else _pool(view, pool),
+        "placement": _placement(view, vs),
     }
 
 
