@@ -39,6 +39,9 @@ class NodeConfig:
     admin_password_hash: str
     admin_token_hash: str
     durable_journal: bool = True
+    #: when set, the leader runs the local cloud: it starts the SEs the log requests as processes on
+    #: this host, with their state, logs and pid files under ``<local_cloud_home>/se/<name>/``
+    local_cloud_home: str = ""
 
     @property
     def api_url(self) -> str:

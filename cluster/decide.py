@@ -23,11 +23,13 @@ __all__ = [
     "BUILTIN_NAMESPACE",
     "CommandError",
     "Decision",
+    "VS_ACTIONS",
     "builtin_events",
     "decide_create",
     "decide_delete",
     "decide_patch",
     "decide_update",
+    "decide_vs_action",
     "new_uuid",
     "resolve_ref",
 ]
@@ -245,6 +247,10 @@ def decide_register_se(view: ConfigView, body: Any, *, uuid: str) -> Decision:
         stored = schema.normalize("serviceengine", _client_body(body), internal=True)
     except schema.ValidationError as exc:
         raise CommandError(422, exc.message, exc.field) from None
+    requested = view.se_requested().get(name)
+    if requested is not None:
+        # An SE a group asked the cloud for joins that group, whatever it was started with.
+        stored["se_group_ref"] = f"/api/serviceenginegroup/{requested[0]}"
 
     def canonical(target: str, value: Any, field: str = "") -> Any:
         return resolve_ref(view, target, value, "admin", field or target) if value else value
@@ -265,7 +271,104 @@ def decide_place(view: ConfigView, vs: StoredObject, se_refs: Any, reason: str =
         uuids.append(ref_uuid(resolve_ref(view, "serviceengine", ref, vs.tenant, f"serviceengine_refs[{i}]")))
     if len(set(uuids)) != len(uuids):
         raise CommandError(422, "serviceengine_refs names an SE twice", "serviceengine_refs")
-    if tuple(uuids) == view.placement(vs.uuid):
+    if tuple(uuids) == view.placement(vs.uuid) and view.pinned(vs.uuid):
         return Decision((), (), vs.uuid)
-    event = VirtualServicePlaced(vs_uuid=vs.uuid, se_uuids=tuple(uuids), reason=reason)
+    event = VirtualServicePlaced(vs_uuid=vs.uuid, se_uuids=tuple(uuids), reason=reason, pinned=True)
     return Decision((event,), (), vs.uuid)
+
+
+VS_ACTIONS = ("scaleout", "scalein", "migrate", "switchover")
+
+
+def decide_vs_action(view: ConfigView, vs: StoredObject, action: str, body: Any) -> Decision:
+    """The real product's VS actions: ``scaleout``, ``scalein``, ``migrate``, ``switchover``.
+
+    Each is a new placement of the VS (primary first), guarded by the placement epoch it was
+    decided on; the reconciler then keeps it as long as it stays valid. ``scaleout`` and
+    ``scalein`` need an active/active group (``HA_MODE_SHARED_PAIR``); ``switchover`` needs a VS on
+    two SEs or more; ``migrate`` replaces one SE (``from_se_ref``, default the primary) by
+    ``to_se_ref``.
+    """
+    if action not in VS_ACTIONS:
+        raise CommandError(404, f"unknown virtualservice action {action!r}", None)
+    if not isinstance(body, dict):
+        raise CommandError(400, "the request body must be a JSON object", None)
+    group = view.get(ref_uuid(vs.body.get("se_group_ref") or ""))
+    ha_mode = (group.body.get("ha_mode") if group else None) or "HA_MODE_SHARED"
+    placed = view.placement(vs.uuid)
+    names = {u: (view.get(u).name if view.get(u) else u) for u in placed}  # type: ignore[union-attr]
+
+    def se_of(field: str) -> Optional[StoredObject]:
+        value = body.get(field)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise CommandError(422, f"{field} must be a reference to a serviceengine", field)
+        ref = value if "/" in value or value.startswith("serviceengine-") else f"/api/serviceengine?name={value}"
+        se = view.get(ref_uuid(resolve_ref(view, "serviceengine", ref, vs.tenant, field)))
+        assert se is not None
+        return se
+
+    def usable(se: StoredObject, field: str) -> None:
+        if group is not None and ref_uuid(se.body.get("se_group_ref") or "") != group.uuid:
+            raise CommandError(409, f"serviceengine {se.name!r} is not in SE group {group.name!r}", field)
+        if view.se_down(se.uuid) is not None:
+            raise CommandError(409, f"serviceengine {se.name!r} is down: {view.se_down(se.uuid)}", field)
+        if (se.body.get("enable_state") or "SE_STATE_ENABLED") != "SE_STATE_ENABLED":
+            raise CommandError(409, f"serviceengine {se.name!r} is {se.body.get('enable_state')}", field)
+        if se.uuid in placed:
+            raise CommandError(409, f"virtualservice {vs.name!r} already runs on {se.name!r}", field)
+
+    if not placed:
+        raise CommandError(409, f"virtualservice {vs.name!r} is not placed on any service engine yet", None)
+    if action == "switchover":
+        if len(placed) < 2:
+            raise CommandError(409, f"virtualservice {vs.name!r} runs on one SE ({names[placed[0]]}); there is no standby to switch to", None)
+        target = placed[1:2] + placed[:1] + placed[2:]
+        reason = f"switchover by request: {names[target[0]]} is now primary, {names[placed[0]]} standby"
+    elif action in ("scaleout", "scalein"):
+        if ha_mode != "HA_MODE_SHARED_PAIR":
+            raise CommandError(409, f"{action} needs an active/active SE group (ha_mode HA_MODE_SHARED_PAIR); {group.name if group else 'its group'!r} is {ha_mode}", None)
+        assert group is not None
+        if action == "scaleout":
+            if len(placed) >= int(group.body.get("max_scaleout_per_vs", 4)):
+                raise CommandError(409, f"virtualservice {vs.name!r} already runs on max_scaleout_per_vs={group.body.get('max_scaleout_per_vs', 4)} SEs", None)
+            chosen = se_of("to_se_ref")
+            if chosen is None:
+                candidates = [
+                    se for se in view.list("serviceengine")
+                    if ref_uuid(se.body.get("se_group_ref") or "") == group.uuid and se.uuid not in placed
+                    and view.se_down(se.uuid) is None and (se.body.get("enable_state") or "SE_STATE_ENABLED") == "SE_STATE_ENABLED"
+                ]
+                if not candidates:
+                    raise CommandError(409, f"no free service engine in SE group {group.name!r} to scale {vs.name!r} out to", None)
+                chosen = min(candidates, key=lambda se: (len(view.placed_on(se.uuid)), se.name, se.uuid))
+            usable(chosen, "to_se_ref")
+            target = placed + (chosen.uuid,)
+            reason = f"scale-out by request to {chosen.name}"
+        else:
+            if len(placed) <= int(group.body.get("min_scaleout_per_vs", 1)):
+                raise CommandError(409, f"virtualservice {vs.name!r} runs on min_scaleout_per_vs={group.body.get('min_scaleout_per_vs', 1)} SEs; it cannot scale in", None)
+            chosen = se_of("se_ref")
+            if chosen is None:
+                chosen = view.get(placed[-1])
+                assert chosen is not None
+            if chosen.uuid not in placed:
+                raise CommandError(409, f"virtualservice {vs.name!r} does not run on {chosen.name!r}", "se_ref")
+            target = tuple(u for u in placed if u != chosen.uuid)
+            reason = f"scale-in by request from {chosen.name}"
+    else:
+        if ha_mode == "HA_MODE_LEGACY_ACTIVE_STANDBY":
+            raise CommandError(409, "an active/standby VS moves with its pair; use switchover", None)
+        to = se_of("to_se_ref")
+        if to is None:
+            raise CommandError(422, "migrate needs to_se_ref", "to_se_ref")
+        usable(to, "to_se_ref")
+        source = se_of("from_se_ref") or view.get(placed[0])
+        assert source is not None
+        if source.uuid not in placed:
+            raise CommandError(409, f"virtualservice {vs.name!r} does not run on {source.name!r}", "from_se_ref")
+        target = tuple(to.uuid if u == source.uuid else u for u in placed)
+        reason = f"migrate by request from {source.name} to {to.name}"
+    event = VirtualServicePlaced(vs_uuid=vs.uuid, se_uuids=target, reason=reason)
+    return Decision((event,), (Precondition(f"placement:{vs.uuid}", view.placement_revision(vs.uuid)),), vs.uuid)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import structlog
 from aiohttp import web
@@ -14,6 +14,10 @@ from cluster.api.app import make_app
 from cluster.config import NodeConfig
 from cluster.node import Controller
 from cluster.raft import RaftTuning
+from cluster.reconciler import Reconciler
+
+if TYPE_CHECKING:
+    from cluster.cloud import CloudDriver
 
 __all__ = ["run_controller", "serve"]
 
@@ -29,12 +33,27 @@ async def serve(config: NodeConfig, stop: asyncio.Event, tuning: Optional[RaftTu
     site = web.TCPSite(runner, config.api_host, config.api_port, reuse_address=True)
     await site.start()
     log.info("controller_serving", node_id=config.node_id, api=config.api_url, raft=config.raft_addr)
+    reconciler = Reconciler(node, _cloud_of(config))
+    reconciling = asyncio.create_task(reconciler.run(stop))
     try:
         await stop.wait()
     finally:
         log.info("controller_stopping", node_id=config.node_id)
+        await reconciling
         await runner.cleanup()
         await node.stop()
+
+
+def _cloud_of(config: NodeConfig) -> Optional[CloudDriver]:
+    if not config.local_cloud_home:
+        return None
+    from pathlib import Path
+
+    from cluster.api.auth import se_token_for
+    from cluster.cloud.local import LocalCloud
+
+    controllers = [config.api_url, *(p.api_url for p in config.peers)]
+    return LocalCloud(Path(config.local_cloud_home), controllers, se_token_for(config.cluster_secret))
 
 
 def run_controller(config: NodeConfig) -> None:

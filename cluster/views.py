@@ -18,7 +18,16 @@ import attrs
 import msgpack
 
 from cluster import schema
-from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Proposal, VirtualServicePlaced
+from storage.events import (
+    ObjectCreated,
+    ObjectDeleted,
+    ObjectUpdated,
+    Proposal,
+    ServiceEngineReleased,
+    ServiceEngineRequested,
+    ServiceEngineStatusChanged,
+    VirtualServicePlaced,
+)
 
 __all__ = [
     "Accepted",
@@ -92,6 +101,9 @@ class ConfigView:
         self._placements: dict[str, tuple[str, ...]] = {}  # vs uuid -> se uuids
         self._placed_on: dict[str, set[str]] = {}  # se uuid -> vs uuids
         self._placement_revision: dict[str, int] = {}  # vs uuid -> revision of its last placement
+        self._pinned: set[str] = set()  # vs uuids placed by hand
+        self._se_requested: dict[str, tuple[str, int]] = {}  # SE name -> (group uuid, revision requested)
+        self._se_down: dict[str, str] = {}  # se uuid -> why the leader declared it down
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -112,7 +124,12 @@ class ConfigView:
         return set(self._referrers.get(uuid, ()))
 
     def revision_of(self, uuid: str) -> int:
-        """The revision that last changed ``uuid``; 0 when absent (never existed or deleted)."""
+        """The revision that last changed ``uuid``; 0 when absent (never existed or deleted).
+
+        ``placement:<vs uuid>`` names a VS's placement: its revision is the placement epoch.
+        """
+        if uuid.startswith("placement:"):
+            return self._placement_revision.get(uuid[len("placement:"):], 0)
         obj = self._by_uuid.get(uuid)
         return 0 if obj is None else obj.modified
 
@@ -124,6 +141,17 @@ class ConfigView:
 
     def placement_revision(self, vs_uuid: str) -> int:
         return self._placement_revision.get(vs_uuid, 0)
+
+    def pinned(self, vs_uuid: str) -> bool:
+        return vs_uuid in self._pinned
+
+    def se_requested(self) -> dict[str, tuple[str, int]]:
+        """SE name -> (group uuid, revision) of every SE a group asked for and still wants."""
+        return dict(self._se_requested)
+
+    def se_down(self, se_uuid: str) -> Optional[str]:
+        """Why the SE was declared down, or None while it is up."""
+        return self._se_down.get(se_uuid)
 
     def accepted_command(self, command_id: str) -> Optional[Accepted]:
         seen = self._commands.get(command_id)
@@ -152,6 +180,11 @@ class ConfigView:
         for event in events:
             if isinstance(event, VirtualServicePlaced):
                 bad = self._check_placement(event, created, deleted)
+                if bad:
+                    return bad
+                continue
+            if isinstance(event, (ServiceEngineRequested, ServiceEngineStatusChanged, ServiceEngineReleased)):
+                bad = self._check_se_event(event, deleted)
                 if bad:
                     return bad
                 continue
@@ -204,6 +237,24 @@ class ConfigView:
             obj = self._by_uuid.get(se)
             if obj is None or obj.kind != "serviceengine" or se in deleted:
                 return Rejected(409, f"serviceengine {se} does not exist", "serviceengine_refs")
+        return None
+
+    def _check_se_event(self, event: Any, deleted: set[str]) -> Rejected | None:
+        if isinstance(event, ServiceEngineRequested):
+            if event.name in self._se_requested:
+                return Rejected(409, f"serviceengine {event.name!r} was already requested", "name")
+            group = self._by_uuid.get(event.group_uuid)
+            if group is None or group.kind != "serviceenginegroup" or event.group_uuid in deleted:
+                return Rejected(409, f"serviceenginegroup {event.group_uuid} does not exist", "se_group_ref")
+        elif isinstance(event, ServiceEngineReleased):
+            if event.name not in self._se_requested:
+                return Rejected(404, f"serviceengine {event.name!r} was not requested", "name")
+        else:
+            se = self._by_uuid.get(event.se_uuid)
+            if se is None or se.kind != "serviceengine" or event.se_uuid in deleted:
+                return Rejected(404, f"serviceengine {event.se_uuid} does not exist", "uuid")
+            if event.status not in ("up", "down"):
+                return Rejected(422, f"unknown SE status {event.status!r}", "status")
         return None
 
     def _dangling(self, kind: str, body: dict[str, Any], created: dict[str, str], deleted: set[str]) -> Rejected | None:
@@ -264,10 +315,26 @@ class ConfigView:
             self._link(obj.uuid, _refs(obj.kind, obj.body))
         elif isinstance(event, VirtualServicePlaced):
             self._place(event.vs_uuid, tuple(event.se_uuids), revision)
+            if event.pinned:
+                self._pinned.add(event.vs_uuid)
+            else:
+                self._pinned.discard(event.vs_uuid)
+        elif isinstance(event, ServiceEngineRequested):
+            self._se_requested[event.name] = (event.group_uuid, revision)
+        elif isinstance(event, ServiceEngineReleased):
+            self._se_requested.pop(event.name, None)
+        elif isinstance(event, ServiceEngineStatusChanged):
+            if event.status == "down":
+                self._se_down[event.se_uuid] = event.reason or "down"
+            else:
+                self._se_down.pop(event.se_uuid, None)
         elif isinstance(event, ObjectDeleted):
+            if event.kind == "serviceengine":
+                self._se_down.pop(event.uuid, None)
             if event.kind == "virtualservice":
                 self._place(event.uuid, (), revision)
                 self._placement_revision.pop(event.uuid, None)
+                self._pinned.discard(event.uuid)
             obj = self._by_uuid.pop(event.uuid)
             self._objects[obj.kind].pop(obj.uuid, None)
             self._by_name.pop((obj.kind, obj.tenant, obj.name), None)
@@ -309,7 +376,9 @@ class ConfigView:
         placements = [[vs, list(ses), self._placement_revision.get(vs, 0)] for vs, ses in sorted(self._placements.items())]
         return msgpack.packb(
             {"v": 1, "revision": self.revision, "raft_index": self.raft_index, "objects": objects, "commands": commands,
-             "placements": placements},
+             "placements": placements, "pinned": sorted(self._pinned),
+             "se_requested": [[n, g, r] for n, (g, r) in sorted(self._se_requested.items())],
+             "se_down": sorted(self._se_down.items())},
             use_bin_type=True,
         )
 
@@ -332,4 +401,8 @@ class ConfigView:
             view._commands[command_id] = (first, last)
         for vs, ses, revision in doc.get("placements", []):
             view._place(vs, tuple(ses), revision)
+        # Snapshots written before these fields existed: every placement then was made by hand.
+        view._pinned = set(doc.get("pinned", view._placements))
+        view._se_requested = {n: (g, r) for n, g, r in doc.get("se_requested", [])}
+        view._se_down = dict(doc.get("se_down", []))
         return view

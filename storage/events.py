@@ -23,6 +23,9 @@ __all__ = [
     "Proposal",
     "ProposalBatch",
     "CommittedBatch",
+    "ServiceEngineReleased",
+    "ServiceEngineRequested",
+    "ServiceEngineStatusChanged",
     "VirtualServicePlaced",
 ]
 
@@ -62,17 +65,66 @@ class ObjectDeleted:
     tenant: str
 
 
-@codec.registered("VirtualServicePlaced", 1)
+@codec.registered("VirtualServicePlaced", 2)
 @attrs.frozen
 class VirtualServicePlaced:
-    """The virtual service now runs on exactly these service engines (none: unplaced)."""
+    """The virtual service now runs on exactly these service engines (none: unplaced), primary first.
+
+    ``pinned``: an operator chose these SEs by hand (``avictl vs place``); the placement
+    reconciler leaves a pinned VS where it is.
+    """
 
     vs_uuid: str
     se_uuids: tuple[str, ...] = attrs.field(converter=tuple)
     reason: str = ""
+    pinned: bool = False
 
 
-Event = Union[ObjectCreated, ObjectUpdated, ObjectDeleted, VirtualServicePlaced]
+@codec.upcaster("VirtualServicePlaced", 1)
+def _placed_v1(fields: dict[str, Any]) -> dict[str, Any]:
+    # Version 1 placements were all made by hand.
+    return {**fields, "pinned": True}
+
+
+@codec.registered("ServiceEngineRequested", 1)
+@attrs.frozen
+class ServiceEngineRequested:
+    """The SE group needs a new service engine of this name; the cloud driver starts it."""
+
+    name: str
+    group_uuid: str
+    reason: str = ""
+
+
+@codec.registered("ServiceEngineStatusChanged", 1)
+@attrs.frozen
+class ServiceEngineStatusChanged:
+    """The leader's verdict on a registered SE: ``up`` (reporting) or ``down`` (silent or exited)."""
+
+    se_uuid: str
+    name: str
+    status: str
+    reason: str = ""
+
+
+@codec.registered("ServiceEngineReleased", 1)
+@attrs.frozen
+class ServiceEngineReleased:
+    """A requested SE is no longer wanted (idle past ``se_deprovision_delay``); the cloud stops it."""
+
+    name: str
+    reason: str = ""
+
+
+Event = Union[
+    ObjectCreated,
+    ObjectUpdated,
+    ObjectDeleted,
+    VirtualServicePlaced,
+    ServiceEngineRequested,
+    ServiceEngineStatusChanged,
+    ServiceEngineReleased,
+]
 
 
 def _events(value: Any) -> tuple[Any, ...]:

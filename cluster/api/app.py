@@ -29,6 +29,7 @@ from cluster.decide import (
     decide_delete,
     decide_patch,
     decide_place,
+    decide_vs_action,
     decide_register_se,
     decide_update,
     new_uuid,
@@ -140,8 +141,15 @@ class Api:
                 return None
             return error_response(401, "internal endpoints need the cluster's internal token")
         if header.startswith("Bearer "):
-            if self.auth.check_bearer(header[7:].strip()):
+            token = header[7:].strip()
+            if self.auth.check_bearer(token):
                 return None
+            if self.auth.is_se(token):
+                if path.startswith("/api/serviceengine/") and (
+                    path == "/api/serviceengine/register" or path.endswith("/slice") or path.endswith("/status")
+                ):
+                    return None
+                return error_response(403, "a service engine token is good only for the service engine routes")
             return error_response(401, "invalid token")
         session = request.cookies.get("sessionid") or request.cookies.get("avi-sessionid")
         if session and self.auth.check_session(session):
@@ -489,6 +497,25 @@ class Api:
         await self.node.write(decide, command_id=self.command_id(request))
         return web.json_response(self.render(request, self.object_of(request, "virtualservice")))
 
+    async def vs_action(self, request: web.Request) -> web.Response:
+        """``POST /api/virtualservice/{uuid}/scaleout|scalein|migrate|switchover``, as the real product names them."""
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CommandError(400, f"the body is not valid JSON: {exc}", "body") from None
+        uuid = request.match_info["uuid"]
+        action = request.match_info["action"]
+
+        def decide(view: Any) -> Any:
+            obj = view.get(uuid)
+            if obj is None or obj.kind != "virtualservice":
+                raise CommandError(404, f"virtualservice {uuid} does not exist")
+            return decide_vs_action(view, obj, action, body)
+
+        await self.node.write(decide, command_id=self.command_id(request))
+        return web.json_response(self.render(request, self.object_of(request, "virtualservice")))
+
     # -- cluster, events, watch ----------------------------------------------------------------
 
     async def cluster(self, request: web.Request) -> web.Response:
@@ -638,6 +665,7 @@ def make_app(node: Controller) -> web.Application:
     r.add_get("/api/serviceengine/{uuid}/slice", api.se_slice)
     r.add_post("/api/serviceengine/{uuid}/status", api.se_status)
     r.add_post("/api/virtualservice/{uuid}/placement", api.place_vs)
+    r.add_post("/api/virtualservice/{uuid}/{action:scaleout|scalein|migrate|switchover}", api.vs_action)
     r.add_get("/api/virtualservice/{uuid}/logs", api.vs_logs)
     r.add_get("/api/{kind}", api.list_objects)
     r.add_post("/api/{kind}", api.create_object)

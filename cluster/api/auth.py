@@ -14,9 +14,14 @@ from typing import Optional
 
 from cluster.config import NodeConfig, verify_password, verify_token
 
-__all__ = ["Authenticator", "SESSION_SECONDS"]
+__all__ = ["Authenticator", "SESSION_SECONDS", "se_token_for"]
 
 SESSION_SECONDS = 8 * 3600
+
+
+def se_token_for(cluster_secret: str) -> str:
+    """The bearer token of service engines the cluster starts itself (SE routes only)."""
+    return hashlib.sha256(b"avictl-se\0" + cluster_secret.encode()).hexdigest()
 
 
 class Authenticator:
@@ -24,6 +29,8 @@ class Authenticator:
         self._config = config
         self._key = hashlib.sha256(b"avictl-session\0" + config.cluster_secret.encode()).digest()
         self.internal_token = hashlib.sha256(b"avictl-internal\0" + config.cluster_secret.encode()).hexdigest()
+        # What the cloud driver hands the SEs it starts: good only for the SE routes.
+        self.se_token = se_token_for(config.cluster_secret)
 
     def check_credentials(self, username: str, password: Optional[str], token: Optional[str]) -> bool:
         if not hmac.compare_digest(username.encode(), self._config.admin_user.encode()):
@@ -38,6 +45,9 @@ class Authenticator:
         if verify_token(token, self._config.admin_token_hash):
             return self._config.admin_user
         return None
+
+    def is_se(self, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self.se_token.encode())
 
     def is_internal(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self.internal_token.encode())

@@ -1,0 +1,161 @@
+"""The leader's placement loop: observe, ``cluster.reconcile.reconcile``, propose, drive the cloud.
+
+Thin shell around the pure core. Every ``interval`` seconds, on the leader only, it gathers what
+this node observed of the SEs (their reports reach every controller), runs the core, and proposes
+each command it returns through ``Controller.write`` (a rejected one, e.g. a placement someone
+changed meanwhile, is dropped: the next round decides again from the new state). Then it asks the
+cloud driver, if there is one, to run exactly the SEs the log requested. Followers only reset
+their leadership clock, so a new leader gives every SE a full detection period before declaring
+it down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+import structlog
+
+from cluster.decide import CommandError, Decision
+from cluster.reconcile import Command, Observed, SeObservation, Settings, reconcile
+
+if TYPE_CHECKING:
+    from cluster.cloud import CloudDriver
+    from cluster.node import Controller
+
+__all__ = ["Reconciler"]
+
+log = structlog.get_logger(__name__)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        node: "Controller",
+        cloud: Optional["CloudDriver"] = None,
+        *,
+        interval: float = 0.25,
+        settings: Settings = Settings(),
+    ) -> None:
+        self.node = node
+        self.cloud = cloud
+        self.interval = interval
+        self.settings = settings
+        self.log = log.bind(node_id=node.node_id)
+        self._leader_since: Optional[float] = None
+        self._idle_since: dict[str, float] = {}
+        self._running: dict[str, int] = {}
+        self.rounds = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.round()
+            except Exception:  # noqa: BLE001 - one bad round must not end the loop; the next one retries
+                self.log.exception("reconcile_round_failed")
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def round(self) -> None:
+        node = self.node
+        if not node.raft.is_leader():
+            self._leader_since = None
+            self._idle_since.clear()
+            return
+        now = time.time()
+        if self._leader_since is None:
+            self._leader_since = now
+            self.log.info("reconciler_leading")
+        loop = asyncio.get_running_loop()
+        if self.cloud is not None:
+            self._running = await loop.run_in_executor(None, self.cloud.running)
+        observed = self._observe(now)
+        for command in reconcile(node.view, observed, self.settings):
+            await self._propose(command)
+        self._note_idle(now)
+        if self.cloud is not None:
+            await self._drive_cloud(loop)
+        self.rounds += 1
+
+    def _observe(self, now: float) -> Observed:
+        view = self.node.view
+        ses: dict[str, SeObservation] = {}
+        for se in view.list("serviceengine"):
+            status = self.node.se_status.get(se.uuid)
+            if status is None:
+                continue
+            interval = status.get("report_interval")
+            ha = status.get("ha")
+            ses[se.uuid] = SeObservation(
+                last_report=status.get("time"),
+                report_interval=float(interval) if isinstance(interval, (int, float)) and interval > 0 else None,
+                ha=ha if isinstance(ha, dict) else {},
+            )
+        requested = view.se_requested()
+        exited = frozenset(
+            name for name in requested
+            if self.cloud is not None and name not in self._running and view.by_name("serviceengine", name) is not None
+        )
+        assert self._leader_since is not None
+        return Observed(
+            now=now,
+            leader_since=self._leader_since,
+            ses=ses,
+            cloud=self.cloud is not None,
+            exited=exited,
+            idle_since=dict(self._idle_since),
+        )
+
+    async def _propose(self, command: Command) -> None:
+        def decide(_view: Any) -> Decision:
+            return Decision(command.events, command.preconditions, "")
+
+        try:
+            await self.node.write(decide, timeout=5.0)
+        except CommandError as exc:
+            self.log.info("reconcile_command_refused", events=[type(e).__name__ for e in command.events], error=exc.message)
+            return
+        for event in command.events:
+            self.log.info("reconciled", event=type(event).__name__, **_describe(event))
+
+    def _note_idle(self, now: float) -> None:
+        view = self.node.view
+        idle = set()
+        for name in view.se_requested():
+            se = view.by_name("serviceengine", name)
+            if se is not None and not view.placed_on(se.uuid):
+                idle.add(name)
+                self._idle_since.setdefault(name, now)
+        for name in set(self._idle_since) - idle:
+            del self._idle_since[name]
+
+    async def _drive_cloud(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.cloud is not None
+        from cluster.cloud import SeSpec
+
+        view = self.node.view
+        specs = []
+        for name, (group_uuid, _revision) in sorted(view.se_requested().items()):
+            group = view.get(group_uuid)
+            memory = int(group.body.get("memory_per_se", 2048)) if group is not None else 2048
+            specs.append(SeSpec(name=name, group=group.name if group is not None else group_uuid, memory_mb=memory))
+        started = await loop.run_in_executor(None, self.cloud.ensure_running, specs)
+        for name in started:
+            self.log.info("se_started_by_cloud", se=name, cloud=self.cloud.kind)
+        wanted = {spec.name for spec in specs}
+        for name in sorted(set(self._running) - wanted):
+            stopped = await loop.run_in_executor(None, self.cloud.stop, name)
+            if stopped:
+                self.log.info("se_stopped_by_cloud", se=name, cloud=self.cloud.kind)
+
+
+def _describe(event: Any) -> dict[str, Any]:
+    fields = {}
+    for key in ("vs_uuid", "se_uuids", "name", "status", "reason"):
+        value = getattr(event, key, None)
+        if value is not None:
+            fields[key] = list(value) if isinstance(value, tuple) else value
+    return fields

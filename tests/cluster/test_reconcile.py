@@ -1,0 +1,216 @@
+"""The leader's reconcile core: liveness verdicts, takeovers, placement and SE requests, as events."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from cluster import decide as d
+from cluster.reconcile import Observed, SeObservation, Settings, reconcile
+from cluster.views import ConfigView
+from storage.events import (
+    ObjectDeleted,
+    Proposal,
+    ServiceEngineReleased,
+    ServiceEngineRequested,
+    ServiceEngineStatusChanged,
+    VirtualServicePlaced,
+)
+
+_ids = itertools.count(1)
+
+
+def commit(view: ConfigView, events: Any, preconditions: Any = ()) -> Any:
+    proposal = Proposal(f"c{next(_ids)}", view.revision, 0.0, tuple(preconditions), tuple(events))
+    outcome = view.check(proposal)
+    assert outcome is None, outcome
+    return view.evolve(view.raft_index + 1, proposal.command_id, proposal.events)
+
+
+def apply(view: ConfigView, decision: d.Decision) -> str:
+    commit(view, decision.events, decision.preconditions)
+    return decision.uuid
+
+
+def run(view: ConfigView, observed: Observed) -> list[Any]:
+    """One reconcile round, committed; returns the events it made."""
+    made = []
+    for command in reconcile(view, observed, Settings(down_after_min=3.0)):
+        commit(view, command.events, command.preconditions)
+        made.extend(command.events)
+    return made
+
+
+@pytest.fixture()
+def view() -> ConfigView:
+    return ConfigView.with_builtins(d.builtin_events())
+
+
+def make_group(view: ConfigView, name: str, **body: Any) -> str:
+    return apply(view, d.decide_create(view, "serviceenginegroup", {"name": name, **body}, tenant="admin", uuid=d.new_uuid("serviceenginegroup")))
+
+
+def make_se(view: ConfigView, name: str, group: str) -> str:
+    se = apply(view, d.decide_register_se(view, {"name": name}, uuid=d.new_uuid("serviceengine")))
+    obj = view.get(se)
+    assert obj is not None and obj.body["se_group_ref"].endswith(group), "an SE the group requested joins that group"
+    return se
+
+
+def make_vs(view: ConfigView, name: str, group: str, addr: str = "127.10.0.1") -> str:
+    pool = apply(view, d.decide_create(view, "pool", {"name": f"{name}-pool", "servers": [{"ip": {"addr": "127.0.0.2", "type": "V4"}}]},
+                                       tenant="admin", uuid=d.new_uuid("pool")))
+    vip = apply(view, d.decide_create(view, "vsvip", {"name": f"{name}-vip", "vip": [{"ip_address": {"addr": addr, "type": "V4"}}]},
+                                      tenant="admin", uuid=d.new_uuid("vsvip")))
+    body = {"name": name, "services": [{"port": 80}], "pool_ref": f"/api/pool/{pool}", "vsvip_ref": f"/api/vsvip/{vip}",
+            "se_group_ref": f"/api/serviceenginegroup/{group}"}
+    return apply(view, d.decide_create(view, "virtualservice", body, tenant="admin", uuid=d.new_uuid("virtualservice")))
+
+
+def reporting(view: ConfigView, now: float, **ha: Any) -> dict[str, SeObservation]:
+    return {se.uuid: SeObservation(last_report=now, report_interval=1.0, ha=ha.get(se.name, {})) for se in view.list("serviceengine")}
+
+
+def test_active_standby_vs_requests_two_ses_then_is_placed_on_both(view: ConfigView) -> None:
+    """A VS in an active/standby group makes the leader request two SEs, then places it on the pair, active first."""
+    group = make_group(view, "pair", ha_mode="HA_MODE_LEGACY_ACTIVE_STANDBY", se_name_prefix="web")
+    vs = make_vs(view, "web", group)
+    made = run(view, Observed(now=100.0, leader_since=100.0, cloud=True))
+    requested = sorted(e.name for e in made if isinstance(e, ServiceEngineRequested))
+    assert requested == ["web-1", "web-2"]
+    assert run(view, Observed(now=100.5, leader_since=100.0, cloud=True)) == [], "requests are not repeated while pending"
+
+    se1, se2 = make_se(view, "web-1", group), make_se(view, "web-2", group)
+    made = run(view, Observed(now=101.0, leader_since=100.0, ses=reporting(view, 101.0), cloud=True))
+    placed = [e for e in made if isinstance(e, VirtualServicePlaced)]
+    assert len(placed) == 1 and set(placed[0].se_uuids) == {se1, se2} and placed[0].vs_uuid == vs
+    assert not placed[0].pinned
+    assert run(view, Observed(now=101.5, leader_since=100.0, ses=reporting(view, 101.5), cloud=True)) == []
+
+
+def test_standby_takeover_is_recorded_and_the_silent_active_declared_down(view: ConfigView) -> None:
+    group = make_group(view, "pair", ha_mode="HA_MODE_LEGACY_ACTIVE_STANDBY", se_name_prefix="web")
+    vs = make_vs(view, "web", group)
+    run(view, Observed(now=100.0, leader_since=100.0, cloud=True))
+    make_se(view, "web-1", group)
+    make_se(view, "web-2", group)
+    run(view, Observed(now=101.0, leader_since=100.0, ses=reporting(view, 101.0), cloud=True))
+    active, standby = view.placement(vs)
+    epoch = view.placement_revision(vs)
+    standby_name = view.get(standby).name  # type: ignore[union-attr]
+    ses = reporting(view, 102.0, **{standby_name: {vs: {"role": "active", "epoch": epoch, "reason": "peer connection lost"}}})
+    ses[active] = SeObservation(last_report=101.0, report_interval=1.0)
+    made = run(view, Observed(now=102.0, leader_since=100.0, ses=ses, cloud=True))
+    placed = [e for e in made if isinstance(e, VirtualServicePlaced)]
+    assert placed and placed[0].se_uuids == (standby, active)
+    assert "took the VIP over" in placed[0].reason
+    assert view.placement_revision(vs) > epoch
+
+    # The old active stays silent: declared down after 3 report intervals (3 s), and the survivor
+    # serves alone; a replacement is requested.
+    ses[standby] = SeObservation(last_report=105.0, report_interval=1.0, ha={vs: {"role": "active", "epoch": view.placement_revision(vs)}})
+    made = run(view, Observed(now=105.0, leader_since=100.0, ses=ses, cloud=True))
+    downs = [e for e in made if isinstance(e, ServiceEngineStatusChanged)]
+    assert [(e.se_uuid, e.status) for e in downs] == [(active, "down")]
+    assert view.placement(vs)[0] == standby
+    assert any(isinstance(e, ServiceEngineRequested) for e in made), "a lost pair member is replaced"
+
+
+def test_n_plus_m_vs_is_re_placed_when_its_se_exits(view: ConfigView) -> None:
+    group = make_group(view, "shared", se_name_prefix="nm", buffer_se=0)
+    vs = make_vs(view, "app", group)
+    run(view, Observed(now=10.0, leader_since=10.0, cloud=True))
+    se1 = make_se(view, "nm-1", group)
+    run(view, Observed(now=11.0, leader_since=10.0, ses=reporting(view, 11.0), cloud=True))
+    assert view.placement(vs) == (se1,)
+    commit(view, [ServiceEngineRequested("nm-2", group, "spare")])
+    se2 = make_se(view, "nm-2", group)
+    made = run(view, Observed(now=12.0, leader_since=10.0, ses=reporting(view, 12.0), cloud=True, exited=frozenset({"nm-1"})))
+    assert any(isinstance(e, ServiceEngineStatusChanged) and e.status == "down" and "exited" in e.reason for e in made)
+    assert view.placement(vs) == (se2,)
+    placed = [e for e in made if isinstance(e, VirtualServicePlaced)]
+    assert "nm-1 down" in placed[0].reason
+
+
+def test_pinned_vs_is_left_alone_and_no_cloud_means_no_requests(view: ConfigView) -> None:
+    group = make_group(view, "g")
+    vs = make_vs(view, "pinned", group)
+    se = apply(view, d.decide_register_se(view, {"name": "by-hand"}, uuid=d.new_uuid("serviceengine")))
+    apply(view, d.decide_place(view, view.get(vs), ["by-hand"]))  # type: ignore[arg-type]
+    made = run(view, Observed(now=1.0, leader_since=1.0, ses=reporting(view, 1.0), cloud=False))
+    assert made == []
+    assert view.placement(vs) == (se,)
+
+
+def test_new_leader_gives_silent_ses_a_full_period_and_up_needs_a_report(view: ConfigView) -> None:
+    group = make_group(view, "g", se_name_prefix="x")
+    commit(view, [ServiceEngineRequested("x-1", group, "test")])
+    se = make_se(view, "x-1", group)
+    # Never heard from: the default report interval (5 s) times 3.
+    assert run(view, Observed(now=60.0, leader_since=49.0)) == []
+    made = run(view, Observed(now=64.5, leader_since=49.0))
+    assert [(type(e), e.status) for e in made] == [(ServiceEngineStatusChanged, "down")]
+    # A new leader that has not heard from it does not call it up.
+    assert run(view, Observed(now=70.0, leader_since=70.0)) == []
+    made = run(view, Observed(now=70.5, leader_since=70.0, ses={se: SeObservation(last_report=70.4, report_interval=1.0)}))
+    assert [(type(e), e.status) for e in made] == [(ServiceEngineStatusChanged, "up")]
+
+
+def test_idle_se_is_released_after_the_deprovision_delay(view: ConfigView) -> None:
+    group = make_group(view, "g", se_name_prefix="idle", se_deprovision_delay=1, buffer_se=0)
+    commit(view, [ServiceEngineRequested("idle-1", group, "test")])
+    se = make_se(view, "idle-1", group)
+    ses = {se: SeObservation(last_report=100.0, report_interval=1.0)}
+    assert run(view, Observed(now=100.0, leader_since=0.0, ses=ses, idle_since={"idle-1": 50.0})) == []
+    made = run(view, Observed(now=111.0, leader_since=0.0, ses={se: SeObservation(last_report=111.0)}, idle_since={"idle-1": 50.0}))
+    assert [type(e) for e in made] == [ServiceEngineReleased, ObjectDeleted]
+    assert view.get(se) is None and "idle-1" not in view.se_requested()
+
+
+def test_vs_actions_switchover_migrate_and_scale(view: ConfigView) -> None:
+    pair = make_group(view, "pair", ha_mode="HA_MODE_SHARED_PAIR", min_scaleout_per_vs=1, se_name_prefix="aa")
+    for n in (1, 2, 3):
+        commit(view, [ServiceEngineRequested(f"aa-{n}", pair, "test")])
+    a, b, c = (make_se(view, f"aa-{n}", pair) for n in (1, 2, 3))
+    vs = make_vs(view, "web", pair)
+    run(view, Observed(now=1.0, leader_since=1.0, ses=reporting(view, 1.0)))
+    (first,) = view.placement(vs)
+    obj = view.get(vs)
+    assert obj is not None
+    with pytest.raises(d.CommandError) as refused:
+        d.decide_vs_action(view, obj, "switchover", {})
+    assert refused.value.code == 409
+    apply(view, d.decide_vs_action(view, obj, "scaleout", {}))
+    assert len(view.placement(vs)) == 2 and view.placement(vs)[0] == first
+    assert run(view, Observed(now=2.0, leader_since=1.0, ses=reporting(view, 2.0))) == [], "the reconciler keeps a scale-out"
+    apply(view, d.decide_vs_action(view, obj, "switchover", {}))
+    assert view.placement(vs)[1] == first
+    free = ({a, b, c} - set(view.placement(vs))).pop()
+    apply(view, d.decide_vs_action(view, obj, "migrate", {"to_se_ref": view.get(free).name}))  # type: ignore[union-attr]
+    assert free in view.placement(vs)
+    apply(view, d.decide_vs_action(view, obj, "scalein", {}))
+    assert len(view.placement(vs)) == 1
+    with pytest.raises(d.CommandError) as refused:
+        d.decide_vs_action(view, obj, "scalein", {})
+    assert refused.value.code == 409 and "min_scaleout_per_vs" in refused.value.message
+    with pytest.raises(d.CommandError) as refused:
+        d.decide_vs_action(view, obj, "migrate", {"to_se_ref": "no-such-se"})
+    assert refused.value.field == "to_se_ref"
+
+
+def test_stale_placement_decision_is_refused(view: ConfigView) -> None:
+    """A placement decided before another one landed is refused at apply (412 on the placement epoch)."""
+    group = make_group(view, "g", se_name_prefix="s", buffer_se=0)
+    commit(view, [ServiceEngineRequested("s-1", group, "t"), ServiceEngineRequested("s-2", group, "t")])
+    make_se(view, "s-1", group)
+    make_se(view, "s-2", group)
+    vs = make_vs(view, "v", group)
+    stale = reconcile(view, Observed(now=1.0, leader_since=1.0, ses=reporting(view, 1.0)), Settings())
+    assert len(stale) == 1
+    obj = view.get(vs)
+    apply(view, d.decide_place(view, obj, ["s-2"]))  # type: ignore[arg-type]
+    proposal = Proposal("late", view.revision, 0.0, stale[0].preconditions, stale[0].events)
+    outcome = view.check(proposal)
+    assert outcome is not None and outcome.code == 412  # type: ignore[union-attr]
