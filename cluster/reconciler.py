@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import structlog
 
+from cluster.autoscale import autoscale
 from cluster.decide import CommandError, Decision
 from cluster.reconcile import Command, Observed, SeObservation, Settings, reconcile
+
+from cluster.node import NoQuorum, OutcomeUnknown
 
 if TYPE_CHECKING:
     from cluster.cloud import CloudDriver
@@ -46,6 +49,7 @@ class Reconciler:
         self._leader_since: Optional[float] = None
         self._idle_since: dict[str, float] = {}
         self._running: dict[str, int] = {}
+        self._last_scaled: dict[str, float] = {}  # vs uuid -> when autoscale last acted or alerted
         self.rounds = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -64,6 +68,7 @@ class Reconciler:
         if not node.raft.is_leader():
             self._leader_since = None
             self._idle_since.clear()
+            self._last_scaled.clear()
             return
         now = time.time()
         if self._leader_since is None:
@@ -75,6 +80,11 @@ class Reconciler:
         observed = self._observe(now)
         for command in reconcile(node.view, observed, self.settings):
             await self._propose(command)
+        samples = {uuid: status.get("se") or {} for uuid, status in node.se_status.items() if now - (status.get("time") or 0) < 30}
+        for command in autoscale(node.view, samples, now, self._last_scaled):
+            if await self._propose(command):
+                for event in command.events:
+                    self._last_scaled[event.vs_uuid] = now
         self._note_idle(now)
         if self.cloud is not None:
             await self._drive_cloud(loop)
@@ -109,17 +119,21 @@ class Reconciler:
             idle_since=dict(self._idle_since),
         )
 
-    async def _propose(self, command: Command) -> None:
+    async def _propose(self, command: Command) -> bool:
         def decide(_view: Any) -> Decision:
             return Decision(command.events, command.preconditions, "")
 
         try:
             await self.node.write(decide, timeout=5.0)
+        except (NoQuorum, OutcomeUnknown) as exc:
+            self.log.warning("reconcile_command_unfinished", events=[type(e).__name__ for e in command.events], error=type(exc).__name__)
+            return False
         except CommandError as exc:
             self.log.info("reconcile_command_refused", events=[type(e).__name__ for e in command.events], error=exc.message)
-            return
+            return False
         for event in command.events:
             self.log.info("reconciled", event=type(event).__name__, **_describe(event))
+        return True
 
     def _note_idle(self, now: float) -> None:
         view = self.node.view

@@ -296,7 +296,14 @@ _SEGROUP = KindSchema(
         min_cpu_usage=_integer(30, 20, 60, less_than="max_cpu_usage", description="Percent."),
         auto_rebalance=_boolean(False, description="Off: threshold crossings only raise alerts."),
         auto_rebalance_criteria=_list(_enum(REBALANCE_CRITERIA), default=("SE_AUTO_REBALANCE_CPU",), unique_by=("",)),
-        auto_rebalance_interval=_integer(300, 1, None, description="Seconds."),
+        auto_rebalance_interval=_integer(300, 1, None, description="Seconds between two autoscale decisions for one VS (cooldown)."),
+        auto_rebalance_capacity_per_se=_list(
+            _integer(lo=1),
+            description=(
+                "Capacity of one SE for each entry of auto_rebalance_criteria, in order (CPU: ignored, it is a percentage); "
+                "load above max_cpu_usage percent of it scales out, below min_cpu_usage percent scales in."
+            ),
+        ),
         vs_scaleout_timeout=_integer(600, 0, None, description="Seconds."),
         vs_scalein_timeout=_integer(30, 0, None, description="Seconds to drain a scaled-in SE."),
         se_deprovision_delay=_integer(120, 0, 525600, description="Minutes an unused SE is kept."),

@@ -19,6 +19,7 @@ import msgpack
 
 from cluster import schema
 from storage.events import (
+    AutoscaleAlerted,
     ObjectCreated,
     ObjectDeleted,
     ObjectUpdated,
@@ -183,6 +184,8 @@ class ConfigView:
                 if bad:
                     return bad
                 continue
+            if isinstance(event, AutoscaleAlerted):
+                continue  # a record for operators: it changes no state
             if isinstance(event, (ServiceEngineRequested, ServiceEngineStatusChanged, ServiceEngineReleased)):
                 bad = self._check_se_event(event, deleted)
                 if bad:

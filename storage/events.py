@@ -23,6 +23,7 @@ __all__ = [
     "Proposal",
     "ProposalBatch",
     "CommittedBatch",
+    "AutoscaleAlerted",
     "ServiceEngineReleased",
     "ServiceEngineRequested",
     "ServiceEngineStatusChanged",
@@ -116,7 +117,19 @@ class ServiceEngineReleased:
     reason: str = ""
 
 
+@codec.registered("AutoscaleAlerted", 1)
+@attrs.frozen
+class AutoscaleAlerted:
+    """An SE crossed an autoscale threshold while its group's ``auto_rebalance`` is off: what it would do, and why."""
+
+    vs_uuid: str
+    se_uuid: str
+    action: str
+    reason: str = ""
+
+
 Event = Union[
+    AutoscaleAlerted,
     ObjectCreated,
     ObjectUpdated,
     ObjectDeleted,

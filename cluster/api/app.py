@@ -217,11 +217,32 @@ class Api:
                 "nack": status.get("nack"),
                 "vs_errors": status.get("vs_errors") or {},
                 "last_heartbeat": status.get("time"),
+                "oper_status": "down" if view.se_down(obj.uuid) is not None else "up",
+                "down_reason": view.se_down(obj.uuid),
+                "ha": status.get("ha") or {},
                 "resources": status.get("se"),
                 "telemetry": status.get("telemetry"),
             }
         if obj.kind == "virtualservice":
-            return {"serviceengines": [view.get(u).name for u in view.placement(obj.uuid) if view.get(u)]}  # type: ignore[union-attr]
+            placed = [view.get(u) for u in view.placement(obj.uuid)]
+            ses = [se.name for se in placed if se is not None]
+            roles = []
+            for i, se in enumerate(placed):
+                if se is None:
+                    continue
+                ha = ((self.node.se_status.get(se.uuid) or {}).get("ha") or {}).get(obj.uuid) or {}
+                roles.append({
+                    "se": se.name,
+                    "role": "primary" if i == 0 else "secondary",
+                    "reported_role": ha.get("role"),
+                    "down": view.se_down(se.uuid),
+                })
+            return {
+                "serviceengines": ses,
+                "placement_epoch": view.placement_revision(obj.uuid),
+                "pinned": view.pinned(obj.uuid),
+                "se_roles": roles,
+            }
         if obj.kind == "pool":
             servers: dict[str, dict[str, str]] = {}
             for se_uuid, status in self.node.se_status.items():

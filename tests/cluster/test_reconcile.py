@@ -214,3 +214,46 @@ def test_stale_placement_decision_is_refused(view: ConfigView) -> None:
     proposal = Proposal("late", view.revision, 0.0, stale[0].preconditions, stale[0].events)
     outcome = view.check(proposal)
     assert outcome is not None and outcome.code == 412  # type: ignore[union-attr]
+
+
+def test_autoscale_scales_out_a_hot_se_with_hysteresis_and_cooldown(view: ConfigView) -> None:
+    from cluster.autoscale import autoscale
+
+    pair = make_group(view, "aa", ha_mode="HA_MODE_SHARED_PAIR", se_name_prefix="as", auto_rebalance=True,
+                      max_cpu_usage=60, min_cpu_usage=20, auto_rebalance_interval=10)
+    for n in (1, 2):
+        commit(view, [ServiceEngineRequested(f"as-{n}", pair, "t")])
+    a, b = make_se(view, "as-1", pair), make_se(view, "as-2", pair)
+    vs = make_vs(view, "web", pair)
+    apply(view, d.decide_place(view, view.get(vs), ["as-1"]))  # type: ignore[arg-type]
+    commit(view, [VirtualServicePlaced(vs, (a,), "unpin for the test")])
+    # 50 % is between the thresholds: nothing.
+    assert autoscale(view, {a: {"cpu_percent": 50.0}, b: {"cpu_percent": 1.0}}, 100.0, {}) == []
+    (command,) = autoscale(view, {a: {"cpu_percent": 95.0}, b: {"cpu_percent": 1.0}}, 100.0, {})
+    (event,) = command.events
+    assert isinstance(event, VirtualServicePlaced) and event.se_uuids == (a, b)
+    assert "as-1 cpu 95% > max_cpu_usage 60%" in event.reason
+    assert autoscale(view, {a: {"cpu_percent": 95.0}, b: {"cpu_percent": 1.0}}, 105.0, {vs: 100.0}) == [], "cooldown"
+    commit(view, command.events, command.preconditions)
+    # Both cold: scale in, past the cooldown.
+    (command,) = autoscale(view, {a: {"cpu_percent": 5.0}, b: {"cpu_percent": 3.0}}, 120.0, {vs: 100.0})
+    assert command.events[0].se_uuids == (a,) and "below min_cpu_usage 20%" in command.events[0].reason
+
+
+def test_autoscale_only_alerts_when_auto_rebalance_is_off(view: ConfigView) -> None:
+    from cluster.autoscale import autoscale
+    from storage.events import AutoscaleAlerted
+
+    group = make_group(view, "nm", se_name_prefix="al", auto_rebalance_criteria=["SE_AUTO_REBALANCE_OPEN_CONNS"],
+                       auto_rebalance_capacity_per_se=[100], buffer_se=0)
+    for n in (1, 2):
+        commit(view, [ServiceEngineRequested(f"al-{n}", group, "t")])
+    a, b = make_se(view, "al-1", group), make_se(view, "al-2", group)
+    vs = make_vs(view, "app", group)
+    commit(view, [VirtualServicePlaced(vs, (a,), "t")])
+    (command,) = autoscale(view, {a: {"open_connections": 95}, b: {"open_connections": 2}}, 1.0, {})
+    (event,) = command.events
+    assert isinstance(event, AutoscaleAlerted) and event.action == "migrate" and event.se_uuid == a
+    assert "open_connections 95 (95% of 100)" in event.reason and "alert only" in event.reason
+    commit(view, command.events)
+    assert view.placement(vs) == (a,)
