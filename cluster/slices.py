@@ -74,6 +74,8 @@ def _placement(view: ConfigView, vs: StoredObject) -> dict[str, Any]:
         "ha_mode": (group.body.get("ha_mode") if group is not None else None) or "HA_MODE_SHARED",
         "epoch": view.placement_revision(vs.uuid),
         "ses": names,
+        # How long connections established on an SE the VS leaves (scale-in, migrate) may finish.
+        "scalein_timeout": float(group.body.get("vs_scalein_timeout", 30)) if group is not None else 30.0,
     }
 
 

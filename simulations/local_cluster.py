@@ -58,14 +58,22 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str
 
 class LocalCluster:
     def __init__(
-        self, base_dir: str | Path, nodes: int = 3, *, durable_journal: bool = True, env: Optional[dict[str, str]] = None
+        self,
+        base_dir: str | Path,
+        nodes: int = 3,
+        *,
+        durable_journal: bool = True,
+        env: Optional[dict[str, str]] = None,
+        local_cloud: bool = False,
     ) -> None:
+        """``local_cloud``: the leader starts the SEs the groups need, under ``<base_dir>/cloud/se/``."""
         self.env = dict(env or {})
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.password = secrets.token_urlsafe(12)
         self.token = secrets.token_urlsafe(24)
         secret = secrets.token_hex(32)
+        self.cloud_home = (self.base_dir / "cloud").resolve()
         ids = [f"n{i + 1}" for i in range(nodes)]
         ports = {i: (free_port(), free_port()) for i in ids}
         self.configs: dict[str, NodeConfig] = {}
@@ -88,6 +96,7 @@ class LocalCluster:
                 admin_password_hash=hash_password(self.password),
                 admin_token_hash=hash_token(self.token),
                 durable_journal=durable_journal,
+                local_cloud_home=str(self.cloud_home) if local_cloud else "",
             )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -156,6 +165,24 @@ class LocalCluster:
                     proc.wait(10)
                 except (OSError, subprocess.TimeoutExpired):
                     pass
+        if self.cloud_home.exists():
+            self.stop_cloud_ses()
+
+    def cloud(self) -> Any:
+        """A driver on this cluster's local cloud home (to see, pause or kill the SEs it started)."""
+        from cluster.cloud.local import LocalCloud
+
+        return LocalCloud(self.cloud_home, [c.api_url for c in self.configs.values()], "harness")
+
+    def stop_cloud_ses(self) -> None:
+        """Stop every SE the local cloud started (they outlive controllers on purpose)."""
+        cloud = self.cloud()
+        for name, pid in cloud.running().items():
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+            cloud.stop(name, timeout=2.0)
 
     def __enter__(self) -> "LocalCluster":
         return self
