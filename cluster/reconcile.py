@@ -110,12 +110,14 @@ def reconcile(view: ConfigView, observed: Observed, settings: Settings = Setting
 
     # 2. Takeovers the data plane made on its own.
     current: dict[str, tuple[str, ...]] = {}
+    taken_over: set[str] = set()
     vss = [vs for vs in view.list("virtualservice") if not view.pinned(vs.uuid)]
     for vs in vss:
         placed = view.placement(vs.uuid)
         current[vs.uuid] = placed
         taken = _takeover(view, vs, placed, observed)
         if taken is not None:
+            taken_over.add(vs.uuid)
             new_order, reason = taken
             current[vs.uuid] = new_order
             commands.append(_placed(view, vs.uuid, new_order, reason))
@@ -128,13 +130,15 @@ def reconcile(view: ConfigView, observed: Observed, settings: Settings = Setting
     plan = pl.place(policies, states, demands, current)
     names = {se.uuid: se.name for se in ses}
     for vs_uuid in plan.changed:
+        if vs_uuid in taken_over:
+            continue  # the takeover is recorded first; the next round places from there
         target = plan.target(vs_uuid)
         reason = _explain(current.get(vs_uuid, ()), target, down, names)
         commands.append(_placed(view, vs_uuid, target, reason))
 
     # 4. SE requests.
     if observed.cloud:
-        commands.extend(_requests(view, plan, groups))
+        commands.extend(_requests(view, plan, groups, down))
 
     # 5. Deprovision idle SEs the cloud started.
     commands.extend(_releases(view, observed, groups, ses, plan))
@@ -218,7 +222,7 @@ def _explain(old: tuple[str, ...], new: tuple[str, ...], down: Mapping[str, str]
     return f"moved from {named(old)} to {named(new)}"
 
 
-def _requests(view: ConfigView, plan: pl.PlacementPlan, groups: list[StoredObject]) -> list[Command]:
+def _requests(view: ConfigView, plan: pl.PlacementPlan, groups: list[StoredObject], down: Mapping[str, str]) -> list[Command]:
     by_uuid = {g.uuid: g for g in groups}
     requested = view.se_requested()
     taken = set(requested) | {se.name for se in view.list("serviceengine")}
@@ -227,7 +231,11 @@ def _requests(view: ConfigView, plan: pl.PlacementPlan, groups: list[StoredObjec
         group = by_uuid.get(request.group)
         if group is None:
             continue
-        pending = [n for n, (g, _rev) in requested.items() if g == group.uuid and view.by_name("serviceengine", n) is None]
+        # Requested SEs not up yet count as coming: not registered, or down while the cloud restarts them.
+        pending = [
+            n for n, (g, _rev) in requested.items()
+            if g == group.uuid and ((se := view.by_name("serviceengine", n)) is None or se.uuid in down)
+        ]
         prefix = group.body.get("se_name_prefix") or "Avi"
         n = 0
         for _ in range(request.count - len(pending)):
