@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from cluster.reconcile import Command, placement_key
+from cluster.reconcile import Command, new_se_names, pending_ses, placement_key
 from cluster.views import ConfigView, StoredObject, ref_uuid
-from storage.events import AutoscaleAlerted, Precondition, VirtualServicePlaced
+from storage.events import AutoscaleAlerted, Precondition, ServiceEngineRequested, VirtualServicePlaced
 
 __all__ = ["DEFAULT_CAPACITY", "METRIC_OF", "autoscale", "utilisation"]
 
@@ -72,8 +72,13 @@ def autoscale(
     samples: Mapping[str, Mapping[str, Any]],
     now: float,
     last_action: Mapping[str, float],
+    *,
+    cloud: bool = False,
 ) -> list[Command]:
-    """``samples``: se uuid -> its latest report figures; ``last_action``: vs uuid -> when it was last acted on."""
+    """``samples``: se uuid -> its latest report figures; ``last_action``: vs uuid -> when it was last acted on.
+
+    ``cloud``: SEs can be started on demand; a VS that must scale out with no free SE asks for one.
+    """
     commands: list[Command] = []
     ses_by_group: dict[str, list[StoredObject]] = {}
     for se in view.list("serviceengine"):
@@ -115,12 +120,20 @@ def autoscale(
                     key=lambda s: (load[s.uuid][0], s.name),
                 )
                 why = f"{se.name} {figure[1]} > max_cpu_usage {high:g}%"
+                scalable = mode == "HA_MODE_SHARED_PAIR" and len(placed) < int(group.body.get("max_scaleout_per_vs", 4))
+                if not others and scalable and cloud and act:
+                    # Nowhere to scale out to: ask the cloud for one more SE (once, while none is pending).
+                    if len(members) + len(pending_ses(view, group.uuid, {})) < int(group.body.get("max_se", 10)) and not pending_ses(view, group.uuid, {}):
+                        (name,) = new_se_names(view, group, 1)
+                        acted.add(vs.uuid)
+                        commands.append(Command((ServiceEngineRequested(name, group.uuid, f"autoscale: {why}: scale-out {vs.name} needs a new SE"),)))
+                        break
                 if mode == "HA_MODE_LEGACY_ACTIVE_STANDBY" or not others:
                     if not act and mode == "HA_MODE_LEGACY_ACTIVE_STANDBY":
                         decided(vs, se, placed, "none", f"{why}; an active/standby pair does not scale")
                     continue
                 target_se = others[0]
-                if mode == "HA_MODE_SHARED_PAIR" and len(placed) < int(group.body.get("max_scaleout_per_vs", 4)):
+                if scalable:
                     decided(vs, se, placed + (target_se.uuid,), "scaleout", f"{why}: scale-out {vs.name} to {target_se.name}")
                 elif load[target_se.uuid][0] < low:
                     target = tuple(target_se.uuid if u == se.uuid else u for u in placed)

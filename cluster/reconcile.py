@@ -42,7 +42,7 @@ from storage.events import (
     VirtualServicePlaced,
 )
 
-__all__ = ["Command", "Observed", "SeObservation", "Settings", "placement_key", "reconcile"]
+__all__ = ["Command", "Observed", "SeObservation", "Settings", "new_se_names", "pending_ses", "placement_key", "reconcile"]
 
 
 def placement_key(vs_uuid: str) -> str:
@@ -222,28 +222,36 @@ def _explain(old: tuple[str, ...], new: tuple[str, ...], down: Mapping[str, str]
     return f"moved from {named(old)} to {named(new)}"
 
 
+def pending_ses(view: ConfigView, group_uuid: str, down: Mapping[str, str]) -> list[str]:
+    """Requested SEs of the group not up yet: not registered, or down while the cloud restarts them."""
+    return [
+        n for n, (g, _rev) in view.se_requested().items()
+        if g == group_uuid and ((se := view.by_name("serviceengine", n)) is None or se.uuid in down)
+    ]
+
+
+def new_se_names(view: ConfigView, group: StoredObject, count: int) -> list[str]:
+    """``count`` unused names ``<se_name_prefix>-<n>``, lowest numbers first."""
+    taken = set(view.se_requested()) | {se.name for se in view.list("serviceengine")}
+    prefix = group.body.get("se_name_prefix") or "Avi"
+    names: list[str] = []
+    n = 0
+    while len(names) < count:
+        n += 1
+        if f"{prefix}-{n}" not in taken:
+            names.append(f"{prefix}-{n}")
+    return names
+
+
 def _requests(view: ConfigView, plan: pl.PlacementPlan, groups: list[StoredObject], down: Mapping[str, str]) -> list[Command]:
     by_uuid = {g.uuid: g for g in groups}
-    requested = view.se_requested()
-    taken = set(requested) | {se.name for se in view.list("serviceengine")}
     commands = []
     for request in plan.se_requests:
         group = by_uuid.get(request.group)
         if group is None:
             continue
-        # Requested SEs not up yet count as coming: not registered, or down while the cloud restarts them.
-        pending = [
-            n for n, (g, _rev) in requested.items()
-            if g == group.uuid and ((se := view.by_name("serviceengine", n)) is None or se.uuid in down)
-        ]
-        prefix = group.body.get("se_name_prefix") or "Avi"
-        n = 0
-        for _ in range(request.count - len(pending)):
-            n += 1
-            while f"{prefix}-{n}" in taken:
-                n += 1
-            name = f"{prefix}-{n}"
-            taken.add(name)
+        missing = request.count - len(pending_ses(view, group.uuid, down))
+        for name in new_se_names(view, group, max(0, missing)):
             commands.append(Command((ServiceEngineRequested(name, group.uuid, f"{group.name}: {request.reason}"),)))
     return commands
 

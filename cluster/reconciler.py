@@ -81,10 +81,11 @@ class Reconciler:
         for command in reconcile(node.view, observed, self.settings):
             await self._propose(command)
         samples = {uuid: status.get("se") or {} for uuid, status in node.se_status.items() if now - (status.get("time") or 0) < 30}
-        for command in autoscale(node.view, samples, now, self._last_scaled):
+        for command in autoscale(node.view, samples, now, self._last_scaled, cloud=self.cloud is not None):
             if await self._propose(command):
                 for event in command.events:
-                    self._last_scaled[event.vs_uuid] = now
+                    if hasattr(event, "vs_uuid"):
+                        self._last_scaled[event.vs_uuid] = now
         self._note_idle(now)
         if self.cloud is not None:
             await self._drive_cloud(loop)

@@ -263,3 +263,19 @@ def test_autoscale_only_alerts_when_auto_rebalance_is_off(view: ConfigView) -> N
     assert "open_connections 95 (95% of 100)" in event.reason and "alert only" in event.reason
     commit(view, command.events)
     assert view.placement(vs) == (a,)
+
+
+def test_autoscale_asks_the_cloud_for_an_se_when_none_is_free(view: ConfigView) -> None:
+    from cluster.autoscale import autoscale
+
+    pair = make_group(view, "aa", ha_mode="HA_MODE_SHARED_PAIR", se_name_prefix="grow", auto_rebalance=True)
+    commit(view, [ServiceEngineRequested("grow-1", pair, "t")])
+    a = make_se(view, "grow-1", pair)
+    vs = make_vs(view, "web", pair)
+    commit(view, [VirtualServicePlaced(vs, (a,), "t")])
+    assert autoscale(view, {a: {"cpu_percent": 99.0}}, 1.0, {}, cloud=False) == []
+    (command,) = autoscale(view, {a: {"cpu_percent": 99.0}}, 1.0, {}, cloud=True)
+    (event,) = command.events
+    assert isinstance(event, ServiceEngineRequested) and event.name == "grow-2" and "needs a new SE" in event.reason
+    commit(view, command.events)
+    assert autoscale(view, {a: {"cpu_percent": 99.0}}, 2.0, {}, cloud=True) == [], "not again while one is pending"
