@@ -155,7 +155,7 @@ def cluster_group() -> None:
     """Start, inspect and stop a local cluster of controllers."""
 
 
-def _new_cluster(home: Path, count: int, base_port: Optional[int]) -> Context:
+def _new_cluster(home: Path, count: int, base_port: Optional[int], local_cloud: bool = True) -> Context:
     from cluster.config import NodeConfig, PeerConfig, hash_password, hash_token
 
     if base_port is not None:
@@ -195,6 +195,7 @@ def _new_cluster(home: Path, count: int, base_port: Optional[int]) -> Context:
             admin_user="admin",
             admin_password_hash=password_hash,
             admin_token_hash=token_hash,
+            local_cloud_home=str(home) if local_cloud else "",
         )
         config_file = node_dir / "node.json"
         config.save(config_file)
@@ -263,19 +264,23 @@ def _wait_for_leader(context: Context, procs: dict[str, Any], timeout: float) ->
               help="Node i (0-based) uses API port BASE+2i and Raft port BASE+2i+1 (default: free ports).")
 @click.option("--timeout", type=click.FloatRange(1.0, 600.0), default=UP_TIMEOUT, show_default=True,
               help="Seconds to wait for every node to serve and a leader to be elected.")
+@click.option("--local-cloud/--no-local-cloud", default=True, show_default=True,
+              help="A new cluster starts the Service Engines its SE groups need as processes on this host "
+                   "(state and logs under $AVICTL_HOME/se/<name>/); without it SEs are started by hand with 'avictl se run'.")
 @output_option
-def cluster_up(count: Optional[str], base_port: Optional[int], timeout: float, fmt: str) -> None:
+def cluster_up(count: Optional[str], base_port: Optional[int], timeout: float, local_cloud: bool, fmt: str) -> None:
     """Start the local cluster (or restart the nodes of the context that are not running).
 
     Writes the node configs under $AVICTL_HOME/nodes/<id>/ and the context (API URLs, admin
-    password and token, pids) to $AVICTL_HOME/context.json.
+    password and token, pids) to $AVICTL_HOME/context.json. 'avictl cluster down' also stops the
+    Service Engines the local cloud started.
     """
     home = avictl_home()
     context = load_context(home)
     if context is None:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         n = int(count or "1")
-        context = _new_cluster(home, n, base_port)
+        context = _new_cluster(home, n, base_port, local_cloud)
         note(f"new cluster {context.cluster_id[:12]} with {n} node{'s' if n > 1 else ''} in {home}")
     else:
         if count is not None and int(count) != len(context.nodes):
@@ -301,6 +306,16 @@ def cluster_up(count: Optional[str], base_port: Optional[int], timeout: float, f
     save_context(context, home)
     status = _wait_for_leader(context, procs, timeout)
     emit(render.render_cluster(status, fmt))
+
+
+def _stop_cloud_ses(home: Path, controllers: list[str], timeout: float) -> None:
+    """Stop the SEs the local cloud started for this cluster (they outlive the controllers by design)."""
+    from cluster.cloud.local import LocalCloud
+
+    cloud = LocalCloud(home, controllers, "stopping")
+    for name, pid in sorted(cloud.running().items()):
+        cloud.stop(name, timeout=max(timeout, 0.5))
+        note(f"service engine {name}: stopped (pid {pid})")
 
 
 @cluster_group.command("status")
@@ -331,6 +346,7 @@ def cluster_down(purge: bool, timeout: float) -> None:
         for node in context.nodes:
             state = outcome.get(node.pid or -1, "not running")
             note(f"{node.id}: {state}" + (f" (pid {node.pid})" if node.pid and state != "not running" else ""))
+        _stop_cloud_ses(home, context.api_urls, timeout)
         context = attrs.evolve(context, nodes=tuple(attrs.evolve(n, pid=None) for n in context.nodes))
         if not purge:
             save_context(context, home)
@@ -731,10 +747,12 @@ for _kind in ALL_KINDS:
               help="Seconds between status reports to the controllers.")
 @click.option("--metrics", "metrics_listen", metavar="HOST:PORT",
               help="Serve Prometheus /metrics here (e.g. 127.0.0.1:9910; port 0 picks one; default: off).")
+@click.option("--ha-dir", metavar="DIR",
+              help="Where this SE's Unix socket for active/standby VIP handoff lives (default: $AVICTL_HOME/run).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.pass_context
 def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_dir: Optional[str], report_interval: float,
-           metrics_listen: Optional[str], log_level: str) -> None:
+           metrics_listen: Optional[str], ha_dir: Optional[str], log_level: str) -> None:
     """Run a Service Engine in the foreground: it registers, receives the VSs placed on it and serves them."""
     from cluster.logsetup import configure_logging
 
@@ -756,8 +774,19 @@ def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_di
     configure_logging(node_id=f"se:{name}", level=log_level)
     from engine.main import run_service_engine
 
+    def _default_ha_dir() -> Path:
+        import hashlib
+        import tempfile
+
+        # A Unix socket path holds at most 107 bytes: a deep AVICTL_HOME gets a short stand-in.
+        run = avictl_home() / "run"
+        if len(os.fsencode(str(run / f"{name}.sock"))) <= 107:
+            return run
+        digest = hashlib.sha1(os.fsencode(str(run))).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"avictl-run-{digest}"
+
     run_service_engine(name, urls, str(token), state_dir or avictl_home() / "se" / name, report_interval=report_interval,
-                       metrics_listen=listen)
+                       metrics_listen=listen, ha_dir=ha_dir or _default_ha_dir())
 
 
 @cli.commands["virtualservice"].command("place")  # type: ignore[attr-defined]
@@ -771,6 +800,61 @@ def vs_place(ctx: click.Context, name: str, ses: tuple[str, ...], fmt: str) -> N
     obj = _find_or_fail(client, "virtualservice", name)
     placed = client.post(f"/api/virtualservice/{obj['uuid']}/placement", {"serviceengine_refs": list(ses)})
     emit(render.render_objects("virtualservice", [placed], fmt))
+
+
+# The product's VS actions act on one VIP; avictl's virtual services have one, vip_id "0".
+_VIP_ID = "0"
+
+
+def _vs_action(ctx: click.Context, name: str, action: str, body: dict[str, Any], fmt: str) -> None:
+    """POST ``body`` to virtual service NAME's action route; print the VS it answers, as ``vs place`` does.
+
+    An SE is sent as given (name, path or URL): the server resolves it.
+    """
+    client = client_of(ctx)
+    obj = _find_or_fail(client, "virtualservice", name)
+    answered = client.post(f"/api/virtualservice/{obj['uuid']}/{action}", {"vip_id": _VIP_ID, **body})
+    emit(render.render_objects("virtualservice", [answered], fmt))
+
+
+@cli.commands["virtualservice"].command("scale-out")  # type: ignore[attr-defined]
+@click.argument("name")
+@click.option("--to", "to_se", metavar="SE", help="The Service Engine to add (default: the controller picks one).")
+@output_option
+@click.pass_context
+def vs_scale_out(ctx: click.Context, name: str, to_se: Optional[str], fmt: str) -> None:
+    """Serve virtual service NAME on one more Service Engine."""
+    _vs_action(ctx, name, "scaleout", {"to_se_ref": to_se} if to_se else {}, fmt)
+
+
+@cli.commands["virtualservice"].command("scale-in")  # type: ignore[attr-defined]
+@click.argument("name")
+@click.option("--se", "se", metavar="SE", help="The Service Engine to remove (default: the controller picks one).")
+@output_option
+@click.pass_context
+def vs_scale_in(ctx: click.Context, name: str, se: Optional[str], fmt: str) -> None:
+    """Serve virtual service NAME on one Service Engine fewer."""
+    _vs_action(ctx, name, "scalein", {"se_ref": se} if se else {}, fmt)
+
+
+@cli.commands["virtualservice"].command("migrate")  # type: ignore[attr-defined]
+@click.argument("name")
+@click.option("--to", "to_se", required=True, metavar="SE", help="The Service Engine to move to.")
+@click.option("--from", "from_se", metavar="SE", help="The Service Engine to move from (default: the controller picks).")
+@output_option
+@click.pass_context
+def vs_migrate(ctx: click.Context, name: str, to_se: str, from_se: Optional[str], fmt: str) -> None:
+    """Move virtual service NAME from one Service Engine to another."""
+    _vs_action(ctx, name, "migrate", {"to_se_ref": to_se, **({"from_se_ref": from_se} if from_se else {})}, fmt)
+
+
+@cli.commands["virtualservice"].command("switchover")  # type: ignore[attr-defined]
+@click.argument("name")
+@output_option
+@click.pass_context
+def vs_switchover(ctx: click.Context, name: str, fmt: str) -> None:
+    """Hand virtual service NAME's primary role to another of its Service Engines."""
+    _vs_action(ctx, name, "switchover", {}, fmt)
 
 
 # -- apply -------------------------------------------------------------------------------------

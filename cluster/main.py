@@ -53,7 +53,9 @@ def _cloud_of(config: NodeConfig) -> Optional[CloudDriver]:
     from cluster.cloud.local import LocalCloud
 
     controllers = [config.api_url, *(p.api_url for p in config.peers)]
-    return LocalCloud(Path(config.local_cloud_home), controllers, se_token_for(config.cluster_secret))
+    home = Path(config.local_cloud_home)
+    # One HA socket directory per cloud home, so SEs of two clusters on one host never meet.
+    return LocalCloud(home, controllers, se_token_for(config.cluster_secret), ha_dir=home / "run")
 
 
 def run_controller(config: NodeConfig) -> None:

@@ -65,7 +65,7 @@ class Reconciler:
 
     async def round(self) -> None:
         node = self.node
-        if not node.raft.is_leader():
+        if not node.raft.is_leader:
             self._leader_since = None
             self._idle_since.clear()
             self._last_scaled.clear()

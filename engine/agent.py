@@ -40,6 +40,7 @@ class ServiceEngineAgent:
         report_interval: float = 5.0,
         dataplane: Optional[DataPlane] = None,
         metrics_listen: Optional[tuple[str, int]] = None,
+        ha_dir: Optional[str | Path] = None,
     ) -> None:
         if not controllers:
             raise ValueError("an SE needs at least one controller URL")
@@ -48,7 +49,7 @@ class ServiceEngineAgent:
         self.token = token
         self.state_dir = Path(state_dir)
         self.report_interval = report_interval
-        self.dataplane = dataplane or DataPlane()
+        self.dataplane = dataplane or DataPlane(se_name=name, ha_dir=ha_dir)
         self.uuid: Optional[str] = None
         self.applied: Optional[SliceConfig] = None
         self.applied_revision = -1
@@ -63,6 +64,19 @@ class ServiceEngineAgent:
         self.log = log.bind(se=name)
         self._session: Optional[aiohttp.ClientSession] = None
         self._report_now = asyncio.Event()
+        self.dataplane.on_bound = self._bound_on_retry
+        if self.dataplane.ha is not None:
+            # A takeover or role change is reported at once, not at the next interval.
+            self.dataplane.ha.on_change = self._report_now.set
+
+    def _bound_on_retry(self) -> None:
+        """A VIP that could not be bound at apply is now served: drop its error and report at once."""
+        unbound = self.dataplane.unbound()
+        self.vs_errors = {vs: err for vs, err in self.vs_errors.items() if vs in unbound or "cannot bind" not in err}
+        if self.nack is not None and self.nack.get("revision") == self.applied_revision and not self.vs_errors:
+            self.nack = None
+        self.log.info("se_bound_on_retry", still_unbound=unbound or None)
+        self._report_now.set()
 
     @property
     def _headers(self) -> dict[str, str]:
@@ -240,7 +254,13 @@ class ServiceEngineAgent:
             "nack": self.nack,
             "vs_errors": self.vs_errors,
             "connected_to": self.connected_to,
+            **self._ha_status(),
         }
+
+    def _ha_status(self) -> dict[str, Any]:
+        """``{"ha": {vs_uuid: {role, epoch, took_over_from?, at?, ...}}}`` when this SE does HA handoff."""
+        ha = self.dataplane.ha
+        return {"ha": ha.status()} if ha is not None else {}
 
     def status(self) -> dict[str, Any]:
         pools = {}
@@ -256,7 +276,10 @@ class ServiceEngineAgent:
             "vs_errors": self.vs_errors,
             "servers": servers,
             "telemetry": telemetry,
+            # The controllers declare an SE down after a few intervals without a report.
+            "report_interval": self.report_interval,
             "connected_to": self.connected_to,
+            **self._ha_status(),
         }
 
     async def _report(self, stop: asyncio.Event) -> None:

@@ -15,7 +15,9 @@ import attrs
 
 __all__ = [
     "ALGORITHMS",
+    "HA_MODES",
     "MonitorConfig",
+    "PlacementConfig",
     "PoolConfig",
     "ServerConfig",
     "SliceConfig",
@@ -25,6 +27,7 @@ __all__ = [
 
 ALGORITHMS = ("LB_ALGORITHM_ROUND_ROBIN", "LB_ALGORITHM_LEAST_CONNECTIONS", "LB_ALGORITHM_CONSISTENT_HASH")
 MONITOR_TYPES = ("HEALTH_MONITOR_TCP", "HEALTH_MONITOR_HTTP", "HEALTH_MONITOR_PING")
+HA_MODES = ("HA_MODE_SHARED", "HA_MODE_SHARED_PAIR", "HA_MODE_LEGACY_ACTIVE_STANDBY")
 
 
 class SliceError(ValueError):
@@ -96,6 +99,20 @@ class PoolConfig:
 
 
 @attrs.frozen
+class PlacementConfig:
+    """Where the controller placed a VS: its SEs by name, primary (active) first, and the epoch.
+
+    ``epoch`` is the log revision of the VS's last placement; it only grows.
+    """
+
+    ha_mode: str
+    epoch: int
+    ses: tuple[str, ...]
+    #: seconds established connections may finish on this SE once the VS leaves it (scale-in, migrate)
+    scalein_timeout: Optional[float] = None
+
+
+@attrs.frozen
 class VirtualServiceConfig:
     uuid: str
     name: str
@@ -104,6 +121,7 @@ class VirtualServiceConfig:
     application: str  # "http" (L7) or "l4"
     pool: Optional[PoolConfig]
     enabled: bool = True
+    placement: Optional[PlacementConfig] = None
 
     @property
     def listeners(self) -> list[tuple[str, int]]:
@@ -152,7 +170,30 @@ def _vs(raw: Any, path: str) -> VirtualServiceConfig:
         application=application,
         pool=None if pool_doc is None else _pool(pool_doc, f"{path}pool."),
         enabled=_get(raw, "enabled", path, bool, True),
+        placement=None if raw.get("placement") is None else _placement(raw["placement"], f"{path}placement."),
     )
+
+
+def _placement(raw: Any, path: str) -> PlacementConfig:
+    if not isinstance(raw, dict):
+        raise SliceError(path.rstrip("."), "must be an object")
+    mode = _get(raw, "ha_mode", path, str, "HA_MODE_SHARED")
+    if mode not in HA_MODES:
+        raise SliceError(f"{path}ha_mode", f"unknown HA mode {mode!r}; this SE knows {', '.join(HA_MODES)}")
+    epoch = _get(raw, "epoch", path, int, 0)
+    if epoch < 0:
+        raise SliceError(f"{path}epoch", "must not be negative")
+    ses = []
+    for i, name in enumerate(_get(raw, "ses", path, list, [])):
+        if not isinstance(name, str) or not name:
+            raise SliceError(f"{path}ses[{i}]", "must be a non-empty string")
+        if name in ses:
+            raise SliceError(f"{path}ses[{i}]", f"{name!r} is listed twice")
+        ses.append(name)
+    scalein = _get(raw, "scalein_timeout", path, (int, float), None) if raw.get("scalein_timeout") is not None else None
+    if scalein is not None and scalein < 0:
+        raise SliceError(f"{path}scalein_timeout", "must not be negative")
+    return PlacementConfig(ha_mode=mode, epoch=epoch, ses=tuple(ses), scalein_timeout=None if scalein is None else float(scalein))
 
 
 def _pool(raw: Any, path: str) -> PoolConfig:

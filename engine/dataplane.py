@@ -11,6 +11,10 @@ A listener that cannot bind is reported in the returned ``{vs_name: error}`` and
 the other VSs from being served; the caller NACKs with those messages. ``apply`` calls are
 serialised.
 
+With an ``ha_dir``, a VS placed active/standby (or as a shared pair) on several SEs of this host is
+not bound here: its listener accepts only when ``engine.ha_coordinator`` says this SE owns the VIP,
+and the listening socket itself moves between the SEs.
+
 The proxies (``engine.l4``, ``engine.l7``) read ``Listener.vs`` at accept time (L4) or per request
 (L7); ``Listener``, ``VsRuntime`` and ``PoolRuntime`` are the only state they share with this module.
 """
@@ -19,7 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Optional
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from engine.config import PoolConfig, SliceConfig, VirtualServiceConfig
 from engine.health import HealthChecker
@@ -27,6 +34,9 @@ from engine.l4 import L4Connection
 from engine.l7 import L7Connection, UpstreamPool
 from engine.routing import Balancer
 from engine.telemetry import Telemetry, VsStats
+
+if TYPE_CHECKING:
+    from engine.ha_coordinator import HaCoordinator
 
 __all__ = ["DataPlane", "Listener", "PoolRuntime", "VsRuntime"]
 
@@ -92,29 +102,113 @@ class VsRuntime:
 
 
 class Listener:
-    """One bound (vip, port); ``vs`` is swapped in place when the slice changes."""
+    """One (vip, port); ``vs`` is swapped in place when the slice changes.
 
-    __slots__ = ("address", "vs", "loop", "server", "connections", "draining", "_expiry")
+    ``held`` is this process's own reference to the listening socket; ``server`` accepts on a dup of
+    it. Stopping the server leaves ``held`` open, so the kernel socket and its backlog outlive a
+    role change (an HA standby holds the socket without accepting). ``gate``, when set, is asked at
+    every accept: True serves the connection here; any other verdict hands it whole (its socket,
+    nothing read) to ``refused`` with that verdict.
+    """
+
+    __slots__ = ("address", "vs", "loop", "server", "held", "gate", "refused", "connections", "draining", "_expiry")
 
     def __init__(self, address: tuple[str, int], vs: VsRuntime, loop: asyncio.AbstractEventLoop) -> None:
         self.address = address
         self.vs = vs
         self.loop = loop
         self.server: Optional[asyncio.AbstractServer] = None
+        self.held: Optional[socket.socket] = None
+        self.gate: Optional[Callable[["Listener"], Any]] = None
+        self.refused: Optional[Callable[["Listener", socket.socket, Any], None]] = None
         self.connections: set[Any] = set()  # L4Connection / L7Connection, added on accept
         self.draining = False
         self._expiry: Optional[asyncio.TimerHandle] = None
 
     def make_protocol(self) -> asyncio.Protocol:
+        if self.gate is not None:
+            verdict = self.gate(self)
+            if verdict is not True:
+                return _Refused(self, verdict)
+        return self.serve_protocol()
+
+    def serve_protocol(self) -> asyncio.Protocol:
         return L7Connection(self) if self.vs.http else L4Connection(self)
 
-    def retire(self, grace: float) -> None:
-        """Stop accepting; established connections may finish for ``grace`` seconds, then are closed."""
+    @property
+    def accepting(self) -> bool:
+        return self.server is not None
+
+    async def start_accepting(self, backlog: int, *, reuse_port: bool = False) -> None:
+        """Accept on the held socket, or bind a new one (OSError when the address is taken).
+
+        ``reuse_port``: for VSs without HA handoff, so the SE a VS migrates or scales to can bind
+        while the one it leaves still drains its listener (make before break).
+        """
+        if self.server is not None:
+            return
+        if self.held is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(self.address)
+                sock.listen(backlog)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
+            self.held = sock
+        dup = self.held.dup()
+        try:
+            server = await self.loop.create_server(self.make_protocol, sock=dup, backlog=backlog)
+        except BaseException:
+            dup.close()
+            raise
+        if self.server is not None or self.draining:  # raced with another start, or retired meanwhile
+            server.close()
+            return
+        self.server = server
+
+    def stop_accepting(self) -> None:
+        """Stop accepting; the held socket (and its backlog) stays, established connections too."""
         if self.server is not None:
             self.server.close()
+            self.server = None
+
+    def adopt(self, sock: socket.socket) -> bool:
+        """Hold a listening socket a peer sent; False (and ``sock`` closed) when it is not needed."""
+        if self.held is not None and _same_socket(self.held, sock):
+            sock.close()
+            return False
+        if self.server is not None or self.draining:
+            sock.close()
+            return False
+        if self.held is not None:
+            self.held.close()
+        sock.setblocking(False)
+        self.held = sock
+        return True
+
+    def release(self) -> None:
+        """Forget the listening socket entirely (the VS left this SE)."""
+        self.stop_accepting()
+        if self.held is not None:
+            self.held.close()
+            self.held = None
+
+    def retire(self, grace: float, *, drain: bool = True) -> None:
+        """Stop accepting; established connections may finish for ``grace`` seconds, then are closed.
+
+        ``drain``: HTTP connections close after their request in flight. Without it (the VS moved to
+        another SE: scale-in, migrate) they keep serving requests until they close or ``grace`` ends.
+        """
+        self.release()
         self.draining = True
-        for conn in list(self.connections):
-            conn.drain()
+        if drain:
+            for conn in list(self.connections):
+                conn.drain()
         # Armed even with no connections: one may still be completing its accept.
         self._expiry = self.loop.call_later(grace, self.abort_all)
 
@@ -131,6 +225,40 @@ class Listener:
             conn.abort()
 
 
+class _Refused(asyncio.Protocol):
+    """A connection this SE must not serve: its socket goes to ``listener.refused`` unread."""
+
+    def __init__(self, listener: Listener, verdict: Any) -> None:
+        self._listener = listener
+        self._verdict = verdict
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        taken: Optional[socket.socket] = None
+        try:
+            taken = socket.socket(fileno=os.dup(sock.fileno()))
+        except OSError:
+            log.warning("refused connection on %s:%s could not be taken", *self._listener.address)
+        # Closing our fd only: the dup keeps the connection (close(2) sends nothing while one is left).
+        transport.abort()
+        if taken is not None:
+            if self._listener.refused is not None:
+                self._listener.refused(self._listener, taken, self._verdict)
+            else:
+                taken.close()
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        pass
+
+
+def _same_socket(a: socket.socket, b: socket.socket) -> bool:
+    try:
+        sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 class DataPlane:
     """Everything one Service Engine serves. Must be used from one event loop."""
 
@@ -143,6 +271,9 @@ class DataPlane:
         backlog: int = 1024,
         keepalive_timeout: float = 60.0,
         sweep_interval: float = 5.0,
+        se_name: Optional[str] = None,
+        ha_dir: Optional[str | Path] = None,
+        peer_timeout: float = 0.5,
     ) -> None:
         self._health_factory: HealthFactory = health_factory or HealthChecker
         self.connect_timeout = connect_timeout
@@ -157,6 +288,18 @@ class DataPlane:
         self._health_changes: list[tuple[str, str, bool]] = []
         self._lock = asyncio.Lock()
         self._sweeper: Optional[asyncio.Task[None]] = None
+        self._binder: Optional[asyncio.Task[None]] = None
+        self.bind_retry_interval = 0.2
+        #: called after a retried bind succeeded (the agent re-reports its errors)
+        self.on_bound: Optional[Callable[[], None]] = None
+        # Active/standby VIP handoff with the other SEs on this host; off without an ha_dir.
+        self.ha: Optional["HaCoordinator"] = None
+        if ha_dir is not None:
+            if not se_name:
+                raise ValueError("an SE with an ha_dir needs its name")
+            from engine.ha_coordinator import HaCoordinator
+
+            self.ha = HaCoordinator(self, se_name, ha_dir, peer_timeout=peer_timeout)
 
     async def apply(self, config: SliceConfig) -> dict[str, str]:
         """Serve exactly ``config``; returns ``{vs_name: error}`` for VSs that could not be (fully) served."""
@@ -167,6 +310,10 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
+            self._binder = loop.create_task(self._retry_binds())
+        ha = self.ha
+        if ha is not None:
+            ha.start()
         errors: dict[str, list[str]] = {}
         wanted = [vs for vs in config.virtual_services if vs.enabled]
 
@@ -206,20 +353,23 @@ class DataPlane:
                     continue
             vs_runtime = VsRuntime(vs, self._pools.get(vs.pool.uuid) if vs.pool is not None else None, self._telemetry.for_vs(vs.uuid, vs.name))
             kept_vs.add(vs.uuid)
+            # An active/standby VS accepts only when the HA coordinator says so (after this loop).
+            ha_managed = ha is not None and ha.manages(vs)
             for address in vs.listeners:
                 listener = self._listeners.get(address)
-                if listener is not None:
+                fresh = listener is None
+                if listener is None:
+                    listener = Listener(address, vs_runtime, loop)
+                    if ha is not None:
+                        ha.attach(listener)
+                else:
                     listener.vs = vs_runtime
-                    listeners[address] = listener
-                    continue
-                listener = Listener(address, vs_runtime, loop)
-                try:
-                    listener.server = await loop.create_server(
-                        listener.make_protocol, address[0], address[1], reuse_address=True, backlog=self.backlog
-                    )
-                except OSError as exc:
-                    errors.setdefault(vs.name, []).append(f"cannot bind {address[0]}:{address[1]}: {exc}")
-                    continue
+                if not ha_managed and not listener.accepting:
+                    try:
+                        await listener.start_accepting(self.backlog, reuse_port=True)
+                    except OSError as exc:
+                        # Kept, not accepting: retried every ``bind_retry_interval`` while in the slice.
+                        errors.setdefault(vs.name, []).append(f"cannot bind {address[0]}:{address[1]}: {exc}")
                 listeners[address] = listener
         for address, listener in self._listeners.items():
             if address not in listeners and listener.vs.config.uuid in stuck_vs:
@@ -230,8 +380,13 @@ class DataPlane:
         for address, listener in self._listeners.items():
             if address not in listeners:
                 pool = listener.vs.pool
-                grace = min(pool.config.graceful_disable_timeout if pool is not None else 0.0, self.drain_cap)
-                listener.retire(grace)
+                placement = listener.vs.config.placement
+                moved = placement is not None and placement.scalein_timeout is not None
+                if moved:
+                    grace = min(placement.scalein_timeout, self.drain_cap)  # type: ignore[union-attr,arg-type]
+                else:
+                    grace = min(pool.config.graceful_disable_timeout if pool is not None else 0.0, self.drain_cap)
+                listener.retire(grace, drain=not moved)
                 self._retired.append(listener)
         self._listeners = listeners
         self._retired = [r for r in self._retired if not r.finished]
@@ -239,6 +394,8 @@ class DataPlane:
         for uuid in [u for u in self._pools if u not in in_use]:
             await self._pools.pop(uuid).stop()
         self._telemetry.retain(kept_vs)
+        if ha is not None:
+            ha.applied(config)
         return {name: "; ".join(messages) for name, messages in errors.items()}
 
     def _health_changed(self, pool: PoolRuntime, key: str, up: bool) -> None:
@@ -266,7 +423,43 @@ class DataPlane:
 
     def listening(self) -> dict[tuple[str, int], str]:
         """``{(vip, port): vs_name}`` of the listeners accepting connections."""
-        return {address: listener.vs.config.name for address, listener in self._listeners.items()}
+        return {address: listener.vs.config.name for address, listener in self._listeners.items() if listener.accepting}
+
+    def listeners_of(self, vs_uuid: str) -> list[Listener]:
+        """The current (not retired) listeners of one VS."""
+        return [listener for listener in self._listeners.values() if listener.vs.config.uuid == vs_uuid]
+
+    def listener_at(self, address: tuple[str, int]) -> Optional[Listener]:
+        return self._listeners.get(address)
+
+    def open_connections(self) -> int:
+        return sum(len(listener.connections) for listener in [*self._listeners.values(), *self._retired])
+
+    def unbound(self) -> dict[str, list[str]]:
+        """``{vs_name: ["vip:port", ...]}`` of listeners that should accept but could not bind yet."""
+        out: dict[str, list[str]] = {}
+        for listener in self._listeners.values():
+            if not listener.accepting and not (self.ha is not None and self.ha.manages(listener.vs.config)):
+                out.setdefault(listener.vs.config.name, []).append(f"{listener.address[0]}:{listener.address[1]}")
+        return out
+
+    async def _retry_binds(self) -> None:
+        """A VIP another process still holds (the SE a VS left drains it) is bound as soon as it is free."""
+        while True:
+            await asyncio.sleep(self.bind_retry_interval)
+            bound = False
+            async with self._lock:
+                for listener in list(self._listeners.values()):
+                    if listener.accepting or listener.draining or (self.ha is not None and self.ha.manages(listener.vs.config)):
+                        continue
+                    try:
+                        await listener.start_accepting(self.backlog, reuse_port=True)
+                    except OSError:
+                        continue
+                    bound = True
+                    log.info("VS %s bound %s:%s on retry", listener.vs.config.name, *listener.address)
+            if bound and self.on_bound is not None:
+                self.on_bound()
 
     async def _sweep(self) -> None:
         """Periodic housekeeping, so the data path keeps no timers: idle backend and client connections."""
@@ -286,9 +479,16 @@ class DataPlane:
             if self._sweeper is not None:
                 self._sweeper.cancel()
                 self._sweeper = None
+            if self._binder is not None:
+                self._binder.cancel()
+                self._binder = None
+            # Stop accepting before the HA channel closes: a standby takes over as soon as it does.
             for listener in [*self._listeners.values(), *self._retired]:
-                if listener.server is not None:
-                    listener.server.close()
+                listener.stop_accepting()
+            if self.ha is not None:
+                await self.ha.close()
+            for listener in [*self._listeners.values(), *self._retired]:
+                listener.release()
                 listener.abort_all()
             self._listeners = {}
             self._retired = []

@@ -18,6 +18,7 @@ def run_service_engine(
     *,
     report_interval: float = 5.0,
     metrics_listen: Optional[tuple[str, int]] = None,
+    ha_dir: Optional[str | Path] = None,
 ) -> None:
     from engine.agent import ServiceEngineAgent
 
@@ -26,7 +27,8 @@ def run_service_engine(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        agent = ServiceEngineAgent(name, controllers, token, state_dir, report_interval=report_interval, metrics_listen=metrics_listen)
+        agent = ServiceEngineAgent(name, controllers, token, state_dir, report_interval=report_interval, metrics_listen=metrics_listen,
+                                   ha_dir=ha_dir)
         await agent.run(stop)
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
