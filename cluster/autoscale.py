@@ -27,7 +27,7 @@ from cluster.reconcile import Command, new_se_names, pending_ses, placement_key
 from cluster.views import ConfigView, StoredObject, ref_uuid
 from storage.events import AutoscaleAlerted, Precondition, ServiceEngineRequested, VirtualServicePlaced
 
-__all__ = ["DEFAULT_CAPACITY", "METRIC_OF", "autoscale", "utilisation"]
+__all__ = ["DEFAULT_CAPACITY", "METRIC_OF", "alert_key", "autoscale", "utilisation"]
 
 #: which SE report figure each criterion reads
 METRIC_OF = {
@@ -44,6 +44,11 @@ DEFAULT_CAPACITY = {
     "SE_AUTO_REBALANCE_OPEN_CONNS": 10_000,
     "SE_AUTO_REBALANCE_CPS": 5_000,
 }
+
+
+def alert_key(se_uuid: str) -> str:
+    """The ``last_action`` key of an SE's alerts (alerts are rate-limited per SE, actions per VS)."""
+    return f"se:{se_uuid}"
 
 
 def utilisation(group: StoredObject, sample: Mapping[str, Any]) -> Optional[tuple[float, str]]:
@@ -85,6 +90,7 @@ def autoscale(
         if view.se_down(se.uuid) is None and (se.body.get("enable_state") or "SE_STATE_ENABLED") == "SE_STATE_ENABLED":
             ses_by_group.setdefault(ref_uuid(se.body.get("se_group_ref") or ""), []).append(se)
     acted: set[str] = set()
+    asked: set[str] = set()  # groups that asked the cloud for an SE this round
     for group in sorted(view.list("serviceenginegroup"), key=lambda g: g.name):
         members = sorted(ses_by_group.get(group.uuid, []), key=lambda s: s.name)
         if not members:
@@ -95,12 +101,16 @@ def autoscale(
         act = bool(group.body.get("auto_rebalance", False))
         load = {se.uuid: u for se in members if (u := utilisation(group, samples.get(se.uuid) or {})) is not None}
 
+        def cooled(key: str) -> bool:
+            last = last_action.get(key)
+            return key not in acted and (last is None or now - last >= cooldown)
+
         def ready(vs_uuid: str) -> bool:
-            last = last_action.get(vs_uuid)
-            return vs_uuid not in acted and not view.pinned(vs_uuid) and (last is None or now - last >= cooldown)
+            return cooled(vs_uuid) and not view.pinned(vs_uuid)
 
         def decided(vs: StoredObject, se: StoredObject, target: tuple[str, ...], action: str, reason: str) -> None:
             acted.add(vs.uuid)
+            acted.add(alert_key(se.uuid))
             if act:
                 guard = Precondition(placement_key(vs.uuid), view.placement_revision(vs.uuid))
                 commands.append(Command((VirtualServicePlaced(vs.uuid, target, f"autoscale: {reason}"),), (guard,)))
@@ -112,6 +122,8 @@ def autoscale(
             figure = load.get(se.uuid)
             if figure is None or figure[0] <= high:
                 continue
+            if not act and not cooled(alert_key(se.uuid)):
+                continue  # alerts: one per hot SE per cooldown, not one per VS on it
             vss = sorted((v for v in (view.get(u) for u in view.placed_on(se.uuid)) if v is not None and ready(v.uuid)), key=lambda v: v.name)
             for vs in vss:
                 placed = view.placement(vs.uuid)
@@ -122,8 +134,9 @@ def autoscale(
                 why = f"{se.name} {figure[1]} > max_cpu_usage {high:g}%"
                 scalable = mode == "HA_MODE_SHARED_PAIR" and len(placed) < int(group.body.get("max_scaleout_per_vs", 4))
                 if not others and scalable and cloud and act:
-                    # Nowhere to scale out to: ask the cloud for one more SE (once, while none is pending).
-                    if len(members) + len(pending_ses(view, group.uuid, {})) < int(group.body.get("max_se", 10)) and not pending_ses(view, group.uuid, {}):
+                    # Nowhere to scale out to: ask the cloud for one more SE (one per group, while none is pending).
+                    if group.uuid not in asked and not pending_ses(view, group.uuid, {}) and len(members) < int(group.body.get("max_se", 10)):
+                        asked.add(group.uuid)
                         (name,) = new_se_names(view, group, 1)
                         acted.add(vs.uuid)
                         commands.append(Command((ServiceEngineRequested(name, group.uuid, f"autoscale: {why}: scale-out {vs.name} needs a new SE"),)))

@@ -42,7 +42,7 @@ from storage.events import (
     VirtualServicePlaced,
 )
 
-__all__ = ["Command", "Observed", "SeObservation", "Settings", "new_se_names", "pending_ses", "placement_key", "reconcile"]
+__all__ = ["Command", "Observed", "SeObservation", "Settings", "new_se_names", "pending_ses", "placement_inputs", "placement_key", "reconcile"]
 
 
 def placement_key(vs_uuid: str) -> str:
@@ -124,9 +124,7 @@ def reconcile(view: ConfigView, observed: Observed, settings: Settings = Setting
 
     # 3. Placement.
     groups = view.list("serviceenginegroup")
-    policies = [_policy(g) for g in groups]
-    states = [_se_state(se, se.uuid not in down) for se in ses]
-    demands = [_demand(view, vs) for vs in vss]
+    policies, states, demands = _inputs(view, groups, ses, vss, down)
     plan = pl.place(policies, states, demands, current)
     names = {se.uuid: se.name for se in ses}
     for vs_uuid in plan.changed:
@@ -143,6 +141,26 @@ def reconcile(view: ConfigView, observed: Observed, settings: Settings = Setting
     # 5. Deprovision idle SEs the cloud started.
     commands.extend(_releases(view, observed, groups, ses, plan))
     return commands
+
+
+def placement_inputs(
+    view: ConfigView, down: Optional[Mapping[str, str]] = None
+) -> tuple[list[pl.SeGroupPolicy], list[pl.SeState], list[pl.VsDemand], dict[str, tuple[str, ...]]]:
+    """What step 3 hands to :func:`cluster.placement.place` for ``view`` as it stands: the group
+    policies, the SEs (unhealthy: those in ``down``, by default the ones the view holds down), the
+    VSs not pinned by hand and their current placement. For checks and simulations."""
+    ses = view.list("serviceengine")
+    if down is None:
+        down = {se.uuid: reason for se in ses if (reason := view.se_down(se.uuid)) is not None}
+    vss = [vs for vs in view.list("virtualservice") if not view.pinned(vs.uuid)]
+    policies, states, demands = _inputs(view, view.list("serviceenginegroup"), ses, vss, down)
+    return policies, states, demands, {vs.uuid: view.placement(vs.uuid) for vs in vss}
+
+
+def _inputs(
+    view: ConfigView, groups: list[StoredObject], ses: list[StoredObject], vss: list[StoredObject], down: Mapping[str, str]
+) -> tuple[list[pl.SeGroupPolicy], list[pl.SeState], list[pl.VsDemand]]:
+    return [_policy(g) for g in groups], [_se_state(se, se.uuid not in down) for se in ses], [_demand(view, vs) for vs in vss]
 
 
 def _liveness(se: StoredObject, obs: SeObservation, observed: Observed, settings: Settings) -> Optional[str]:

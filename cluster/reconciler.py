@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import structlog
 
-from cluster.autoscale import autoscale
+from cluster.autoscale import alert_key, autoscale
 from cluster.decide import CommandError, Decision
 from cluster.reconcile import Command, Observed, SeObservation, Settings, reconcile
+from storage.events import AutoscaleAlerted
 
 from cluster.node import NoQuorum, OutcomeUnknown
 
@@ -86,6 +87,8 @@ class Reconciler:
                 for event in command.events:
                     if hasattr(event, "vs_uuid"):
                         self._last_scaled[event.vs_uuid] = now
+                    if isinstance(event, AutoscaleAlerted):
+                        self._last_scaled[alert_key(event.se_uuid)] = now
         self._note_idle(now)
         if self.cloud is not None:
             await self._drive_cloud(loop)

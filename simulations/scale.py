@@ -1,6 +1,7 @@
-"""Scale simulation: the real placement code on a simulated fleet and a fake clock.
+"""Scale simulation: the real placement and reconcile code on a simulated fleet and a fake clock.
 
     python -m simulations.scale [--vss 10000] [--ses 1000] [--steps 1000] [--seed 7]
+                                [--through placement|reconcile|both] [--reconcile-steps N] [--first-rounds 3]
 
 The fleet: SE groups of every HA mode (N+M packed, N+M distributed, active/active, and many
 legacy active/standby pairs) sharing ``--ses`` SEs, with ``--vss`` VSs of mixed L4 / HTTP / SSL
@@ -12,7 +13,20 @@ step re-places from the previous plan, checks the invariants of :func:`cluster.p
 and times both. The last line of the output is one JSON object; the exit status is 1 when any
 invariant was broken.
 
-The reconciler and the cloud driver are not exercised: the plan is applied as it is.
+A second phase (``--through reconcile``, or ``both``, the default) runs the leader's real
+reconcile core (:func:`cluster.reconcile.reconcile`, then :func:`cluster.autoscale.autoscale`) on a
+:class:`cluster.views.ConfigView`. The same fleet is built as committed config through the API's
+decide functions (groups, pools, SEs requested then registered, every VS with a vsvip of its own
+127.x.y.z); the first reconcile round, which places everything from scratch, is timed apart from
+the commit of its commands (each proposal checked and folded as a node applies it). Then each step
+is 5 simulated seconds in which SEs stop reporting or exit (their standbys report VIP takeovers at
+the current placement epoch) and come back, standbys take over from live primaries, SEs are
+disabled (for placement) for a while, VSs come and go, the load ramps (SE CPU reports fed to
+autoscale) and a fake cloud registers the SEs the leader requests 45 s later. Each step runs one
+round and commits it, then checks on the view: the placement invariants over the inputs reconcile
+gives ``place`` (``placement_inputs``), nothing on a down or vanished SE, no VIP on the SEs of two
+VSs, SE liveness verdicts, and convergence: a second round right away has nothing to do (after a
+round that recorded takeovers, the following rounds must converge and the checks run then).
 """
 
 from __future__ import annotations
@@ -25,7 +39,8 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+import uuid as uuidlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -38,18 +53,25 @@ from cluster.placement import (
     HA_MODE_SHARED_PAIR,
     PLACEMENT_ALGO_DISTRIBUTED,
     PLACEMENT_ALGO_PACKED,
+    SE_STATE_DISABLED,
     SE_STATE_DISABLED_FOR_PLACEMENT,
     SE_STATE_ENABLED,
     PlacementPlan,
     SeGroupPolicy,
     SeState,
+    Unplaced,
     VsDemand,
     check_invariants,
     place,
 )
+from cluster import decide as d
+from cluster.autoscale import autoscale
+from cluster.reconcile import Command, Observed, SeObservation, Settings, placement_inputs, reconcile
+from cluster.views import ConfigView, ref_uuid
 from simulations.clock import FakeClock
+from storage.events import AutoscaleAlerted, Proposal, ServiceEngineRequested, ServiceEngineStatusChanged, VirtualServicePlaced
 
-__all__ = ["Fleet", "build_fleet", "run"]
+__all__ = ["Fleet", "ViewWorld", "build_fleet", "build_view", "check_liveness", "check_view", "reconcile_round", "run", "run_reconcile"]
 
 STEP_SECONDS = 10.0
 SE_BOOT_SECONDS = 45.0
@@ -301,6 +323,492 @@ def _pick(cumulative: list[float], x: float) -> int:
     return len(cumulative) - 1
 
 
+
+# -- through the reconciler -----------------------------------------------------------------------
+
+RECONCILE_STEP_SECONDS = 5.0
+REPORT_INTERVALS = (1.0, 2.0)
+#: rounds after a step's first one within which the reconciler must have converged
+CONVERGE_ROUNDS = 3
+
+
+@attrs.define
+class SeRuntime:
+    """What the simulated SE process does (the reconciler sees it through ``SeObservation``)."""
+
+    name: str
+    interval: float
+    silent_since: float | None = None  # stopped reporting at (None: reporting)
+    exited: bool = False  # the cloud driver knows its process is gone
+    ha: dict[str, dict[str, Any]] = attrs.Factory(dict)  # vs uuid -> HA state it reports
+
+
+@attrs.define
+class ViewWorld:
+    """A config view built through the real decide functions, and the simulated SEs around it."""
+
+    view: ConfigView
+    se: dict[str, SeRuntime]  # se uuid -> runtime
+    vip: dict[str, str]  # vs uuid -> its VIP address
+    rng: random.Random
+    settings: Settings = Settings()
+    leader_since: float = 0.0
+    next_command: int = 0
+    rejected: list[str] = attrs.Factory(list)
+    group_uuid: dict[str, str] = attrs.Factory(dict)  # fleet group name -> serviceenginegroup uuid
+    pool_of: dict[str, str] = attrs.Factory(dict)  # fleet group name -> its pool's uuid
+    vips_made: int = 0
+    vs_cpu: dict[str, float] = attrs.Factory(dict)  # vs uuid -> its CPU percent on one SE at load 1
+
+    def commit(self, events: Any, preconditions: Any = ()) -> Any:
+        """Propose one command as the leader does and apply it when the view accepts it; None when applied."""
+        self.next_command += 1
+        proposal = Proposal(f"sim-{self.next_command}", self.view.revision, 0.0, tuple(preconditions), tuple(events))
+        outcome = self.view.check(proposal)
+        if outcome is None:
+            self.view.evolve(self.view.raft_index + 1, proposal.command_id, proposal.events)
+        return outcome
+
+    def apply(self, decision: d.Decision) -> str:
+        outcome = self.commit(decision.events, decision.preconditions)
+        if outcome is not None:
+            raise AssertionError(f"building the fleet: {outcome}")
+        return decision.uuid
+
+    def new_uuid(self, kind: str) -> str:
+        return f"{kind}-{uuidlib.UUID(int=self.rng.getrandbits(128), version=4)}"
+
+    def register(self, name: str) -> str:
+        """An SE process starts and registers (it joins the group that requested it)."""
+        uuid = self.apply(d.decide_register_se(self.view, {"name": name}, uuid=self.new_uuid("serviceengine")))
+        self.se[uuid] = SeRuntime(name, self.rng.choice(REPORT_INTERVALS))
+        return uuid
+
+    def add_vs(self, vs: VsDemand) -> str:
+        """Create ``vs`` (its group named as in the fleet) and a vsvip of its own, as the API would."""
+        addr = vip_address(self.vips_made)
+        self.vips_made += 1
+        view = self.view
+        vip = self.apply(d.decide_create(view, "vsvip", {"name": f"{vs.name}-vip", "vip": [{"ip_address": {"addr": addr, "type": "V4"}}]},
+                                         tenant="admin", uuid=self.new_uuid("vsvip")))
+        profile = "System-L4-Application" if vs.application == APPLICATION_L4 else "System-HTTP"
+        body = {"name": vs.name, "services": [{"port": 443 if vs.ssl else 80, "enable_ssl": vs.ssl}],
+                "application_profile_ref": f"/api/applicationprofile?name={profile}", "pool_ref": f"/api/pool/{self.pool_of[vs.group]}",
+                "vsvip_ref": f"/api/vsvip/{vip}", "se_group_ref": f"/api/serviceenginegroup/{self.group_uuid[vs.group]}"}
+        uuid = self.apply(d.decide_create(view, "virtualservice", body, tenant="admin", uuid=self.new_uuid("virtualservice")))
+        self.vip[uuid] = addr
+        return uuid
+
+    def delete_vs(self, uuid: str) -> None:
+        """Delete the VS, then its vsvip."""
+        vs = self.view.get(uuid)
+        assert vs is not None
+        vsvip = ref_uuid(vs.body.get("vsvip_ref") or "")
+        self.apply(d.decide_delete(self.view, vs))
+        self.apply(d.decide_delete(self.view, self.view.get(vsvip)))  # type: ignore[arg-type]
+        self.vip.pop(uuid, None)
+
+    def cpu_samples(self, level: float, rng: random.Random) -> dict[str, dict[str, float]]:
+        """Each reporting SE's CPU: the VSs it serves (an active/active VS's load split over its SEs,
+        an active/standby VS's on its active only), times the load ``level``, with noise."""
+        cpu: dict[str, float] = {}
+        view = self.view
+        for vs_uuid in self.vip:
+            placed = view.placement(vs_uuid)
+            if not placed:
+                continue
+            base = self.vs_cpu.setdefault(vs_uuid, min(40.0, rng.lognormvariate(1.0, 0.6)))
+            serving = placed if self.mode_of(vs_uuid) == HA_MODE_SHARED_PAIR else placed[:1]
+            for se in serving:
+                cpu[se] = cpu.get(se, 0.0) + base * level / len(serving)
+        return {uuid: {"cpu_percent": min(100.0, cpu.get(uuid, 0.0) * rng.uniform(0.9, 1.1))}
+                for uuid, rt in self.se.items() if rt.silent_since is None}
+
+    def mode_of(self, vs_uuid: str) -> str:
+        vs = self.view.get(vs_uuid)
+        group = self.view.get(ref_uuid(vs.body.get("se_group_ref") or "")) if vs else None
+        return (group.body.get("ha_mode") if group else None) or HA_MODE_SHARED
+
+    def observed(self, now: float, cloud: bool = True) -> Observed:
+        ses = {
+            uuid: SeObservation(last_report=now if rt.silent_since is None else rt.silent_since, report_interval=rt.interval, ha=rt.ha)
+            for uuid, rt in self.se.items()
+        }
+        exited = frozenset(rt.name for rt in self.se.values() if rt.exited)
+        return Observed(now=now, leader_since=self.leader_since, ses=ses, cloud=cloud, exited=exited)
+
+
+def vip_address(i: int) -> str:
+    """The ``i``-th VIP: 127.2.0.1 onwards, distinct for every ``i`` < 253 * 254 * 256."""
+    return f"127.{2 + i // (254 * 256)}.{(i // 254) % 256}.{i % 254 + 1}"
+
+
+def build_view(fleet: Fleet, seed: int, leader_since: float = 0.0) -> ViewWorld:
+    """``fleet`` as committed config: its groups, SEs (requested, then registered) and VSs (each with its vsvip)."""
+    world = ViewWorld(ConfigView.with_builtins(d.builtin_events()), {}, {}, random.Random(seed + 2), leader_since=leader_since)
+    view = world.view
+    group_uuid: dict[str, str] = {}
+    pool_of: dict[str, str] = {}
+    se_count: dict[str, int] = {}
+    for se in fleet.ses.values():
+        se_count[se.group] = se_count.get(se.group, 0) + 1
+    for policy in fleet.groups:
+        body = {"name": policy.name, "ha_mode": policy.ha_mode, "algo": policy.algo, "min_scaleout_per_vs": policy.min_scaleout_per_vs,
+                "max_scaleout_per_vs": policy.max_scaleout_per_vs, "max_se": policy.max_se, "max_vs_per_se": policy.max_vs_per_se,
+                "buffer_se": policy.buffer_se, "memory_per_se": policy.memory_per_se, "se_name_prefix": policy.name,
+                "auto_rebalance": policy.ha_mode == HA_MODE_SHARED_PAIR or policy.algo == PLACEMENT_ALGO_DISTRIBUTED,
+                "max_cpu_usage": 80, "min_cpu_usage": 30, "auto_rebalance_interval": 300}
+        group = world.apply(d.decide_create(view, "serviceenginegroup", body, tenant="admin", uuid=world.new_uuid("serviceenginegroup")))
+        group_uuid[policy.name] = group
+        pool_of[policy.name] = world.apply(d.decide_create(
+            view, "pool", {"name": f"{policy.name}-pool", "servers": [{"ip": {"addr": "127.0.0.2", "type": "V4"}, "port": 8080}]},
+            tenant="admin", uuid=world.new_uuid("pool")))
+        names = [f"{policy.name}-{n}" for n in range(1, se_count.get(policy.name, 0) + 1)]
+        if names:
+            outcome = world.commit([ServiceEngineRequested(name, group, "initial fleet") for name in names])
+            assert outcome is None, outcome
+        for name in names:
+            world.register(name)
+    world.group_uuid, world.pool_of = group_uuid, pool_of
+    for vs in fleet.vss.values():
+        world.add_vs(vs)
+    return world
+
+
+def check_view(view: ConfigView, vip: Mapping[str, str] | None = None, before: Mapping[str, tuple[str, ...]] | None = None) -> list[str]:
+    """What is wrong with the placement the view holds (empty when nothing is).
+
+    The placement is read from the view and checked with :func:`cluster.placement.check_invariants`
+    against the inputs the reconciler gives ``place`` (``placement_inputs``): every VS placed per
+    its HA mode, or unplaced only when no SE of its group has room; no SE over its VS slots or
+    memory; nothing on an unhealthy SE. The VSs' degradations and unplaced reasons are taken from
+    ``place`` run on the same inputs. Then, on the view itself: nothing on an SE declared down or
+    on an SE that no longer exists, and no VIP address on the SEs of two different VSs (``vip``:
+    vs uuid -> address; by default read through the VSs' vsvips). With ``before`` (the placement
+    before the round), also that no VS was newly put on an SE disabled for placement.
+    """
+    policies, states, demands, current = placement_inputs(view)
+    plan = place(policies, states, demands, current)
+    placements = {uuid: ses for uuid, ses in current.items() if ses}
+    reasons = {u.vs_uuid: u.reason for u in plan.unplaced}
+    held = PlacementPlan(
+        placements=placements,
+        se_requests=plan.se_requests,
+        unplaced=tuple(Unplaced(vs.uuid, reasons.get(vs.uuid, "not placed yet")) for vs in demands if vs.uuid not in placements),
+        degraded=plan.degraded,
+    )
+    problems = check_invariants(policies, states, demands, held, before)
+    by_addr: dict[str, str] = {}
+    for vs_uuid, ses in placements.items():
+        for se in ses:
+            if view.get(se) is None:
+                problems.append(f"{vs_uuid}: placed on {se}, which does not exist")
+            elif view.se_down(se) is not None:
+                problems.append(f"{vs_uuid}: placed on SE {view.get(se).name}, which is down")  # type: ignore[union-attr]
+        for addr in _vips(view, vs_uuid, vip):
+            other = by_addr.setdefault(addr, vs_uuid)
+            if other != vs_uuid and set(ses) != set(placements[other]):
+                problems.append(f"VIP {addr}: on the SEs of both {other} and {vs_uuid}")
+    return problems
+
+
+def check_liveness(world: ViewWorld, now: float) -> list[str]:
+    """After a round at ``now``: an SE is down in the view exactly when it exited or has been silent
+    longer than ``down_after_reports`` of its report intervals (at least ``down_after_min``)."""
+    problems = []
+    settings = world.settings
+    for uuid, rt in world.se.items():
+        limit = max(settings.down_after_min, settings.down_after_reports * rt.interval)
+        should = rt.exited or (rt.silent_since is not None and now - rt.silent_since > limit)
+        down = world.view.se_down(uuid)
+        if should and down is None:
+            problems.append(f"SE {rt.name}: " + ("exited" if rt.exited else f"silent for {now - rt.silent_since:.1f} s") + ", not declared down")  # type: ignore[operator]
+        elif not should and down is not None:
+            problems.append(f"SE {rt.name}: declared down ({down}) although it " + ("reports" if rt.silent_since is None else "is within its limit"))
+    return problems
+
+
+def _vips(view: ConfigView, vs_uuid: str, vip: Mapping[str, str] | None) -> list[str]:
+    if vip is not None and vs_uuid in vip:
+        return [vip[vs_uuid]]
+    vs = view.get(vs_uuid)
+    vsvip = view.get(ref_uuid(vs.body.get("vsvip_ref") or "")) if vs else None
+    if vsvip is None:
+        return []
+    return [((v or {}).get("ip_address") or {}).get("addr") for v in vsvip.body.get("vip") or [] if ((v or {}).get("ip_address") or {}).get("addr")]
+
+
+@attrs.define
+class RoundResult:
+    commands: list[Command]
+    reconcile_s: float
+    commit_s: float
+
+
+def reconcile_round(world: ViewWorld, observed: Observed, on_request: Callable[[str], None] | None = None) -> RoundResult:
+    """One round of the leader's reconciler: ``reconcile`` and the commit of each command it returns (timed apart)."""
+    t0 = time.perf_counter()
+    commands = reconcile(world.view, observed, world.settings)
+    t1 = time.perf_counter()
+    for command in commands:
+        outcome = world.commit(command.events, command.preconditions)
+        if outcome is not None:
+            world.rejected.append(f"{[type(e).__name__ for e in command.events]}: {outcome}")
+    t2 = time.perf_counter()
+    if on_request is not None:
+        for command in commands:
+            for event in command.events:
+                if isinstance(event, ServiceEngineRequested):
+                    on_request(event.name)
+    return RoundResult(commands, t1 - t0, t2 - t1)
+
+
+def _takeover(world: ViewWorld, failed: str, vs_uuids: Any, reason: str) -> int:
+    """The standby (first reporting SE after ``failed``) of each VS ``failed`` is primary for reports it took the VIP over."""
+    view, n = world.view, 0
+    for vs_uuid in sorted(vs_uuids):
+        placed = view.placement(vs_uuid)
+        if len(placed) < 2 or placed[0] != failed:
+            continue
+        for standby in placed[1:]:
+            rt = world.se.get(standby)
+            if rt is not None and rt.silent_since is None:
+                rt.ha[vs_uuid] = {"role": "active", "epoch": view.placement_revision(vs_uuid), "took_over_from": world.se[failed].name,
+                                  "reason": reason}
+                n += 1
+                break
+    return n
+
+
+def run_reconcile(n_vss: int = 10000, n_ses: int = 1000, steps: int = 1000, seed: int = 7,
+                  out: Callable[[str], None] = print, max_violations_shown: int = 5, first_rounds: int = 1) -> dict[str, Any]:
+    """The reconciler (``cluster.reconcile``) and the config view on the simulated fleet; returns the summary figures.
+
+    ``first_rounds``: how many times the first round (placing everything from scratch) is timed,
+    each on a freshly built view (the median is reported).
+    """
+    fleet = build_fleet(n_vss, n_ses, seed)
+    clock = FakeClock(1000.0)
+    first: list[tuple[float, float, int]] = []
+    build_s: list[float] = []
+    world: ViewWorld | None = None
+    for _ in range(first_rounds):
+        t0 = time.perf_counter()
+        world = build_view(fleet, seed, leader_since=clock.time())
+        build_s.append(time.perf_counter() - t0)
+        r = reconcile_round(world, world.observed(clock.time()))
+        first.append((r.reconcile_s, r.commit_s, len(r.commands)))
+    assert world is not None
+    view = world.view
+    objects = len(view)
+    out(f"view: {len(view.list('virtualservice'))} VSs, {len(view.list('vsvip'))} vsvips, {len(view.list('serviceengine'))} SEs, "
+        f"{len(view.list('serviceenginegroup'))} SE groups, {len(view)} objects; built through decide in "
+        f"{statistics.median(build_s):.2f} s")
+    rec_s = statistics.median(f[0] for f in first)
+    com_s = statistics.median(f[1] for f in first)
+    placed = sum(1 for vs in view.list("virtualservice") if view.placement(vs.uuid))
+    out(f"first reconcile round: reconcile {rec_s * 1000:.1f} ms + commit {com_s * 1000:.1f} ms of {first[-1][2]} commands "
+        f"(runs: " + ", ".join(f"{a * 1000:.0f}+{b * 1000:.0f}" for a, b, _ in first) + f" ms); {placed} VSs placed")
+    violations: list[str] = [f"first round: {p}" for p in check_view(view, world.vip)]
+
+    rng = random.Random(seed + 3)
+    counters = {name: 0 for name in ("se_silent", "se_exited", "se_back", "ses_booted", "takeover_reports", "takeovers_recorded",
+                                     "declared_down", "declared_up", "placements", "se_requests", "commands", "se_disabled",
+                                     "se_disabled_for_placement", "vss_added", "vss_removed",
+                                     "autoscale_moves", "autoscale_alerts", "autoscale_rejected")}
+    booting: set[str] = set()
+    group_names = [g for g, _ in fleet.group_weights]
+    group_cum = list(_cumulative(w for _, w in fleet.group_weights))
+
+    def boot(name: str) -> None:
+        booting.discard(name)
+        if view.by_name("serviceengine", name) is None and name in view.se_requested():
+            world.register(name)
+            counters["ses_booted"] += 1
+
+    def on_request(name: str) -> None:
+        if name not in booting:
+            booting.add(name)
+            clock.call_later(SE_BOOT_SECONDS, functools.partial(boot, name))
+
+    def back(uuid: str) -> None:
+        rt = world.se.get(uuid)
+        if rt is not None and rt.silent_since is not None:
+            counters["se_back"] += 1
+            rt.silent_since, rt.exited, rt.ha = None, False, {}
+
+    def set_enable_state(uuid: str, state: str) -> None:
+        se = view.get(uuid)
+        if se is not None:
+            world.apply(d.decide_patch(view, se, {"replace": {"enable_state": state}}))
+
+    def count(commands: list[Command]) -> None:
+        for command in commands:
+            counters["commands"] += 1
+            for event in command.events:
+                if isinstance(event, VirtualServicePlaced):
+                    counters["takeovers_recorded" if "took the VIP over" in event.reason else "placements"] += 1
+                elif isinstance(event, ServiceEngineStatusChanged):
+                    counters["declared_down" if event.status == "down" else "declared_up"] += 1
+                elif isinstance(event, ServiceEngineRequested):
+                    counters["se_requests"] += 1
+
+    reconcile_times: list[float] = []
+    commit_times: list[float] = []
+    check_times: list[float] = []
+    converge_times: list[float] = []
+    rounds_needed: dict[int, int] = {}  # rounds until a round had nothing to do -> steps
+    autoscale_times: list[float] = []
+    last_scaled: dict[str, float] = {}
+    for step in range(steps):
+        clock.advance(RECONCILE_STEP_SECONDS)
+        now = clock.time()
+        # SE failures: silent (a hung or partitioned SE) or exited (the cloud driver sees the process gone);
+        # the standby of each VS the failed SE is primary for takes its VIP over and says so in its reports.
+        if rng.random() < 0.3:
+            up = sorted(u for u, rt in world.se.items() if rt.silent_since is None)
+            if up:
+                uuid = rng.choice(up)
+                rt = world.se[uuid]
+                rt.silent_since = now - rng.uniform(0.0, RECONCILE_STEP_SECONDS)
+                if rng.random() < 0.25:
+                    rt.exited = True
+                    counters["se_exited"] += 1
+                else:
+                    counters["se_silent"] += 1
+                counters["takeover_reports"] += _takeover(world, uuid, view.placed_on(uuid), "peer lost")
+                clock.call_later(rng.uniform(20.0, 600.0), functools.partial(back, uuid))
+        # A standby takes over from a primary that is still reporting (a lost HA link): one VS of an
+        # active/active group, or the whole pair of an active/standby group.
+        if rng.random() < 0.05:
+            multi = sorted(u for u, ses in placement_inputs(view)[3].items() if len(ses) >= 2)
+            if multi:
+                vs_uuid = rng.choice(multi)
+                primary = view.placement(vs_uuid)[0]
+                group = view.get(ref_uuid(view.get(vs_uuid).body.get("se_group_ref") or ""))  # type: ignore[union-attr]
+                legacy = group is not None and group.body.get("ha_mode") == HA_MODE_LEGACY_ACTIVE_STANDBY
+                if primary in world.se:
+                    counters["takeover_reports"] += _takeover(world, primary, view.placed_on(primary) if legacy else [vs_uuid],
+                                                              "HA link lost")
+
+        # An operator takes an SE out of placement for a while (its VSs stay), or disables it (they move).
+        if rng.random() < 0.02:
+            uuid = rng.choice(sorted(world.se))
+            se = view.get(uuid)
+            if se is not None and se.body.get("enable_state", SE_STATE_ENABLED) == SE_STATE_ENABLED:
+                state = SE_STATE_DISABLED if rng.random() < 0.3 else SE_STATE_DISABLED_FOR_PLACEMENT
+                counters["se_disabled" if state == SE_STATE_DISABLED else "se_disabled_for_placement"] += 1
+                set_enable_state(uuid, state)
+                clock.call_later(rng.uniform(60.0, 600.0), functools.partial(set_enable_state, uuid, SE_STATE_ENABLED))
+
+        # VSs come and go.
+        if rng.random() < 0.3:
+            world.add_vs(_new_vs(fleet, rng, group_names[_pick(group_cum, rng.random())]))
+            counters["vss_added"] += 1
+        if rng.random() < 0.3:
+            world.delete_vs(rng.choice(sorted(world.vip)))
+            counters["vss_removed"] += 1
+
+        before = {vs.uuid: view.placement(vs.uuid) for vs in view.list("virtualservice")}
+        observed = world.observed(now)
+        r = reconcile_round(world, observed, on_request)
+        reconcile_times.append(r.reconcile_s)
+        commit_times.append(r.commit_s)
+        count(r.commands)
+        # A round that records takeovers leaves those VSs to be re-placed by the next round (their
+        # old primary may be down by then): the invariants are checked once the rounds that follow
+        # have converged. After any other round they are checked at once, and a second round right
+        # away must have nothing to do.
+        steady = not any(isinstance(e, VirtualServicePlaced) and "took the VIP over" in e.reason for c in r.commands for e in c.events)
+        violations.extend(f"step {step}: {p}" for p in check_liveness(world, now))
+        if steady:
+            t0 = time.perf_counter()
+            violations.extend(f"step {step}: {p}" for p in check_view(view, world.vip, before))
+            check_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        rounds = 1
+        for _ in range(CONVERGE_ROUNDS):
+            again = reconcile_round(world, observed, on_request)
+            count(again.commands)
+            if not again.commands:
+                break
+            rounds += 1
+            if steady:
+                violations.append(f"step {step}: not converged: a second round made {_summary(again.commands)}")
+                steady = False  # reported once
+        else:
+            violations.append(f"step {step}: not converged after {CONVERGE_ROUNDS + 1} rounds")
+        converge_times.append(time.perf_counter() - t0)
+        rounds_needed[rounds] = rounds_needed.get(rounds, 0) + 1
+        if rounds > 1 or not steady:
+            t0 = time.perf_counter()
+            violations.extend(f"step {step} (after {rounds} rounds): {p}" for p in check_view(view, world.vip, before))
+            check_times.append(time.perf_counter() - t0)
+
+        # Load ramps: the SEs report CPU from the load of the VSs they carry; autoscale (the leader
+        # runs it after reconcile) scales hot active/active VSs out, moves N+M ones off hot SEs, and
+        # raises alerts where auto_rebalance is off. The next step's rounds must absorb what it did.
+        level = 1.0 + (PEAK_LOAD - 1.0) * (1.0 - abs(2.0 * (step + 1) / steps - 1.0))
+        t0 = time.perf_counter()
+        scaled = autoscale(view, world.cpu_samples(level, rng), now, last_scaled, cloud=True)
+        for command in scaled:
+            outcome = world.commit(command.events, command.preconditions)
+            if outcome is not None:
+                counters["autoscale_rejected"] += 1
+                continue
+            for event in command.events:
+                if isinstance(event, ServiceEngineRequested):
+                    on_request(event.name)
+                    counters["se_requests"] += 1
+                    continue
+                last_scaled[event.vs_uuid] = now
+                counters["autoscale_alerts" if isinstance(event, AutoscaleAlerted) else "autoscale_moves"] += 1
+        autoscale_times.append(time.perf_counter() - t0)
+        if (step + 1) % max(1, steps // 10) == 0:
+            down = sum(1 for se in view.list("serviceengine") if view.se_down(se.uuid))
+            out(f"step {step + 1:5d} t={now - 1000.0:6.0f}s: reconcile {r.reconcile_s * 1000:6.1f} ms + commit {r.commit_s * 1000:5.1f} ms "
+                f"({len(r.commands)} commands), check {check_times[-1] * 1000:6.1f} ms; {down} SEs down, "
+                f"{sum(1 for vs in view.list('virtualservice') if view.placement(vs.uuid))} VSs placed")
+    violations.extend(f"rejected command: {x}" for x in world.rejected)
+    for v in violations[:max_violations_shown]:
+        out(f"VIOLATION {v}")
+    summary = {
+        "build_view_s": round(statistics.median(build_s), 2),
+        "objects": objects,
+        "first_round_reconcile_ms": round(rec_s * 1000, 1),
+        "first_round_commit_ms": round(com_s * 1000, 1),
+        "first_round_commands": first[-1][2],
+        "first_round_runs_ms": [[round(a * 1000, 1), round(b * 1000, 1)] for a, b, _ in first],
+        "steps": steps,
+        "simulated_seconds": clock.time() - 1000.0,
+        "step_reconcile_ms": {"p50": _ms(reconcile_times, 0.5), "p99": _ms(reconcile_times, 0.99), "max": _ms(reconcile_times, 1.0)},
+        "step_commit_ms": {"p50": _ms(commit_times, 0.5), "p99": _ms(commit_times, 0.99), "max": _ms(commit_times, 1.0)},
+        "check_ms": {"p50": _ms(check_times, 0.5), "p99": _ms(check_times, 0.99)},
+        "converge_ms": {"p50": _ms(converge_times, 0.5), "p99": _ms(converge_times, 0.99)},
+        "autoscale_ms": {"p50": _ms(autoscale_times, 0.5), "p99": _ms(autoscale_times, 0.99)},
+        "violations": len(violations),
+        "rejected_commands": len(world.rejected),
+        "rounds_to_converge": {str(k): v for k, v in sorted(rounds_needed.items())},
+        "final_ses": len(view.list("serviceengine")),
+        "final_ses_down": sum(1 for se in view.list("serviceengine") if view.se_down(se.uuid)),
+        "final_vss": len(view.list("virtualservice")),
+        "final_vss_placed": sum(1 for vs in view.list("virtualservice") if view.placement(vs.uuid)),
+        **counters,
+    }
+    out(f"reconcile: first round {summary['first_round_reconcile_ms']} ms + commit {summary['first_round_commit_ms']} ms; "
+        f"per step p50 {summary['step_reconcile_ms']['p50']} ms, p99 {summary['step_reconcile_ms']['p99']} ms; "
+        f"{len(violations)} invariant violations")
+    return summary
+
+
+def _summary(commands: list[Command]) -> str:
+    kinds: dict[str, int] = {}
+    for command in commands:
+        for event in command.events:
+            kinds[type(event).__name__] = kinds.get(type(event).__name__, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulations.scale", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -308,10 +816,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ses", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--through", choices=("placement", "reconcile", "both"), default="both",
+                        help="placement: the pure placement function only; reconcile: the reconciler on a config view; both (default)")
+    parser.add_argument("--reconcile-steps", type=int, default=None, help="steps of the reconcile phase (default: --steps)")
+    parser.add_argument("--first-rounds", type=int, default=3,
+                        help="how many times the reconciler's first round is timed, each on a fresh view (default 3)")
     args = parser.parse_args(argv)
-    summary = run(args.vss, args.ses, args.steps, args.seed)
+    if args.through in ("placement", "both"):
+        summary = run(args.vss, args.ses, args.steps, args.seed)
+    else:
+        summary = {"simulation": "scale", "seed": args.seed, "vss": args.vss, "ses": args.ses, "steps": 0, "violations": 0}
+    if args.through in ("reconcile", "both"):
+        print()
+        steps = args.steps if args.reconcile_steps is None else args.reconcile_steps
+        summary["reconcile"] = run_reconcile(args.vss, args.ses, steps, args.seed, first_rounds=max(1, args.first_rounds))
     print(json.dumps(summary, sort_keys=True))
-    return 1 if summary["violations"] else 0
+    return 1 if summary["violations"] or summary.get("reconcile", {}).get("violations") else 0
 
 
 if __name__ == "__main__":

@@ -263,6 +263,14 @@ def test_autoscale_only_alerts_when_auto_rebalance_is_off(view: ConfigView) -> N
     assert "open_connections 95 (95% of 100)" in event.reason and "alert only" in event.reason
     commit(view, command.events)
     assert view.placement(vs) == (a,)
+    # Another VS on the same hot SE raises no second alert within the cooldown: alerts are per SE.
+    from cluster.autoscale import alert_key
+
+    other = make_vs(view, "app2", group, addr="127.10.0.2")
+    commit(view, [VirtualServicePlaced(other, (a,), "t")])
+    hot = {a: {"open_connections": 95}, b: {"open_connections": 2}}
+    assert autoscale(view, hot, 2.0, {vs: 1.0, alert_key(a): 1.0}) == []
+    assert len(autoscale(view, hot, 400.0, {vs: 1.0, alert_key(a): 1.0})) == 1
 
 
 def test_autoscale_asks_the_cloud_for_an_se_when_none_is_free(view: ConfigView) -> None:
