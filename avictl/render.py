@@ -196,7 +196,8 @@ def _event_object(data: Any) -> Any:
         return f"{data.get('kind')}/{data.get('name') or data.get('uuid')}"
     if isinstance(data, dict) and data.get("reason"):
         # Placement, SE lifecycle and scaling decisions: why is what an operator reads them for.
-        who = data.get("name") or data.get("vs_uuid") or data.get("se_uuid") or ""
+        # Placement reasons start with the VS name; SE events carry the SE name.
+        who = data.get("name") or ""
         text = f"{who}: {data['reason']}" if who else str(data["reason"])
         return text if len(text) <= 110 else text[:107] + "..."
     text = json.dumps(data, separators=(",", ":"))

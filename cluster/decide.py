@@ -260,7 +260,7 @@ def decide_register_se(view: ConfigView, body: Any, *, uuid: str) -> Decision:
     return Decision((event,), (), uuid)
 
 
-def decide_place(view: ConfigView, vs: StoredObject, se_refs: Any, reason: str = "placed by request") -> Decision:
+def decide_place(view: ConfigView, vs: StoredObject, se_refs: Any, reason: str = "pinned by request") -> Decision:
     """Place a virtual service on exactly the given SEs (refs by name, path or URL); [] unplaces it."""
     if not isinstance(se_refs, list) or not all(isinstance(r, str) for r in se_refs):
         raise CommandError(422, "serviceengine_refs must be a list of references", "serviceengine_refs")
@@ -273,7 +273,7 @@ def decide_place(view: ConfigView, vs: StoredObject, se_refs: Any, reason: str =
         raise CommandError(422, "serviceengine_refs names an SE twice", "serviceengine_refs")
     if tuple(uuids) == view.placement(vs.uuid) and view.pinned(vs.uuid):
         return Decision((), (), vs.uuid)
-    event = VirtualServicePlaced(vs_uuid=vs.uuid, se_uuids=tuple(uuids), reason=reason, pinned=True)
+    event = VirtualServicePlaced(vs_uuid=vs.uuid, se_uuids=tuple(uuids), reason=f"{vs.name}: {reason}", pinned=True)
     return Decision((event,), (), vs.uuid)
 
 
@@ -325,7 +325,7 @@ def decide_vs_action(view: ConfigView, vs: StoredObject, action: str, body: Any)
         if len(placed) < 2:
             raise CommandError(409, f"virtualservice {vs.name!r} runs on one SE ({names[placed[0]]}); there is no standby to switch to", None)
         target = placed[1:2] + placed[:1] + placed[2:]
-        reason = f"switchover by request: {names[target[0]]} is now primary, {names[placed[0]]} standby"
+        reason = f"{vs.name}: switchover by request: {names[target[0]]} is now primary, {names[placed[0]]} standby"
     elif action in ("scaleout", "scalein"):
         if ha_mode != "HA_MODE_SHARED_PAIR":
             raise CommandError(409, f"{action} needs an active/active SE group (ha_mode HA_MODE_SHARED_PAIR); {group.name if group else 'its group'!r} is {ha_mode}", None)
@@ -345,7 +345,7 @@ def decide_vs_action(view: ConfigView, vs: StoredObject, action: str, body: Any)
                 chosen = min(candidates, key=lambda se: (len(view.placed_on(se.uuid)), se.name, se.uuid))
             usable(chosen, "to_se_ref")
             target = placed + (chosen.uuid,)
-            reason = f"scale-out by request to {chosen.name}"
+            reason = f"{vs.name}: scale-out by request to {chosen.name}"
         else:
             if len(placed) <= int(group.body.get("min_scaleout_per_vs", 1)):
                 raise CommandError(409, f"virtualservice {vs.name!r} runs on min_scaleout_per_vs={group.body.get('min_scaleout_per_vs', 1)} SEs; it cannot scale in", None)
@@ -356,7 +356,7 @@ def decide_vs_action(view: ConfigView, vs: StoredObject, action: str, body: Any)
             if chosen.uuid not in placed:
                 raise CommandError(409, f"virtualservice {vs.name!r} does not run on {chosen.name!r}", "se_ref")
             target = tuple(u for u in placed if u != chosen.uuid)
-            reason = f"scale-in by request from {chosen.name}"
+            reason = f"{vs.name}: scale-in by request from {chosen.name}"
     else:
         if ha_mode == "HA_MODE_LEGACY_ACTIVE_STANDBY":
             raise CommandError(409, "an active/standby VS moves with its pair; use switchover", None)
@@ -369,6 +369,6 @@ def decide_vs_action(view: ConfigView, vs: StoredObject, action: str, body: Any)
         if source.uuid not in placed:
             raise CommandError(409, f"virtualservice {vs.name!r} does not run on {source.name!r}", "from_se_ref")
         target = tuple(to.uuid if u == source.uuid else u for u in placed)
-        reason = f"migrate by request from {source.name} to {to.name}"
+        reason = f"{vs.name}: migrate by request from {source.name} to {to.name}"
     event = VirtualServicePlaced(vs_uuid=vs.uuid, se_uuids=target, reason=reason)
     return Decision((event,), (Precondition(f"placement:{vs.uuid}", view.placement_revision(vs.uuid)),), vs.uuid)

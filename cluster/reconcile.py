@@ -131,7 +131,8 @@ def reconcile(view: ConfigView, observed: Observed, settings: Settings = Setting
         if vs_uuid in taken_over:
             continue  # the takeover is recorded first; the next round places from there
         target = plan.target(vs_uuid)
-        reason = _explain(current.get(vs_uuid, ()), target, down, names)
+        vs_obj = view.get(vs_uuid)
+        reason = f"{vs_obj.name if vs_obj else vs_uuid}: " + _explain(current.get(vs_uuid, ()), target, down, names)
         commands.append(_placed(view, vs_uuid, target, reason))
 
     # 4. SE requests.
@@ -185,7 +186,7 @@ def _takeover(view: ConfigView, vs: StoredObject, placed: tuple[str, ...], obser
             new_order = (se_uuid,) + tuple(u for u in placed if u != se_uuid)
             se, old = view.get(se_uuid), view.get(placed[0])
             why = state.get("reason") or "its peer was lost"
-            return new_order, f"failover: {se.name if se else se_uuid} took the VIP over from {old.name if old else placed[0]} ({why})"
+            return new_order, f"{vs.name}: failover: {se.name if se else se_uuid} took the VIP over from {old.name if old else placed[0]} ({why})"
     return None
 
 
@@ -237,6 +238,12 @@ def _explain(old: tuple[str, ...], new: tuple[str, ...], down: Mapping[str, str]
         return f"re-placed on {named(new)} ({why})"
     if set(old) == set(new):
         return f"primary is now {names.get(new[0], new[0])}" if new else "unplaced"
+    if not new:
+        return f"unplaced from {named(old)}"
+    if set(old) < set(new):
+        return f"added {named(tuple(u for u in new if u not in old))} (now on {named(new)})"
+    if set(new) < set(old):
+        return f"removed {named(tuple(lost))} (now on {named(new)})"
     return f"moved from {named(old)} to {named(new)}"
 
 

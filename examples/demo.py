@@ -1,8 +1,8 @@
-"""``make demo``: a 3-node cluster, two web servers, two Service Engines, and traffic through a VIP.
+"""``make demo``: a 3-node cluster, two web servers, an active/standby SE pair it starts itself, traffic, a failover.
 
 Runs the same commands a user types, with this Python's ``avictl``; everything lives under
 ``$AVICTL_HOME`` (default ``~/.avictl``). ``python -m examples.demo down`` (or ``make demo-down``)
-stops the SEs, the demo servers and the cluster.
+stops the demo servers and the cluster with its SEs.
 """
 
 from __future__ import annotations
@@ -58,6 +58,34 @@ def wait_for(url: str, seconds: float) -> None:
     raise SystemExit(f"demo: {url} did not answer within {seconds:.0f} s (see the logs under {HOME})")
 
 
+def vs_roles() -> list[tuple[str, str | None]]:
+    vs = json.loads(run("vs", "show", "web", "-o", "json", quiet=True))
+    return [(r["se"], r.get("reported_role")) for r in (vs.get("runtime") or {}).get("se_roles") or []]
+
+
+def wait_pair(seconds: float, not_active: str | None = None) -> tuple[str, str]:
+    """The (active, standby) SEs of VS web once both report their role."""
+    deadline = time.monotonic() + seconds
+    roles: list[tuple[str, str | None]] = []
+    while time.monotonic() < deadline:
+        roles = vs_roles()
+        if len(roles) == 2 and roles[0][1] == "active" and roles[1][1] == "standby" and roles[0][0] != not_active:
+            return roles[0][0], roles[1][0]
+        time.sleep(0.3)
+    raise SystemExit(
+        f"demo: virtual service web is not on an active/standby pair after {seconds:.0f} s (now: {roles or 'unplaced'}). "
+        f"The cluster starts its SEs itself since this release: if {HOME} holds a cluster made before, "
+        "'avictl cluster down --purge' and 'make demo' again; SE logs are under $AVICTL_HOME/se/<name>/se.log"
+    )
+
+
+def traffic(count: int) -> None:
+    for i in range(count):
+        with urllib.request.urlopen(VIP_URL + f"req-{i}", timeout=5) as resp:
+            answer = json.loads(resp.read())
+        print(f"  GET /req-{i:<3} answered by {answer['server']}")
+
+
 def up() -> None:
     run("cluster", "up", "--nodes", "3")
     print("\n# two demo web servers on 127.0.0.1:9001 and :9002", flush=True)
@@ -65,33 +93,33 @@ def up() -> None:
         background(name, "-m", "simulations.backend", "--port", str(port), "--name", name)
     run("apply", "-f", str(EXAMPLES / "quickstart.yaml"))
     run("apply", "-f", str(EXAMPLES / "quickstart.yaml"))
-    print("\n# two Service Engines", flush=True)
-    for se in ("se-1", "se-2"):
-        background(se, "-m", "avictl", "se", "run", "--name", se, "--report-interval", "1")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        names = [s["name"] for s in json.loads(run("se", "list", "-o", "json", quiet=True))]
-        if {"se-1", "se-2"} <= set(names):
-            break
-        time.sleep(0.3)
-    run("vs", "place", "web", "--se", "se-1")
+    print("\n# SE group web-group is active/standby: the leader starts two Service Engines and places web on them", flush=True)
+    active, standby = wait_pair(60)
+    run("vs", "show", "web")
     wait_for(VIP_URL, 20)
-    print(f"\n# 12 requests to {VIP_URL} (pool web-pool: round robin, server-b has ratio 2)", flush=True)
-    for i in range(12):
-        with urllib.request.urlopen(VIP_URL + f"req-{i}", timeout=5) as resp:
-            answer = json.loads(resp.read())
-        print(f"  GET /req-{i:<3} answered by {answer['server']}")
+    print(f"\n# 12 requests to {VIP_URL} through {active} (pool web-pool: round robin, server-b has ratio 2)", flush=True)
+    traffic(12)
     time.sleep(1.5)  # one status report interval, so the stats below include these requests
     run("se", "list")
-    se = json.loads(run("se", "show", "se-1", "-o", "json", quiet=True))
+    se = json.loads(run("se", "show", active, "-o", "json", quiet=True))
     stats = (se.get("runtime", {}).get("telemetry") or {}).get("web")
     if stats:
         stats = {k: v for k, v in stats.items() if k in ("open_connections", "total_connections", "requests", "responses", "bytes_in", "bytes_out")}
-    print("\n# live stats of virtual service 'web' on se-1:")
+    print(f"\n# live stats of virtual service 'web' on {active}:")
     print(json.dumps(stats, indent=2) if stats else "  (not reported yet)")
+
+    pid = int((HOME / "se" / active / "se.pid").read_text())
+    print(f"\n# kill -9 of the active SE {active} (pid {pid}): {standby} takes the VIP over", flush=True)
+    os.kill(pid, signal.SIGKILL)
+    started = time.monotonic()
+    wait_for(VIP_URL, 5)
+    print(f"  the VIP answered again {1000 * (time.monotonic() - started):.0f} ms after the kill")
+    traffic(3)
+    new_active, new_standby = wait_pair(30, not_active=active)
+    print(f"  now: {new_active} active, {new_standby} standby (the cloud restarted {active}; failback is manual: 'avictl vs switchover web')")
     run("cluster", "status")
-    run("events", "--limit", "10")
-    print("\nEverything keeps running: try 'avictl pool show web-pool -o yaml' or 'curl http://127.10.0.1:8080/';")
+    run("events", "--limit", "12")
+    print("\nEverything keeps running: try 'avictl vs show web', 'avictl pool show web-pool -o yaml' or 'curl http://127.10.0.1:8080/';")
     print("'make demo-down' stops the SEs, the demo servers and the cluster.")
 
 
