@@ -52,13 +52,19 @@ class Reconciler:
         self._running: dict[str, int] = {}
         self._last_scaled: dict[str, float] = {}  # vs uuid -> when autoscale last acted or alerted
         self.rounds = 0
+        self._logged_failures: dict[str, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await self.round()
-            except Exception:  # noqa: BLE001 - one bad round must not end the loop; the next one retries
-                self.log.exception("reconcile_round_failed")
+            except Exception as exc:  # noqa: BLE001 - one bad round must not end the loop; the next one retries
+                # The same failure every 250 ms would drown the log: once per kind per minute.
+                key = f"{type(exc).__name__}: {exc}"
+                now = time.monotonic()
+                if now - self._logged_failures.get(key, -60.0) >= 60.0:
+                    self._logged_failures[key] = now
+                    self.log.exception("reconcile_round_failed")
             try:
                 await asyncio.wait_for(stop.wait(), self.interval)
             except asyncio.TimeoutError:
