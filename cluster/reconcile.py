@@ -5,7 +5,7 @@ Level-triggered: ``reconcile`` looks at the whole state every round and returns 
 the state those commands produce returns nothing new, so a lost round, a leader change or a
 rejected command only delays convergence. Its steps, in order:
 
-1. **SE liveness.** An SE is declared ``down`` when its process is known to have exited (a cloud
+1. **SE liveness.** A registered SE is declared ``up`` (ready) at its first report. It is declared ``down`` when its process is known to have exited (a cloud
    driver on this host says so) or when it has not reported for ``down_after_reports`` report
    intervals (its own interval, as it says in its reports; at least ``down_after_min`` seconds),
    counted from the last report or, for an SE not heard from since this node became leader, from
@@ -107,6 +107,8 @@ def reconcile(view: ConfigView, observed: Observed, settings: Settings = Setting
         elif verdict is None and se.uuid in down and obs.last_report is not None:
             commands.append(Command((ServiceEngineStatusChanged(se.uuid, se.name, "up", "reporting again"),)))
             del down[se.uuid]
+        elif verdict is None and not view.se_ready(se.uuid) and obs.last_report is not None:
+            commands.append(Command((ServiceEngineStatusChanged(se.uuid, se.name, "up", "ready: registered and reporting"),)))
 
     # 2. Takeovers the data plane made on its own.
     current: dict[str, tuple[str, ...]] = {}

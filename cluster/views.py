@@ -105,6 +105,7 @@ class ConfigView:
         self._pinned: set[str] = set()  # vs uuids placed by hand
         self._se_requested: dict[str, tuple[str, int]] = {}  # SE name -> (group uuid, revision requested)
         self._se_down: dict[str, str] = {}  # se uuid -> why the leader declared it down
+        self._se_ready: set[str] = set()  # se uuids the leader has declared up at least once
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -149,6 +150,10 @@ class ConfigView:
     def se_requested(self) -> dict[str, tuple[str, int]]:
         """SE name -> (group uuid, revision) of every SE a group asked for and still wants."""
         return dict(self._se_requested)
+
+    def se_ready(self, se_uuid: str) -> bool:
+        """The SE was declared up (ready) at least once since it registered."""
+        return se_uuid in self._se_ready
 
     def se_down(self, se_uuid: str) -> Optional[str]:
         """Why the SE was declared down, or None while it is up."""
@@ -331,9 +336,11 @@ class ConfigView:
                 self._se_down[event.se_uuid] = event.reason or "down"
             else:
                 self._se_down.pop(event.se_uuid, None)
+                self._se_ready.add(event.se_uuid)
         elif isinstance(event, ObjectDeleted):
             if event.kind == "serviceengine":
                 self._se_down.pop(event.uuid, None)
+                self._se_ready.discard(event.uuid)
             if event.kind == "virtualservice":
                 self._place(event.uuid, (), revision)
                 self._placement_revision.pop(event.uuid, None)
@@ -381,7 +388,7 @@ class ConfigView:
             {"v": 1, "revision": self.revision, "raft_index": self.raft_index, "objects": objects, "commands": commands,
              "placements": placements, "pinned": sorted(self._pinned),
              "se_requested": [[n, g, r] for n, (g, r) in sorted(self._se_requested.items())],
-             "se_down": sorted(self._se_down.items())},
+             "se_down": sorted(self._se_down.items()), "se_ready": sorted(self._se_ready)},
             use_bin_type=True,
         )
 
@@ -408,4 +415,5 @@ class ConfigView:
         view._pinned = set(doc.get("pinned", view._placements))
         view._se_requested = {n: (g, r) for n, g, r in doc.get("se_requested", [])}
         view._se_down = dict(doc.get("se_down", []))
+        view._se_ready = set(doc.get("se_ready", []))
         return view

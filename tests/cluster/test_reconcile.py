@@ -146,8 +146,10 @@ def test_pinned_vs_is_left_alone_and_no_cloud_means_no_requests(view: ConfigView
     se = apply(view, d.decide_register_se(view, {"name": "by-hand"}, uuid=d.new_uuid("serviceengine")))
     apply(view, d.decide_place(view, view.get(vs), ["by-hand"]))  # type: ignore[arg-type]
     made = run(view, Observed(now=1.0, leader_since=1.0, ses=reporting(view, 1.0), cloud=False))
-    assert made == []
+    assert [(type(e), e.status) for e in made] == [(ServiceEngineStatusChanged, "up")], "only the SE's readiness"
+    assert view.se_ready(se)
     assert view.placement(vs) == (se,)
+    assert run(view, Observed(now=2.0, leader_since=1.0, ses=reporting(view, 2.0), cloud=False)) == []
 
 
 def test_new_leader_gives_silent_ses_a_full_period_and_up_needs_a_report(view: ConfigView) -> None:
@@ -169,7 +171,8 @@ def test_idle_se_is_released_after_the_deprovision_delay(view: ConfigView) -> No
     commit(view, [ServiceEngineRequested("idle-1", group, "test")])
     se = make_se(view, "idle-1", group)
     ses = {se: SeObservation(last_report=100.0, report_interval=1.0)}
-    assert run(view, Observed(now=100.0, leader_since=0.0, ses=ses, idle_since={"idle-1": 50.0})) == []
+    made = run(view, Observed(now=100.0, leader_since=0.0, ses=ses, idle_since={"idle-1": 50.0}))
+    assert [type(e) for e in made] == [ServiceEngineStatusChanged], "ready, not yet idle for a minute"
     made = run(view, Observed(now=111.0, leader_since=0.0, ses={se: SeObservation(last_report=111.0)}, idle_since={"idle-1": 50.0}))
     assert [type(e) for e in made] == [ServiceEngineReleased, ObjectDeleted]
     assert view.get(se) is None and "idle-1" not in view.se_requested()
@@ -213,7 +216,8 @@ def test_stale_placement_decision_is_refused(view: ConfigView) -> None:
     make_se(view, "s-1", group)
     make_se(view, "s-2", group)
     vs = make_vs(view, "v", group)
-    stale = reconcile(view, Observed(now=1.0, leader_since=1.0, ses=reporting(view, 1.0)), Settings())
+    stale = [c for c in reconcile(view, Observed(now=1.0, leader_since=1.0, ses=reporting(view, 1.0)), Settings())
+             if isinstance(c.events[0], VirtualServicePlaced)]
     assert len(stale) == 1
     obj = view.get(vs)
     apply(view, d.decide_place(view, obj, ["s-2"]))  # type: ignore[arg-type]
