@@ -135,6 +135,7 @@ KIND_COLUMNS: dict[str, list[Column]] = {
         ("POOL", lambda o: ref_name(o.get("pool_ref"))),
         ("SEGROUP", lambda o: ref_name(o.get("se_group_ref"))),
         ("ENABLED", lambda o: o.get("enabled")),
+        ("SES", lambda o: ",".join((o.get("runtime") or {}).get("serviceengines") or []) or "-"),
     ],
     "serviceenginegroup": [
         _NAME, _UUID,
@@ -146,6 +147,7 @@ KIND_COLUMNS: dict[str, list[Column]] = {
         _NAME,
         ("SEGROUP", lambda o: ref_name(o.get("se_group_ref"))),
         ("STATE", lambda o: _short_enum(o.get("enable_state"), "SE_STATE_")),
+        ("STATUS", lambda o: (o.get("runtime") or {}).get("oper_status") or "-"),
         ("VIRTUALSERVICES", lambda o: ",".join((o.get("runtime") or {}).get("virtualservices") or []) or "-"),
         ("APPLIED", lambda o: (o.get("runtime") or {}).get("applied_revision")),
         ("LAG", lambda o: (o.get("runtime") or {}).get("lag")),

@@ -34,7 +34,9 @@ def test_vs_table_uses_ref_names() -> None:
           "services": [{"port": 8080}, {"port": 8443}], "pool_ref": "/api/pool?name=web-pool",
           "se_group_ref": "http://h/api/serviceenginegroup/serviceenginegroup-1#Default-Group", "enabled": True}
     row = render.render_objects("virtualservice", [vs], "table").splitlines()[1].split()
-    assert ["web", "virtualservice-1", "web-vsvip", "8080,8443", "web-pool", "Default-Group", "true"] == row
+    assert ["web", "virtualservice-1", "web-vsvip", "8080,8443", "web-pool", "Default-Group", "true", "-"] == row
+    placed = dict(vs, runtime={"serviceengines": ["Avi-1", "Avi-2"]})
+    assert render.render_objects("virtualservice", [placed], "table").splitlines()[1].split()[-1] == "Avi-1,Avi-2"
 
 
 def test_json_and_yaml_carry_the_same_data() -> None:
