@@ -175,6 +175,7 @@ class _Request:
         "until_close",
         "method",
         "url",
+        "ended",
     )
 
     def __init__(self, head: bytes, chunked: bool, has_body: bool, http11: bool, keep_alive: bool, head_only: bool, started: float) -> None:
@@ -200,6 +201,7 @@ class _Request:
         self.until_close = False
         self.method = b""
         self.url = b""
+        self.ended = 0.0  # loop time the response ended (0 until then); reused for the pool and idle clocks
 
 
 class L7Connection(asyncio.Protocol):
@@ -451,11 +453,19 @@ class L7Connection(asyncio.Protocol):
         req.pool = pool
         req.balancer = balancer
         req.server_key = key
-        upstream = pool.upstreams.take(key, self._loop.time())
-        if upstream is not None:
+        upstreams = pool.upstreams
+        idle = upstreams._idle.get(key)  # UpstreamPool.take, inlined (once per request)
+        while idle:
+            upstream = idle.pop()
+            transport = upstream.transport
+            if transport.is_closing():
+                continue
+            if req.started - upstream.idle_since > upstreams.idle_timeout:
+                transport.close()
+                continue
             self._attach(req, upstream, True)
-        else:
-            req.connecting = self._loop.create_task(self._connect(req, pool, server))
+            return
+        req.connecting = self._loop.create_task(self._connect(req, pool, server))
 
     async def _connect(self, req: _Request, pool: "PoolRuntime", server: Any) -> None:
         loop = self._loop
@@ -571,9 +581,11 @@ class L7Connection(asyncio.Protocol):
         req.response_done = True
         upstream.finished = True
         upstream.keep = keep_alive and upstream.keep
-        latency = self._loop.time() - req.started
-        self._stats.response(req.status, latency)
-        self._stats.log_request(self._client_ip, req.method, req.url, req.status, latency, req.server_key)
+        req.ended = now = self._loop.time()
+        latency = now - req.started
+        stats = self._stats
+        stats.response(req.status, latency)
+        stats.log_request(self._client_ip, req.method, req.url, req.status, latency, req.server_key)
 
     def _exchange_done(self, upstream: "_Upstream") -> None:
         """Called once the backend's parser has returned: release the backend, then move on."""
@@ -590,10 +602,22 @@ class L7Connection(asyncio.Protocol):
         if req.server_key is not None:
             req.balancer.closed(req.server_key)
             req.server_key = None
-        if upstream.keep and req.complete and not upstream.transport.is_closing():
-            upstream.pool.put(upstream, self._loop.time())
+        transport = upstream.transport
+        if upstream.keep and req.complete and not transport.is_closing():
+            # UpstreamPool.put, inlined (once per request)
+            upstreams = upstream.pool
+            key = upstream.key
+            idle = upstreams._idle.get(key)
+            keys = upstreams._keys
+            if (keys is not None and key not in keys) or (idle is not None and len(idle) >= upstreams.max_idle_per_server):
+                transport.close()
+            else:
+                if idle is None:
+                    idle = upstreams._idle[key] = []
+                upstream.idle_since = req.ended or self._loop.time()
+                idle.append(upstream)
         else:
-            upstream.transport.close()
+            transport.close()
         if req.complete:
             self._finish(req)
 
@@ -630,7 +654,8 @@ class L7Connection(asyncio.Protocol):
         keep = req.keep_alive and not self._draining and not self._broken
         req.keep_alive = keep
         self._write(_502_KEEP if keep else _502_CLOSE)
-        latency = self._loop.time() - req.started
+        req.ended = now = self._loop.time()
+        latency = now - req.started
         self._stats.response(502, latency)
         self._stats.log_request(self._client_ip, req.method, req.url, 502, latency, req.server_key)
         if req.complete:
@@ -649,7 +674,7 @@ class L7Connection(asyncio.Protocol):
         if queue:
             self._begin(queue[0])
         else:
-            self._idle_since = self._loop.time()
+            self._idle_since = req.ended or self._loop.time()
 
     def close_if_idle(self, now: float, timeout: float) -> None:
         """Close the connection if no request is in flight and none has started for ``timeout`` seconds.
