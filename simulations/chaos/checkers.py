@@ -7,6 +7,9 @@
 - :func:`check_linearizable`: a Wing–Gong–Lowe search per register key.
 - :func:`failover_gaps`, :func:`recovery_times`, :func:`availability`, :func:`check_bound`:
   data-plane gaps and write recovery after each fault.
+- :func:`fault_window`, :func:`check_gaps`, :func:`check_no_failures`:
+  per data-plane fault, the longest stretch without a successful new connection, the time to
+  recover, failures once recovered; the pass criteria over them.
 
 Every checker returns a :class:`CheckResult`; its ``to_dict()`` is what the JSON report holds.
 """
@@ -27,9 +30,13 @@ from simulations.chaos.history import Operation, by_key
 __all__ = [
     "CheckResult",
     "Violation",
+    "WindowStats",
     "availability",
     "check_acknowledged",
     "check_bound",
+    "check_gaps",
+    "check_no_failures",
+    "fault_window",
     "check_linearizable",
     "check_log_prefixes",
     "check_logs_identical",
@@ -628,3 +635,89 @@ def check_bound(name: str, values: Sequence[float], limit: float, *, what: str =
                   for i, v in enumerate(values) if not v <= limit]
     details = {"count": len(values), "limit": limit, "worst": max(values) if values else None, "values": list(values)}
     return CheckResult.of(name, violations, details)
+
+
+# -- data plane -------------------------------------------------------------------------------------
+
+Request = tuple[float, float, bool]
+"""One data-plane request: (started, ended, succeeded)."""
+
+
+@attrs.frozen
+class WindowStats:
+    """What the new-connection probes show about one fault, within ``[fault, until)``.
+
+    - ``gap``: the longest time without a successful request, from the last success at or
+      before the fault through every success in the window (by end time); ``inf`` when nothing
+      succeeded in the window.
+    - ``recovery``: from the fault to the end of the first successful request *started* after it
+      (``inf`` if none): the VIP is served again.
+    - ``failures_after_recovery``: failed requests started at or after that moment and ended
+      before ``until`` (one still in flight when the next fault hits is that fault's casualty:
+      a connection the dying SE had accepted may fail).
+    - ``failed`` / ``requests``: every request started in the window.
+    """
+
+    gap: float
+    recovery: float
+    failures_after_recovery: int
+    failed: int
+    requests: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(attrs.asdict(self))  # type: ignore[no-any-return]
+
+
+def fault_window(requests: Iterable[Request], fault: float, until: float) -> WindowStats:
+    """The :class:`WindowStats` of one fault (requests of one kind: new connections)."""
+    reqs = sorted(requests, key=lambda r: r[1])
+    in_window = [r for r in reqs if fault <= r[0] < until]
+    ok_ends = [end for _start, end, ok in reqs if ok]
+    before = [e for e in ok_ends if e <= fault]
+    after = [e for e in ok_ends if fault < e <= until]
+    if after:
+        window = [before[-1] if before else fault, *after]
+        gap = max(b - a for a, b in zip(window, window[1:]))
+    else:
+        gap = math.inf
+    first = min((end for start, end, ok in in_window if ok), default=None)
+    recovery = math.inf if first is None else first - fault
+    after_recovery = 0 if first is None else sum(1 for start, end, ok in in_window if not ok and start >= first and end < until)
+    return WindowStats(gap, recovery, after_recovery, sum(1 for r in in_window if not r[2]), len(in_window))
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    if not n:
+        return math.nan
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def check_gaps(values: Sequence[float], *, median_limit: float | None = None, worst_limit: float | None = None,
+               name: str = "failover_gaps") -> CheckResult:
+    """The data-plane gap of each fault: median at most ``median_limit``, each at most ``worst_limit``.
+
+    No fault at all is inconclusive (nothing was measured).
+    """
+    violations: list[Violation] = []
+    median = _median(values)
+    if median_limit is not None and values and not median <= median_limit:
+        violations.append(Violation("median_over_limit", f"median gap {median:.3f} s is over {median_limit:.3f} s",
+                                    {"value": median, "limit": median_limit}))
+    if worst_limit is not None:
+        violations.extend(Violation("over_limit", f"gap #{i} is {v:.3f} s, over the limit of {worst_limit:.3f} s",
+                                    {"index": i, "value": v, "limit": worst_limit})
+                          for i, v in enumerate(values) if not v <= worst_limit)
+    details = {"count": len(values), "median": median if values else None, "worst": max(values) if values else None,
+               "median_limit": median_limit, "worst_limit": worst_limit, "values": list(values)}
+    return CheckResult.of(name, violations, details, inconclusive=not values)
+
+
+def check_no_failures(name: str, failures: Sequence[Mapping[str, Any]], *, what: str = "request",
+                      details: Mapping[str, Any] | None = None) -> CheckResult:
+    """Every item of ``failures`` (one per failed request, with its times and error) is a violation."""
+    violations = [Violation("failed", f"{what} failed: {_short(dict(f), 160)}", {k: v for k, v in f.items() if k not in ("kind", "message")})
+                  for f in failures[:_MAX_LISTED]]
+    return CheckResult.of(name, violations, {"failed": len(failures), **(details or {})})
+

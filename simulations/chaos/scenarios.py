@@ -5,6 +5,13 @@ leader, writes succeed again within 3 s worst; a paused leader catches up within
 (the regression bound of ``simulations.leader_pause``); no acknowledged write is ever lost. The
 brief gives no number for a restarted follower's catch-up or for restarting all nodes at once;
 the bounds used here (10 s each) are ours and are named in the report.
+
+Data-plane scenarios (``data_plane``): the brief's SE failover bound (after kill -9 of the active
+SE, new connections succeed again in ≤ 1 s median, ≤ 2 s worst) is applied to kill and to
+SIGSTOP of the active. "No gap" for a standby kill or unreachable controllers is read as: not one
+request fails and no 0.5 s without a successful new connection (25 probe intervals, to allow for
+scheduling on a loaded 2-core machine). The 10 s to record a takeover, 30 s to settle the pair
+again, 15 s of quiet after the controllers resume and 5 s for writes to resume are ours.
 """
 
 from __future__ import annotations
@@ -27,6 +34,17 @@ class Criteria:
     max_catch_up: Optional[float] = None  # s from each heal until the healed nodes caught up
     no_leader_change: bool = False
     min_faults: int = 0  # a run too short to inject anything proves nothing
+    # Data plane (scenarios with ``data_plane``): new-connection gaps per fault, in s.
+    max_gap_median: Optional[float] = None
+    max_gap_worst: Optional[float] = None
+    no_failures_after_recovery: bool = False  # no new connection fails once one started after the fault succeeded
+    no_failed_requests: bool = False  # not one request (new or keep-alive) fails in the whole run
+    takeover_event: bool = False  # each active fault shows as a "took the VIP over" placement event
+    max_takeover_event: Optional[float] = None  # s from the fault to that event
+    no_placement_change: bool = False  # no placement / SE-down event from the fault until ``quiet_after`` s after heal
+    quiet_after: float = 15.0
+    max_write_recovery_after_heal: Optional[float] = None  # s from the heal to the first ack of a write sent after it
+    max_settle: Optional[float] = None  # s from each SE fault until the pair is active + standby again
 
 
 @attrs.frozen
@@ -35,18 +53,19 @@ class Scenario:
     description: str
     schedule: Callable[[random.Random, float], list[FaultStep]]
     criteria: Criteria
+    data_plane: bool = False  # local cloud, a backend, an active/standby VS and traffic through its VIP
 
     def faults(self, seed: int, duration: float) -> list[FaultStep]:
         return self.schedule(random.Random(seed), duration)
 
 
-def _periodic(action: str, target: str, every: float, hold: float, first: tuple[float, float] = (2.0, 4.0)
-              ) -> Callable[[random.Random, float], list[FaultStep]]:
+def _periodic(action: str, target: str, every: float, hold: float, first: tuple[float, float] = (2.0, 4.0),
+              tail: float = 1.0) -> Callable[[random.Random, float], list[FaultStep]]:
     def schedule(rng: random.Random, duration: float) -> list[FaultStep]:
         steps: list[FaultStep] = []
         at = rng.uniform(*first)
         # Leave time after the last heal for the cluster to show it recovered.
-        while at + hold + 1.0 <= duration:
+        while at + hold + tail <= duration:
             steps.append(FaultStep(round(at, 3), action, target, hold, pick=rng.random()))
             at += every + rng.uniform(-0.5, 0.5)
         return steps
@@ -56,6 +75,19 @@ def _periodic(action: str, target: str, every: float, hold: float, first: tuple[
 
 def _none(rng: random.Random, duration: float) -> list[FaultStep]:
     return []
+
+
+CONTROLLER_HOLD = 60.0
+"""How long ``controllers-unreachable`` pauses the controllers when the run is long enough."""
+
+
+def _controllers_unreachable(rng: random.Random, duration: float) -> list[FaultStep]:
+    """One pause of all three controllers at 4-6 s, for 60 s or what the run leaves after 20 s of tail."""
+    at = rng.uniform(4.0, 6.0)
+    hold = min(CONTROLLER_HOLD, duration - at - 20.0)
+    if hold < 3.0:
+        return []
+    return [FaultStep(round(at, 3), "pause", "controllers", round(hold, 3))]
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -73,6 +105,32 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("all-kill", "kill -9 all three nodes at once every 15 s, restart them 2 s later; nothing acked is lost, "
                  "writes resume within 10 s of the kill.",
                  _periodic("kill", "all", 15.0, 2.0), Criteria(max_write_recovery=10.0, min_faults=1)),
+        # Data plane: a 3-node cluster with the local cloud, an active/standby VS, traffic through its VIP.
+        Scenario("se-active-kill", "kill -9 the active SE of an active/standby pair every 12 s (the cloud restarts it); "
+                 "new connections succeed again within 1 s median, 2 s worst, none fails once served again, "
+                 "each takeover is a placement event within 10 s.",
+                 _periodic("kill", "se-active", 12.0, 0.0, tail=6.0),
+                 Criteria(max_gap_median=1.0, max_gap_worst=2.0, no_failures_after_recovery=True, takeover_event=True,
+                          max_takeover_event=10.0, max_settle=30.0, min_faults=1),
+                 data_plane=True),
+        Scenario("se-active-pause", "SIGSTOP the active SE for 3 s then SIGCONT, every 12 s; the standby serves within "
+                 "1 s median, 2 s worst, none fails once served again, the resumed SE rejoins as standby.",
+                 _periodic("pause", "se-active", 12.0, 3.0, tail=6.0),
+                 Criteria(max_gap_median=1.0, max_gap_worst=2.0, no_failures_after_recovery=True, takeover_event=True,
+                          max_takeover_event=10.0, max_settle=30.0, min_faults=1),
+                 data_plane=True),
+        Scenario("se-standby-kill", "kill -9 the standby SE every 12 s (the cloud restarts it); no request fails, "
+                 "no gap over 0.5 s, no keep-alive connection dropped.",
+                 _periodic("kill", "se-standby", 12.0, 0.0, tail=6.0),
+                 Criteria(max_gap_worst=0.5, no_failed_requests=True, max_settle=30.0, min_faults=1),
+                 data_plane=True),
+        Scenario("controllers-unreachable", "SIGSTOP all three controllers for 60 s (less in short runs) then SIGCONT; "
+                 "the SEs keep serving (no request fails, no gap over 0.5 s), no failover or placement event "
+                 "fires during or 15 s after the hold, writes resume within 5 s of SIGCONT.",
+                 _controllers_unreachable,
+                 Criteria(max_gap_worst=0.5, no_failed_requests=True, no_placement_change=True, quiet_after=15.0,
+                          max_write_recovery_after_heal=5.0, min_faults=1),
+                 data_plane=True),
     ]
 }
 

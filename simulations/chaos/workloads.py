@@ -2,6 +2,11 @@
 
 - :class:`WriteWorkload`: unique-name pool creates through :class:`simulations.writers.Writer`
   (stable ``X-Avi-Command-Id``, retried across nodes); outcomes acked / failed / unknown.
+- :class:`DataPlaneWorkload`: HTTP traffic through a VIP: a new connection every 20 ms plus a
+  few long-lived keep-alive connections (a request every 200 ms each, reconnecting when one is
+  dropped); every request is a :class:`Probe` (start, end, ok, error). Which SE answered is not
+  visible in the response (the SEs are not changed for this); the runner reads it from the SEs'
+  telemetry through the API instead.
 - :class:`RegisterWorkload`: a few keys, each key one pool object whose ``default_server_port``
   is the register value. Clients alternately read it (a linearizable GET) and compare-and-set it
   (PUT with the ``_last_modified`` they read and a new, never used value). Every operation goes
@@ -22,11 +27,12 @@ import uuid
 from typing import Any, Optional
 
 import aiohttp
+import attrs
 
 from simulations.chaos.history import HistoryBuilder, Operation
 from simulations.writers import Writer, WriteResult
 
-__all__ = ["RegisterWorkload", "WriteWorkload", "no_retry_session"]
+__all__ = ["DataPlaneWorkload", "Probe", "RegisterWorkload", "WriteWorkload", "no_retry_session"]
 
 REQUEST_TIMEOUT = 3.0
 
@@ -201,3 +207,193 @@ class RegisterWorkload:
 
     def operations(self) -> list[Operation]:
         return self.history.history()
+
+
+# -- data plane -------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Probe:
+    """One HTTP request through the VIP: ``kind`` "new" (its own connection) or "keepalive"."""
+
+    kind: str
+    client: int
+    start: float  # monotonic
+    end: float
+    ok: bool
+    error: str = ""
+    reconnected: bool = False  # a keep-alive request that had to open a new connection first
+
+
+class _HttpError(Exception):
+    pass
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """Read one HTTP/1.1 response; (status, the server keeps the connection open)."""
+    line = await reader.readline()
+    if not line:
+        raise _HttpError("closed before a response")
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        raise _HttpError(f"bad status line {line[:60]!r}")
+    status = int(parts[1])
+    length: Optional[int] = None
+    chunked = False
+    keep = parts[0] == b"HTTP/1.1"
+    while True:
+        header = await reader.readline()
+        if not header:
+            raise _HttpError("closed in the headers")
+        if header in (b"\r\n", b"\n"):
+            break
+        name, _, value = header.partition(b":")
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value:
+            chunked = True
+        elif name == b"connection":
+            keep = value == b"keep-alive" if not keep else value != b"close"
+    if chunked:
+        while True:
+            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    elif length is not None:
+        await reader.readexactly(length)
+    else:
+        await reader.read()  # until EOF
+        keep = False
+    return status, keep
+
+
+class DataPlaneWorkload:
+    """Traffic through ``host:port``, bounded in rate and time, every request recorded as a :class:`Probe`.
+
+    - A new connection every ``interval`` s (one ``GET`` with ``Connection: close``), each in its
+      own task so a request stuck on a paused SE does not hold up the next ones; at most
+      ``max_in_flight`` at once (a new one is skipped, and counted, while that many are open).
+    - ``keepalive`` clients each holding one connection and sending a request every
+      ``keepalive_interval`` s; a request that fails drops the connection, the next one reconnects
+      (``drops`` counts them per client).
+
+    Every request has a ``timeout`` (connect + answer). ``max_requests`` caps the new-connection
+    probes of one run.
+    """
+
+    def __init__(self, host: str, port: int, *, interval: float = 0.02, keepalive: int = 3,
+                 keepalive_interval: float = 0.2, timeout: float = 2.0, max_in_flight: int = 200,
+                 max_requests: int = 20_000) -> None:
+        self.host, self.port = host, port
+        self.interval = interval
+        self.keepalive = keepalive
+        self.keepalive_interval = keepalive_interval
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self.max_requests = max_requests
+        self.probes: list[Probe] = []
+        self.drops = [0] * keepalive
+        self.skipped = 0
+        self._in_flight = 0
+
+    def _request(self, path: str, close: bool) -> bytes:
+        conn = "close" if close else "keep-alive"
+        return f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nConnection: {conn}\r\n\r\n".encode()
+
+    async def _one_new(self, seq: int) -> None:
+        start = time.monotonic()
+        ok, error = False, ""
+        writer: Optional[asyncio.StreamWriter] = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                writer.write(self._request(f"/dp/new/{seq}", close=True))
+                await writer.drain()
+                status, _ = await _read_response(reader)
+                ok = status == 200
+                error = "" if ok else f"status {status}"
+        except TimeoutError:
+            error = "timeout"
+        except (OSError, asyncio.IncompleteReadError, _HttpError, ValueError) as exc:
+            error = type(exc).__name__
+        finally:
+            if writer is not None:
+                writer.close()
+            self._in_flight -= 1
+        self.probes.append(Probe("new", 0, start, time.monotonic(), ok, error))
+
+    async def _new_connections(self, stop_at: float) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        seq = 0
+        next_at = time.monotonic()
+        while seq < self.max_requests:
+            now = time.monotonic()
+            if now >= stop_at:
+                break
+            if self._in_flight >= self.max_in_flight:
+                self.skipped += 1
+            else:
+                seq += 1
+                self._in_flight += 1
+                task = asyncio.create_task(self._one_new(seq))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            next_at += self.interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    async def _keepalive_client(self, index: int, stop_at: float) -> None:
+        reader: Optional[asyncio.StreamReader] = None
+        writer: Optional[asyncio.StreamWriter] = None
+        seq = 0
+        opened_once = False
+        while time.monotonic() < stop_at:
+            began = time.monotonic()
+            seq += 1
+            reconnected = False
+            ok, error = False, ""
+            try:
+                async with asyncio.timeout(self.timeout):
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(self.host, self.port)
+                        reconnected = opened_once
+                        opened_once = True
+                    assert reader is not None
+                    writer.write(self._request(f"/dp/keep/{index}/{seq}", close=False))
+                    await writer.drain()
+                    status, keep = await _read_response(reader)
+                    ok = status == 200
+                    error = "" if ok else f"status {status}"
+                    if not keep:  # the server closed it on purpose: reopen, not a drop
+                        writer.close()
+                        reader = writer = None
+            except TimeoutError:
+                error = "timeout"
+            except (OSError, asyncio.IncompleteReadError, _HttpError, ValueError) as exc:
+                error = type(exc).__name__
+            if not ok and writer is not None:
+                writer.close()
+                reader = writer = None
+                self.drops[index] += 1
+            self.probes.append(Probe("keepalive", index, began, time.monotonic(), ok, error, reconnected))
+            await asyncio.sleep(max(0.0, self.keepalive_interval - (time.monotonic() - began)))
+        if writer is not None:
+            writer.close()
+
+    async def run(self, stop_at: float) -> None:
+        await asyncio.gather(self._new_connections(stop_at),
+                             *(self._keepalive_client(i, stop_at) for i in range(self.keepalive)))
+
+    def counts(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for kind in ("new", "keepalive"):
+            probes = [p for p in self.probes if p.kind == kind]
+            out[kind] = {"requests": len(probes), "ok": sum(1 for p in probes if p.ok),
+                         "failed": sum(1 for p in probes if not p.ok)}
+        out["keepalive"]["drops"] = sum(self.drops)
+        out["keepalive"]["reconnects"] = sum(1 for p in self.probes if p.reconnected)
+        out["new"]["skipped_at_cap"] = self.skipped
+        return out
