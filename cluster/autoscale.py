@@ -2,7 +2,8 @@
 
 Each SE of a group is given a utilisation: for ``SE_AUTO_REBALANCE_CPU`` its CPU percent, for the
 other criteria the measured rate as a percentage of ``auto_rebalance_capacity_per_se`` (the entry
-at the same position; defaults in :data:`DEFAULT_CAPACITY`). The highest of its criteria counts.
+at the same position; defaults in :data:`DEFAULT_CAPACITY`), and always its resident memory as a
+percentage of the group's ``memory_per_se``. The highest of these counts.
 Hysteresis: above ``max_cpu_usage`` an SE is *hot*, below ``min_cpu_usage`` *cold*, in between
 nothing happens. Cooldown: a VS is acted on at most once per ``auto_rebalance_interval`` seconds
 (the shell remembers when; a new leader starts the cooldown afresh).
@@ -69,6 +70,13 @@ def utilisation(group: StoredObject, sample: Mapping[str, Any]) -> Optional[tupl
             text = f"{metric} {value:g} ({percent:.0f}% of {capacity})"
         if best is None or percent > best[0]:
             best = (percent, text)
+    # Memory is always watched, whatever the criteria: the SE's resident memory against the
+    # group's memory_per_se (an SE near its memory is as hot as one near its CPU).
+    memory, per_se = sample.get("memory_mb"), group.body.get("memory_per_se", 2048)
+    if isinstance(memory, (int, float)) and isinstance(per_se, int) and per_se > 0:
+        percent = 100.0 * float(memory) / per_se
+        if best is None or percent > best[0]:
+            best = (percent, f"memory {memory:.0f} MB ({percent:.0f}% of memory_per_se {per_se} MB)")
     return best
 
 

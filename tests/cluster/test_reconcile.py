@@ -291,3 +291,12 @@ def test_autoscale_asks_the_cloud_for_an_se_when_none_is_free(view: ConfigView) 
     assert isinstance(event, ServiceEngineRequested) and event.name == "grow-2" and "needs a new SE" in event.reason
     commit(view, command.events)
     assert autoscale(view, {a: {"cpu_percent": 99.0}}, 2.0, {}, cloud=True) == [], "not again while one is pending"
+
+
+def test_memory_is_always_watched(view: ConfigView) -> None:
+    from cluster.autoscale import utilisation
+
+    group = view.get(make_group(view, "mem", memory_per_se=2048))
+    assert group is not None
+    assert utilisation(group, {"cpu_percent": 10.0, "memory_mb": 1843.2}) == (90.0, "memory 1843 MB (90% of memory_per_se 2048 MB)")
+    assert utilisation(group, {"cpu_percent": 50.0, "memory_mb": 100.0}) == (50.0, "cpu 50%")
