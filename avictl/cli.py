@@ -749,10 +749,13 @@ for _kind in ALL_KINDS:
               help="Serve Prometheus /metrics here (e.g. 127.0.0.1:9910; port 0 picks one; default: off).")
 @click.option("--ha-dir", metavar="DIR",
               help="Where this SE's Unix socket for active/standby VIP handoff lives (default: $AVICTL_HOME/run).")
+@click.option("--scaleout-mode", type=click.Choice(["auto", "relay"]), default="auto", show_default=True,
+              help="How an active/active primary hands connections to its secondaries: auto passes the accepted "
+                   "socket (relaying only when that fails); relay always relays them through this SE.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.pass_context
 def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_dir: Optional[str], report_interval: float,
-           metrics_listen: Optional[str], ha_dir: Optional[str], log_level: str) -> None:
+           metrics_listen: Optional[str], ha_dir: Optional[str], scaleout_mode: str, log_level: str) -> None:
     """Run a Service Engine in the foreground: it registers, receives the VSs placed on it and serves them."""
     from cluster.logsetup import configure_logging
 
@@ -786,7 +789,7 @@ def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_di
         return Path(tempfile.gettempdir()) / f"avictl-run-{digest}"
 
     run_service_engine(name, urls, str(token), state_dir or avictl_home() / "se" / name, report_interval=report_interval,
-                       metrics_listen=listen, ha_dir=ha_dir or _default_ha_dir())
+                       metrics_listen=listen, ha_dir=ha_dir or _default_ha_dir(), scaleout_mode=scaleout_mode)
 
 
 @cli.commands["virtualservice"].command("place")  # type: ignore[attr-defined]

@@ -41,6 +41,7 @@ class ServiceEngineAgent:
         dataplane: Optional[DataPlane] = None,
         metrics_listen: Optional[tuple[str, int]] = None,
         ha_dir: Optional[str | Path] = None,
+        scaleout_mode: str = "auto",
     ) -> None:
         if not controllers:
             raise ValueError("an SE needs at least one controller URL")
@@ -49,7 +50,7 @@ class ServiceEngineAgent:
         self.token = token
         self.state_dir = Path(state_dir)
         self.report_interval = report_interval
-        self.dataplane = dataplane or DataPlane(se_name=name, ha_dir=ha_dir)
+        self.dataplane = dataplane or DataPlane(se_name=name, ha_dir=ha_dir, scaleout_mode=scaleout_mode)
         self.uuid: Optional[str] = None
         self.applied: Optional[SliceConfig] = None
         self.applied_revision = -1

@@ -274,6 +274,7 @@ class DataPlane:
         se_name: Optional[str] = None,
         ha_dir: Optional[str | Path] = None,
         peer_timeout: float = 0.5,
+        scaleout_mode: str = "auto",
     ) -> None:
         self._health_factory: HealthFactory = health_factory or HealthChecker
         self.connect_timeout = connect_timeout
@@ -299,7 +300,9 @@ class DataPlane:
                 raise ValueError("an SE with an ha_dir needs its name")
             from engine.ha_coordinator import HaCoordinator
 
-            self.ha = HaCoordinator(self, se_name, ha_dir, peer_timeout=peer_timeout)
+            # scaleout_mode: how a shared pair's primary hands connections on ("auto": pass the
+            # socket, relay when that fails; "relay": always relay through the primary).
+            self.ha = HaCoordinator(self, se_name, ha_dir, peer_timeout=peer_timeout, scaleout_mode=scaleout_mode)
 
     async def apply(self, config: SliceConfig) -> dict[str, str]:
         """Serve exactly ``config``; returns ``{vs_name: error}`` for VSs that could not be (fully) served."""

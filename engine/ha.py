@@ -9,11 +9,13 @@ knows names it, and only after it has asked its peer (or seen it die), so two SE
 for long; an SE whose own clock jumped (it was frozen) stops accepting until it has asked again.
 
 The socket side lives in ``engine.ha_coordinator``; nothing here does I/O or reads a clock: time is
-passed in as monotonic seconds.
+passed in as monotonic seconds. The relay fallback of a shared pair (its header line, the peers'
+intake addresses, what the status calls the distribution) is decided here too.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Mapping, Optional
 
 import attrs
@@ -22,21 +24,31 @@ from engine.config import PlacementConfig
 
 __all__ = [
     "LEGACY",
+    "SCALEOUT_MODES",
     "SHARED_PAIR",
     "Claim",
     "after_peer_lost",
     "claim_from_wire",
     "clock_jumped",
+    "distribution",
     "managed",
     "merge",
     "on_slice",
+    "parse_relay_header",
     "peer_silent",
     "peers_of",
     "pick_target",
+    "relay_from_wire",
+    "relay_header",
     "role_of",
     "suspect_gap",
     "takeover",
 ]
+
+#: ``scaleout_mode``: how a shared pair's primary hands a connection to a secondary. ``auto`` passes
+#: the accepted socket and relays only when that send fails; ``relay`` always relays.
+SCALEOUT_MODES = ("auto", "relay")
+RELAY_HEADER_MAX = 512
 
 LEGACY = "HA_MODE_LEGACY_ACTIVE_STANDBY"
 SHARED_PAIR = "HA_MODE_SHARED_PAIR"
@@ -66,6 +78,52 @@ def claim_from_wire(value: Any) -> Optional[Claim]:
     ):
         return Claim(value[0], value[1], value[2])
     return None
+
+
+def relay_from_wire(value: Any) -> Optional[tuple[str, int]]:
+    """A peer's relay intake address (``[host, port]`` on loopback: peers share this host), or None."""
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)):
+        return None
+    host, port = value
+    if isinstance(port, bool) or not 0 < port < 65536:
+        return None
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        return None
+    return host, port
+
+
+def relay_header(vs_uuid: str, client: tuple[str, int]) -> bytes:
+    """The line a primary writes first on a relayed connection."""
+    return f"AVI-RELAY {vs_uuid} {client[0]} {client[1]}\n".encode()
+
+
+def parse_relay_header(line: bytes) -> Optional[tuple[str, tuple[str, int]]]:
+    """``(vs_uuid, (client_ip, client_port))`` from a relay header line (without its newline), or None."""
+    try:
+        parts = line.decode("ascii").split(" ")
+    except UnicodeDecodeError:
+        return None
+    if len(parts) != 4 or parts[0] != "AVI-RELAY" or not parts[1] or not parts[3].isdigit():
+        return None
+    port = int(parts[3])
+    if port > 65535:
+        return None
+    try:
+        ip = str(ipaddress.ip_address(parts[2]))
+    except ValueError:
+        return None
+    return parts[1], (ip, port)
+
+
+def distribution(passed: int, relayed: int, scaleout_mode: str) -> str:
+    """How a shared pair's connections moved between its SEs: what happened, else what would."""
+    used = [name for name, count in (("fd_passing", passed), ("relay", relayed)) if count]
+    if used:
+        return "+".join(used)
+    return "relay" if scaleout_mode == "relay" else "fd_passing"
 
 
 def managed(placement: Optional[PlacementConfig], me: str) -> bool:

@@ -8,7 +8,8 @@ A standby dials its active and says hello; the active answers with its claims an
 listening socket the standby lacks (``send_fds``). Both sides send a heartbeat every
 ``heartbeat_interval``. Messages:
 
-- ``hello`` / ``claims``: ``{from, claims: {vs_uuid: [epoch, gen, owner]}, need: [[vip, port]], ask, reply}``
+- ``hello`` / ``claims``: ``{from, claims: {vs_uuid: [epoch, gen, owner]}, need: [[vip, port]], ask, reply, relay?}``
+  (``relay``: ``[host, port]`` of the sender's relay intake, see below)
 - ``fd``: one listening socket, ``{vs, vip, port, epoch}``
 - ``conn``: one accepted client connection this SE must not serve, ``{vs, vip, port}``
 - ``hb``: ``{open}`` (open client connections)
@@ -27,11 +28,23 @@ Duties, in order of importance:
 A shared pair (``HA_MODE_SHARED_PAIR``) works the same way, except that the owner (the primary)
 passes a share of the new connections to its linked secondaries (``conn``), the least loaded first
 by the open-connection counts they send on their heartbeats; they serve them with the same VS.
+
+Where passing the socket is impossible (``scaleout_mode="relay"``, or the send of the fd failed),
+the primary relays instead: it connects to the secondary's *relay intake* (a TCP listener on
+127.0.0.1 that every SE runs and advertises in its hello/claims), writes one line
+``AVI-RELAY <vs_uuid> <client_ip> <client_port>\n`` and then copies bytes both ways between the
+client and that connection (``_Relay``). The secondary's intake reads the line and hands the rest of
+the stream to a normal connection of the VS (``_Intake``), whose peer address is the client's (so
+``X-Forwarded-For`` names the client, not the primary). A relay that cannot be opened leaves the
+connection to the primary, which serves it itself. Relaying keeps the primary in the data path of
+every relayed connection, both ways: it costs the primary a copy of every byte and ends the relayed
+connections when the primary stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import socket
@@ -57,6 +70,11 @@ MAX_FDS = 16
 SUN_PATH_MAX = 107
 MAX_PENDING = 4096
 PENDING_TTL = 3.0  # a refused connection waits this long for an owner to take it, then is closed
+RELAY_HOST = "127.0.0.1"
+RELAY_CONNECT_TIMEOUT = 1.0
+RELAY_HEADER_TIMEOUT = 5.0  # an intake connection must send its header within this
+# A send of file descriptors refused for the descriptors, not the link (an LSM, a limit): the link stays.
+_FDS_REFUSED = frozenset({errno.EPERM, errno.EACCES, errno.ETOOMANYREFS, errno.EMFILE, errno.ENFILE})
 
 
 class _Link:
@@ -69,6 +87,7 @@ class _Link:
         self.dialed = peer is not None
         self.heard = False
         self.closed = False
+        self.fds_refused = False
         sock.setblocking(False)
         coordinator.loop.add_reader(sock.fileno(), self._readable)
 
@@ -88,6 +107,11 @@ class _Link:
             self.coordinator._link_closed(self, "send buffer full")
             return False
         except OSError as exc:
+            if fds and exc.errno in _FDS_REFUSED:
+                if not self.fds_refused:  # said once per link: it may well refuse every one
+                    self.fds_refused = True
+                    self.coordinator.log.warning("ha_fd_send_refused", peer=self.peer, error=str(exc))
+                return False
             self.coordinator._link_closed(self, str(exc))
             return False
 
@@ -147,7 +171,10 @@ class HaCoordinator:
         tick_interval: float = 0.05,
         dial_deadline: float = 1.0,
         on_change: Optional[Callable[[], None]] = None,
+        scaleout_mode: str = "auto",
     ) -> None:
+        if scaleout_mode not in ha.SCALEOUT_MODES:
+            raise ValueError(f"scaleout_mode must be one of {', '.join(ha.SCALEOUT_MODES)}, not {scaleout_mode!r}")
         self.dataplane = dataplane
         self.name = se_name
         self.ha_dir = Path(ha_dir)
@@ -164,6 +191,17 @@ class HaCoordinator:
         self.refused = 0  # connections accepted while not confirmed as owner
         self.handed_off = 0  # of those, passed to the owner
         self.taken = 0  # connections a peer passed to us
+        self.scaleout_mode = scaleout_mode
+        self.relay_address: Optional[tuple[str, int]] = None  # our relay intake, once listening
+        self._peer_relay: dict[str, tuple[str, int]] = {}  # peer -> its relay intake
+        self._passed: dict[str, dict[str, int]] = {}  # shared pair, primary: vs -> SE -> connections passed as fds
+        self._relayed: dict[str, dict[str, int]] = {}  # shared pair, primary: vs -> SE -> connections relayed
+        self._received: dict[str, dict[str, int]] = {}  # shared pair, secondary: vs -> "fd_passing"/"relay" -> count
+        self._relays: set[_Relay] = set()
+        self._relay_failing: set[str] = set()  # peers whose intake refused us last time (logged once)
+        self._relay_tasks: set[asyncio.Task[None]] = set()
+        self._intake: Optional[asyncio.AbstractServer] = None
+        self._intake_task: Optional[asyncio.Task[None]] = None
         self.errors: dict[str, str] = {}
         self._vs: dict[str, VirtualServiceConfig] = {}  # managed VSs of the applied slice
         self._claims: dict[str, Claim] = {}
@@ -219,14 +257,51 @@ class HaCoordinator:
             self._server = server
             self.loop.add_reader(server.fileno(), self._accept)
             self.log.info("ha_listening", path=str(self.path))
+        self._start_intake()
         self._last_tick = time.monotonic()
         self._ticker = self.loop.create_task(self._tick_forever())
+
+    def _start_intake(self) -> None:
+        """Listen for relayed connections on an ephemeral loopback port (its address is known at once)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((RELAY_HOST, 0))
+            sock.listen(128)
+            sock.setblocking(False)
+            address = sock.getsockname()
+        except OSError as exc:
+            sock.close()
+            self.log.error("ha_relay_intake_unavailable", error=str(exc))
+            return
+        self.relay_address = (address[0], address[1])
+
+        async def serve() -> None:
+            try:
+                self._intake = await self.loop.create_server(lambda: _Intake(self), sock=sock, backlog=128)
+            except OSError as exc:
+                sock.close()
+                self.relay_address = None
+                self.log.error("ha_relay_intake_unavailable", error=str(exc))
+
+        self._intake_task = self.loop.create_task(serve())
 
     async def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
             self._ticker = None
+        if self._intake_task is not None:
+            await asyncio.gather(self._intake_task, return_exceptions=True)
+            self._intake_task = None
+        if self._intake is not None:
+            self._intake.close()
+            self._intake = None
+        self.relay_address = None
+        for task in list(self._relay_tasks):
+            task.cancel()
+        await asyncio.gather(*self._relay_tasks, return_exceptions=True)
+        for relay in list(self._relays):
+            relay.close(abort=True)
         for link in [*self._anonymous, *(lk for links in self._links.values() for lk in links)]:
             link.close()
         self._anonymous.clear()
@@ -263,6 +338,9 @@ class HaCoordinator:
             self.takeovers.pop(uuid, None)
             self.errors.pop(uuid, None)
             self._shared.pop(uuid, None)
+            self._passed.pop(uuid, None)
+            self._relayed.pop(uuid, None)
+            self._received.pop(uuid, None)
         self._vs = wanted
         changed = []
         for uuid, vs in wanted.items():
@@ -278,7 +356,12 @@ class HaCoordinator:
         self._reconcile()
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """``{vs_uuid: {role, epoch, owner, accepting, holding, took_over_from?, at?, reason?, error?}}``."""
+        """``{vs_uuid: {role, epoch, owner, accepting, holding, took_over_from?, at?, reason?, error?}}``.
+
+        A shared pair adds ``distribution`` (``fd_passing``, ``relay`` or ``fd_passing+relay``: how
+        connections moved so far, else how they would), and on the primary ``given`` (new connections
+        per SE, itself included) and ``relayed`` (per secondary), on a secondary ``received`` (by way).
+        """
         out: dict[str, dict[str, Any]] = {}
         for uuid, claim in self._claims.items():
             listeners = self.dataplane.listeners_of(uuid)
@@ -295,9 +378,15 @@ class HaCoordinator:
             if took is not None and took["epoch"] == claim.epoch and claim.owner == self.name:
                 entry.update(took_over_from=took["took_over_from"], at=took["at"], reason=took["reason"])
             if shared:
-                entry["distribution"] = "fd_passing"
                 if role == "active":
+                    passed, relayed = self._passed.get(uuid, {}), self._relayed.get(uuid, {})
+                    entry["distribution"] = ha.distribution(sum(passed.values()), sum(relayed.values()), self.scaleout_mode)
                     entry["given"] = dict(self._shared.get(uuid, {}))
+                    entry["relayed"] = dict(relayed)
+                else:
+                    received = self._received.get(uuid, {})
+                    entry["distribution"] = ha.distribution(received.get("fd_passing", 0), received.get("relay", 0), self.scaleout_mode)
+                    entry["received"] = dict(received)
             if uuid in self.errors:
                 entry["error"] = self.errors[uuid]
             out[uuid] = entry
@@ -341,13 +430,7 @@ class HaCoordinator:
 
     def _refused(self, listener: "Listener", sock: socket.socket, verdict: Any) -> None:
         if isinstance(verdict, str):
-            link = self._link(verdict)
-            message = {"t": "conn", "vs": listener.vs.config.uuid, "vip": listener.address[0], "port": listener.address[1]}
-            if link is not None and link.send(message, [sock.fileno()]):
-                self._passed_since_beat[verdict] = self._passed_since_beat.get(verdict, 0) + 1
-                sock.close()
-            else:
-                self._serve(listener, sock)  # the secondary went away meanwhile
+            self._give(listener, sock, verdict)
             return
         self.refused += 1
         if len(self._pending) >= MAX_PENDING:
@@ -355,6 +438,92 @@ class HaCoordinator:
             return
         self._pending.append((listener.vs.config.uuid, listener.address, sock, time.monotonic()))
         self.loop.call_soon(self._reconcile)
+
+    def _give(self, listener: "Listener", sock: socket.socket, peer: str) -> None:
+        """Shared pair: pass a new connection to secondary ``peer`` (its socket, else relayed), else serve it here."""
+        uuid = listener.vs.config.uuid
+        if self.scaleout_mode != "relay":
+            link = self._link(peer)
+            message = {"t": "conn", "vs": uuid, "vip": listener.address[0], "port": listener.address[1]}
+            if link is not None and link.send(message, [sock.fileno()]):
+                self._passed_since_beat[peer] = self._passed_since_beat.get(peer, 0) + 1
+                passed = self._passed.setdefault(uuid, {})
+                passed[peer] = passed.get(peer, 0) + 1
+                sock.close()
+                return
+        # A failed send may have ended the link: a peer found gone meanwhile has no relay address.
+        relay_to = self._peer_relay.get(peer)
+        if relay_to is None:
+            self._serve(listener, sock)  # the secondary went away meanwhile
+            return
+        self._passed_since_beat[peer] = self._passed_since_beat.get(peer, 0) + 1
+        task = self.loop.create_task(self._relay(listener, sock, peer, relay_to))
+        self._relay_tasks.add(task)
+        task.add_done_callback(self._relay_tasks.discard)
+
+    async def _relay(self, listener: "Listener", sock: socket.socket, peer: str, address: tuple[str, int]) -> None:
+        """Relay one client connection to ``peer``'s intake; serve it here when the relay cannot be opened."""
+        uuid = listener.vs.config.uuid
+        try:
+            client = sock.getpeername()
+        except OSError:
+            sock.close()  # the client is gone already
+            return
+        relay = _Relay(self)
+        try:
+            async with asyncio.timeout(RELAY_CONNECT_TIMEOUT):
+                await self.loop.create_connection(lambda: relay.server, address[0], address[1])
+        except (OSError, TimeoutError) as exc:
+            if peer not in self._relay_failing:
+                self._relay_failing.add(peer)
+                self.log.warning("ha_relay_failed", peer=peer, vs_uuid=uuid, relay=f"{address[0]}:{address[1]}",
+                                 error=str(exc) or type(exc).__name__, serving_here=True)
+            self._serve(listener, sock)
+            return
+        except BaseException:
+            sock.close()
+            raise
+        relay.server.transport.write(ha.relay_header(uuid, (client[0], client[1])))
+        if relay.closed:  # the intake hung up at once: nothing of the client's was read yet
+            self._serve(listener, sock)
+            return
+        self._relays.add(relay)
+        sock.setblocking(False)
+        try:
+            await self.loop.connect_accepted_socket(lambda: relay.client, sock=sock)
+        except OSError:
+            sock.close()
+            relay.close(abort=True)
+            return
+        except BaseException:
+            relay.close(abort=True)
+            raise
+        self._relay_failing.discard(peer)
+        relayed = self._relayed.setdefault(uuid, {})
+        relayed[peer] = relayed.get(peer, 0) + 1
+        relay.joined()
+
+    def _take_relayed(self, transport: Any, header: Optional[tuple[str, tuple[str, int]]], rest: bytes) -> None:
+        """An intake connection sent its header: serve the rest of its stream as a connection of the VS."""
+        if header is None:
+            self.log.warning("ha_relay_refused", reason="bad header")
+            transport.close()
+            return
+        uuid, client = header
+        claim = self._claims.get(uuid)
+        listeners = [lst for lst in self.dataplane.listeners_of(uuid) if not lst.draining]
+        if claim is None or claim.owner == self.name or self._mode(uuid) != ha.SHARED_PAIR or not listeners:
+            self.log.warning("ha_relay_refused", vs_uuid=uuid, reason="not a secondary of this VS")
+            transport.close()
+            return
+        # Any listener of the VS serves it alike (they share its VsRuntime); the first one counts it.
+        proto = listeners[0].serve_protocol()
+        received = self._received.setdefault(uuid, {})
+        received["relay"] = received.get("relay", 0) + 1
+        transport.set_protocol(proto)
+        proto.connection_made(_RelayedTransport(transport, client))
+        if rest:
+            proto.data_received(rest)
 
     # -- clock, peers, claims ------------------------------------------------------------------
 
@@ -437,6 +606,7 @@ class HaCoordinator:
         self._dialing.pop(peer, None)
         self._peer_open.pop(peer, None)
         self._passed_since_beat.pop(peer, None)
+        self._peer_relay.pop(peer, None)
         members = {u: vs.placement.ses for u, vs in self._vs.items() if vs.placement is not None}
         taken = ha.after_peer_lost(self._claims, members, self.name, peer)
         self.log.warning("ha_peer_lost", peer=peer, reason=reason, taking_over=sorted(taken))
@@ -494,10 +664,13 @@ class HaCoordinator:
     def _claims_message(self, peer: str, kind: str, *, ask: bool = False, reply: bool = False) -> dict[str, Any]:
         shared = self._shared_with(peer)
         need = [list(lst.address) for u in shared for lst in self.dataplane.listeners_of(u) if lst.held is None]
-        return {
+        doc: dict[str, Any] = {
             "t": kind, "from": self.name, "ask": ask, "reply": reply, "need": need,
             "claims": {u: self._claims[u].to_wire() for u in shared},
         }
+        if self.relay_address is not None:
+            doc["relay"] = list(self.relay_address)
+        return doc
 
     def _announce(self, uuids: list[str]) -> None:
         """Tell the linked peers about changed claims (the lattice converges: they answer only on change)."""
@@ -548,6 +721,12 @@ class HaCoordinator:
         self._last_heard[peer] = time.monotonic()
         if kind in ("hello", "claims"):
             _close_all(fds)
+            if "relay" in doc:
+                relay = ha.relay_from_wire(doc["relay"])
+                if relay is not None:
+                    self._peer_relay[peer] = relay
+                else:
+                    self.log.warning("ha_bad_relay_address", peer=peer, relay=str(doc["relay"])[:100])
             self._merge_from(peer, doc.get("claims"))
             if doc.get("ask"):
                 link.send(self._claims_message(peer, "claims", reply=True))
@@ -627,6 +806,8 @@ class HaCoordinator:
             _close_all(fds)
             return
         self.taken += 1
+        received = self._received.setdefault(listener.vs.config.uuid, {})
+        received["fd_passing"] = received.get("fd_passing", 0) + 1
         self._serve(listener, fds[0])
 
     def _serve(self, listener: "Listener", sock: socket.socket) -> None:
@@ -777,6 +958,183 @@ class HaCoordinator:
             else:
                 keep.append((uuid, address, sock, since))
         self._pending = keep
+
+
+class _RelayEnd(asyncio.Protocol):
+    """One side of a relayed connection on the primary: the client's, or the one to the secondary."""
+
+    __slots__ = ("relay", "transport", "other", "eof", "early")
+
+    def __init__(self, relay: "_Relay") -> None:
+        self.relay = relay
+        self.transport: Any = None
+        self.other: Optional[_RelayEnd] = None
+        self.eof = False
+        self.early: Optional[list[bytes]] = None  # read before the other side was connected
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        other = self.other
+        if other is None or other.transport is None:
+            if self.early is None:
+                self.early = [data]
+            else:
+                self.early.append(data)
+            self.transport.pause_reading()
+            return
+        other.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        other = self.other
+        if other is not None and other.transport is not None:
+            self.relay.passed_eof(self)
+        return True  # keep writing the other way until it ends too
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.relay.close(abort=exc is not None)
+
+    # Back-pressure: a side that cannot write as fast as the other reads stops the other's reads.
+    def pause_writing(self) -> None:
+        other = self.other
+        if other is not None and other.transport is not None:
+            other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self.other
+        if other is not None and other.transport is not None:
+            other.transport.resume_reading()
+
+
+class _Relay:
+    """A client connection the primary relays to a secondary's intake, byte for byte, both ways."""
+
+    __slots__ = ("coordinator", "client", "server", "closed")
+
+    def __init__(self, coordinator: HaCoordinator) -> None:
+        self.coordinator = coordinator
+        self.client = _RelayEnd(self)
+        self.server = _RelayEnd(self)
+        self.client.other = self.server
+        self.server.other = self.client
+        self.closed = False
+
+    def joined(self) -> None:
+        """Both sides are connected: pass on what one side read or ended before the other was."""
+        if self.closed:
+            for end in (self.client, self.server):
+                if end.transport is not None:
+                    end.transport.abort()
+            return
+        for end in (self.server, self.client):
+            early, end.early = end.early, None
+            if early is not None:
+                end.transport.resume_reading()  # first: the write may pause it again
+                end.other.transport.writelines(early)  # type: ignore[union-attr]
+        for end in (self.server, self.client):
+            if end.eof and not self.closed:
+                self.passed_eof(end)
+
+    def passed_eof(self, end: _RelayEnd) -> None:
+        other = end.other
+        assert other is not None
+        if end.eof and other.eof:
+            self.close(abort=False)
+            return
+        try:
+            other.transport.write_eof()
+        except (OSError, RuntimeError):
+            self.close(abort=True)
+
+    def close(self, abort: bool) -> None:
+        """End both sides (``abort``: at once, else after what is buffered was written)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.coordinator._relays.discard(self)
+        for end in (self.client, self.server):
+            transport = end.transport
+            if transport is not None and not transport.is_closing():
+                if abort:
+                    transport.abort()
+                else:
+                    transport.close()
+
+
+class _Intake(asyncio.Protocol):
+    """A connection to this SE's relay intake, until its header line is read."""
+
+    __slots__ = ("coordinator", "transport", "buffer", "timer")
+
+    def __init__(self, coordinator: HaCoordinator) -> None:
+        self.coordinator = coordinator
+        self.transport: Any = None
+        self.buffer = b""
+        self.timer: Optional[asyncio.TimerHandle] = None
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.timer = self.coordinator.loop.call_later(RELAY_HEADER_TIMEOUT, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        end = buffer.find(b"\n", 0, ha.RELAY_HEADER_MAX)
+        if end < 0:
+            if len(buffer) >= ha.RELAY_HEADER_MAX:
+                self._stop()
+                self.coordinator.log.warning("ha_relay_refused", reason="header too long")
+                self.transport.close()
+            else:
+                self.buffer = buffer
+            return
+        self._stop()
+        self.buffer = b""
+        self.coordinator._take_relayed(self.transport, ha.parse_relay_header(buffer[:end]), buffer[end + 1:])
+
+    def eof_received(self) -> bool:
+        return False  # no header: close
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+_DELEGATED = (
+    "write", "writelines", "write_eof", "can_write_eof", "pause_reading", "resume_reading", "is_reading", "is_closing",
+    "close", "abort", "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits", "get_protocol",
+    "set_protocol",
+)
+
+
+class _RelayedTransport:
+    """A relayed connection's transport as the proxy sees it: its peer is the client the primary accepted.
+
+    Only relayed connections get one; the proxies read ``peername`` once, in ``connection_made``.
+    """
+
+    __slots__ = ("_transport", "_peername", *_DELEGATED)
+
+    def __init__(self, transport: Any, peername: tuple[str, int]) -> None:
+        self._transport = transport
+        self._peername = peername
+        for name in _DELEGATED:
+            method = getattr(transport, name, None)
+            if method is not None:
+                setattr(self, name, method)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._peername
+        return self._transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _close_all(socks: list[socket.socket]) -> None:

@@ -19,6 +19,7 @@ def run_service_engine(
     report_interval: float = 5.0,
     metrics_listen: Optional[tuple[str, int]] = None,
     ha_dir: Optional[str | Path] = None,
+    scaleout_mode: str = "auto",
 ) -> None:
     from engine.agent import ServiceEngineAgent
 
@@ -28,7 +29,7 @@ def run_service_engine(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         agent = ServiceEngineAgent(name, controllers, token, state_dir, report_interval=report_interval, metrics_listen=metrics_listen,
-                                   ha_dir=ha_dir)
+                                   ha_dir=ha_dir, scaleout_mode=scaleout_mode)
         await agent.run(stop)
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -1,6 +1,6 @@
 """One Service Engine for the HA tests: a DataPlane with its HA coordinator, no controller.
 
-Usage: ``python -m tests.engine._ha_proc NAME SLICE_FILE HA_DIR STATUS_FILE BACKEND_PORT``
+Usage: ``python -m tests.engine._ha_proc NAME SLICE_FILE HA_DIR STATUS_FILE BACKEND_PORT [SCALEOUT_MODE]``
 
 It serves the slice in SLICE_FILE (re-applied whenever the file changes), runs a tiny HTTP backend
 on 127.0.0.1:BACKEND_PORT that answers ``se=NAME`` (so a test sees which SE proxied a request),
@@ -72,14 +72,14 @@ def _write_status(path: str, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-async def main(name: str, slice_file: str, ha_dir: str, status_file: str, backend_port: int) -> None:
+async def main(name: str, slice_file: str, ha_dir: str, status_file: str, backend_port: int, scaleout_mode: str = "auto") -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     _Backend.name = name.encode()
     backend = await loop.create_server(_Backend, "127.0.0.1", backend_port, reuse_address=True)
-    plane = DataPlane(health_factory=_AllUp, se_name=name, ha_dir=ha_dir)
+    plane = DataPlane(health_factory=_AllUp, se_name=name, ha_dir=ha_dir, scaleout_mode=scaleout_mode)
     seen: tuple[int, int] = (0, 0)
     last_status = ""
     while not stop.is_set():
@@ -113,4 +113,4 @@ async def main(name: str, slice_file: str, ha_dir: str, status_file: str, backen
 
 
 if __name__ == "__main__":
-    uvloop.run(main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])))
+    uvloop.run(main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), *sys.argv[6:7]))

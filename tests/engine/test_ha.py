@@ -216,6 +216,7 @@ class SE:
 
     def __init__(self, name: str, workdir: Path, ha_dir: str) -> None:
         self.name = name
+        self.scaleout_mode = "auto"
         self.workdir = workdir
         self.ha_dir = ha_dir
         self.backend_port = _free_port("127.0.0.1")
@@ -250,7 +251,8 @@ class SE:
         self.status_file.unlink(missing_ok=True)
         out = open(self.workdir / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.engine._ha_proc", self.name, str(self.slice_file), self.ha_dir, str(self.status_file), str(self.backend_port)],
+            [sys.executable, "-m", "tests.engine._ha_proc", self.name, str(self.slice_file), self.ha_dir, str(self.status_file), str(self.backend_port),
+             self.scaleout_mode],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
         )
         out.close()
@@ -490,6 +492,8 @@ def test_shared_pair_passes_connections_to_the_secondary(pair: tuple[SE, SE, str
     print(f"shared pair: {bodies.count('se=se-a')} served by se-a, {bodies.count('se=se-b')} by se-b")
     assert 40 == bodies.count("se=se-a") + bodies.count("se=se-b")
     assert bodies.count("se=se-b") >= 10 and bodies.count("se=se-a") >= 10
+    status = a.vs()
+    assert ("fd_passing", {}) == (status["distribution"], status["relayed"])
     b.signal(signal.SIGKILL)
     assert b.proc is not None
     b.proc.wait(5)
