@@ -40,6 +40,7 @@ __all__ = [
     "pick_target",
     "relay_from_wire",
     "relay_header",
+    "relay_token_from_wire",
     "role_of",
     "suspect_gap",
     "takeover",
@@ -95,18 +96,25 @@ def relay_from_wire(value: Any) -> Optional[tuple[str, int]]:
     return host, port
 
 
-def relay_header(vs_uuid: str, client: tuple[str, int]) -> bytes:
-    """The line a primary writes first on a relayed connection."""
-    return f"AVI-RELAY {vs_uuid} {client[0]} {client[1]}\n".encode()
+def relay_header(vs_uuid: str, client: tuple[str, int], token: str) -> bytes:
+    """The line a primary writes first on a relayed connection; ``token`` is the secondary's intake token."""
+    return f"AVI-RELAY {vs_uuid} {client[0]} {client[1]} {token}\n".encode()
 
 
-def parse_relay_header(line: bytes) -> Optional[tuple[str, tuple[str, int]]]:
-    """``(vs_uuid, (client_ip, client_port))`` from a relay header line (without its newline), or None."""
+def relay_token_from_wire(value: Any) -> Optional[str]:
+    """A peer's relay intake token as it arrives over the HA link (hex, 32 to 128 characters), or None."""
+    if isinstance(value, str) and 32 <= len(value) <= 128 and all(c in "0123456789abcdef" for c in value):
+        return value
+    return None
+
+
+def parse_relay_header(line: bytes) -> Optional[tuple[str, tuple[str, int], str]]:
+    """``(vs_uuid, (client_ip, client_port), token)`` from a relay header line (without its newline), or None."""
     try:
         parts = line.decode("ascii").split(" ")
     except UnicodeDecodeError:
         return None
-    if len(parts) != 4 or parts[0] != "AVI-RELAY" or not parts[1] or not parts[3].isdigit():
+    if len(parts) != 5 or parts[0] != "AVI-RELAY" or not parts[1] or not parts[3].isdigit() or not parts[4]:
         return None
     port = int(parts[3])
     if port > 65535:
@@ -115,7 +123,7 @@ def parse_relay_header(line: bytes) -> Optional[tuple[str, tuple[str, int]]]:
         ip = str(ipaddress.ip_address(parts[2]))
     except ValueError:
         return None
-    return parts[1], (ip, port)
+    return parts[1], (ip, port), parts[4]
 
 
 def distribution(passed: int, relayed: int, scaleout_mode: str) -> str:

@@ -32,7 +32,7 @@ by the open-connection counts they send on their heartbeats; they serve them wit
 Where passing the socket is impossible (``scaleout_mode="relay"``, or the send of the fd failed),
 the primary relays instead: it connects to the secondary's *relay intake* (a TCP listener on
 127.0.0.1 that every SE runs and advertises in its hello/claims), writes one line
-``AVI-RELAY <vs_uuid> <client_ip> <client_port>\n`` and then copies bytes both ways between the
+``AVI-RELAY <vs_uuid> <client_ip> <client_port> <token>\n`` (the secondary's intake token, learnt over the HA link) and then copies bytes both ways between the
 client and that connection (``_Relay``). The secondary's intake reads the line and hands the rest of
 the stream to a normal connection of the VS (``_Intake``), whose peer address is the client's (so
 ``X-Forwarded-For`` names the client, not the primary). A relay that cannot be opened leaves the
@@ -44,8 +44,10 @@ connections when the primary stops.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import errno
 import json
+import secrets
 import os
 import socket
 import time
@@ -194,6 +196,9 @@ class HaCoordinator:
         self.scaleout_mode = scaleout_mode
         self.relay_address: Optional[tuple[str, int]] = None  # our relay intake, once listening
         self._peer_relay: dict[str, tuple[str, int]] = {}  # peer -> its relay intake
+        self._peer_relay_token: dict[str, str] = {}  # peer -> the token its intake wants
+        # Told to peers only over the HA link (a 0700 directory): the intake serves nobody else.
+        self.relay_token = secrets.token_hex(16)
         self._passed: dict[str, dict[str, int]] = {}  # shared pair, primary: vs -> SE -> connections passed as fds
         self._relayed: dict[str, dict[str, int]] = {}  # shared pair, primary: vs -> SE -> connections relayed
         self._received: dict[str, dict[str, int]] = {}  # shared pair, secondary: vs -> "fd_passing"/"relay" -> count
@@ -453,7 +458,7 @@ class HaCoordinator:
                 return
         # A failed send may have ended the link: a peer found gone meanwhile has no relay address.
         relay_to = self._peer_relay.get(peer)
-        if relay_to is None:
+        if relay_to is None or peer not in self._peer_relay_token:
             self._serve(listener, sock)  # the secondary went away meanwhile
             return
         self._passed_since_beat[peer] = self._passed_since_beat.get(peer, 0) + 1
@@ -483,7 +488,7 @@ class HaCoordinator:
         except BaseException:
             sock.close()
             raise
-        relay.server.transport.write(ha.relay_header(uuid, (client[0], client[1])))
+        relay.server.transport.write(ha.relay_header(uuid, (client[0], client[1]), self._peer_relay_token.get(peer, "")))
         if relay.closed:  # the intake hung up at once: nothing of the client's was read yet
             self._serve(listener, sock)
             return
@@ -503,13 +508,17 @@ class HaCoordinator:
         relayed[peer] = relayed.get(peer, 0) + 1
         relay.joined()
 
-    def _take_relayed(self, transport: Any, header: Optional[tuple[str, tuple[str, int]]], rest: bytes) -> None:
+    def _take_relayed(self, transport: Any, header: Optional[tuple[str, tuple[str, int], str]], rest: bytes) -> None:
         """An intake connection sent its header: serve the rest of its stream as a connection of the VS."""
         if header is None:
             self.log.warning("ha_relay_refused", reason="bad header")
             transport.close()
             return
-        uuid, client = header
+        uuid, client, token = header
+        if not hmac.compare_digest(token.encode(), self.relay_token.encode()):
+            self.log.warning("ha_relay_refused", reason="wrong token")
+            transport.close()
+            return
         claim = self._claims.get(uuid)
         listeners = [lst for lst in self.dataplane.listeners_of(uuid) if not lst.draining]
         if claim is None or claim.owner == self.name or self._mode(uuid) != ha.SHARED_PAIR or not listeners:
@@ -607,6 +616,7 @@ class HaCoordinator:
         self._peer_open.pop(peer, None)
         self._passed_since_beat.pop(peer, None)
         self._peer_relay.pop(peer, None)
+        self._peer_relay_token.pop(peer, None)
         members = {u: vs.placement.ses for u, vs in self._vs.items() if vs.placement is not None}
         taken = ha.after_peer_lost(self._claims, members, self.name, peer)
         self.log.warning("ha_peer_lost", peer=peer, reason=reason, taking_over=sorted(taken))
@@ -670,6 +680,7 @@ class HaCoordinator:
         }
         if self.relay_address is not None:
             doc["relay"] = list(self.relay_address)
+            doc["relay_token"] = self.relay_token
         return doc
 
     def _announce(self, uuids: list[str]) -> None:
@@ -723,8 +734,10 @@ class HaCoordinator:
             _close_all(fds)
             if "relay" in doc:
                 relay = ha.relay_from_wire(doc["relay"])
-                if relay is not None:
+                token = ha.relay_token_from_wire(doc.get("relay_token"))
+                if relay is not None and token is not None:
                     self._peer_relay[peer] = relay
+                    self._peer_relay_token[peer] = token
                 else:
                     self.log.warning("ha_bad_relay_address", peer=peer, relay=str(doc["relay"])[:100])
             self._merge_from(peer, doc.get("claims"))

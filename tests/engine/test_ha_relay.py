@@ -54,14 +54,18 @@ def test_relay_address_from_wire(raw: Any, expected: Optional[tuple[str, int]]) 
 
 def test_relay_header_round_trip() -> None:
     """The header the primary writes is what the intake reads (without its newline)."""
-    line = ha.relay_header("vs-1", ("127.0.0.77", 5123))
-    assert (b"AVI-RELAY vs-1 127.0.0.77 5123\n", ("vs-1", ("127.0.0.77", 5123))) == (line, ha.parse_relay_header(line[:-1]))
+    line = ha.relay_header("vs-1", ("127.0.0.77", 5123), "ab" * 16)
+    expected = (b"AVI-RELAY vs-1 127.0.0.77 5123 " + b"ab" * 16 + b"\n", ("vs-1", ("127.0.0.77", 5123), "ab" * 16))
+    assert expected == (line, ha.parse_relay_header(line[:-1]))
+    assert ha.relay_token_from_wire("ab" * 16) == "ab" * 16
+    assert ha.relay_token_from_wire("short") is None and ha.relay_token_from_wire(None) is None
 
 
 @pytest.mark.parametrize(
     "line",
-    [b"AVI-RELAY vs-1 127.0.0.77", b"AVI-RELAY vs-1 127.0.0.77 70000", b"AVI-RELAY vs-1 nothost 5", b"RELAY vs-1 127.0.0.1 5",
-     b"AVI-RELAY  127.0.0.1 5", b"AVI-RELAY vs-1 127.0.0.1 -5", b"AVI-RELAY vs-1 127.0.0.1 5 x", b"AVI-RELAY \xff 127.0.0.1 5"],
+    [b"AVI-RELAY vs-1 127.0.0.77 t", b"AVI-RELAY vs-1 127.0.0.77 70000 t", b"AVI-RELAY vs-1 nothost 5 t", b"RELAY vs-1 127.0.0.1 5 t",
+     b"AVI-RELAY  127.0.0.1 5 t", b"AVI-RELAY vs-1 127.0.0.1 -5 t", b"AVI-RELAY vs-1 127.0.0.1 5 t x", b"AVI-RELAY \xff 127.0.0.1 5 t",
+     b"AVI-RELAY vs-1 127.0.0.1 5"],
 )
 def test_bad_relay_headers_are_refused(line: bytes) -> None:
     assert None is ha.parse_relay_header(line)
@@ -324,21 +328,22 @@ def test_unreachable_intake_leaves_the_connection_to_the_primary() -> None:
 @pytest.mark.parametrize(
     ("who", "data"),
     [
-        ("se-b", b"AVI-RELAY vs-other 127.0.0.1 5000\nGET / HTTP/1.1\r\n\r\n"),  # a VS it does not serve
-        ("se-a", b"AVI-RELAY vs-web 127.0.0.1 5000\nGET / HTTP/1.1\r\n\r\n"),  # the VS's primary
-        ("se-b", b"AVI-RELAY vs-web 127.0.0.1\nGET / HTTP/1.1\r\n\r\n"),  # a malformed header
+        ("se-b", b"AVI-RELAY vs-other 127.0.0.1 5000 TOKEN\nGET / HTTP/1.1\r\n\r\n"),  # a VS it does not serve
+        ("se-a", b"AVI-RELAY vs-web 127.0.0.1 5000 TOKEN\nGET / HTTP/1.1\r\n\r\n"),  # the VS's primary
+        ("se-b", b"AVI-RELAY vs-web 127.0.0.1 TOKEN\nGET / HTTP/1.1\r\n\r\n"),  # a malformed header
+        ("se-b", b"AVI-RELAY vs-web 127.0.0.1 5000 " + b"0" * 32 + b"\nGET / HTTP/1.1\r\n\r\n"),  # a stranger's token
         ("se-b", b"A" * 600),  # no end of header within 512 bytes
     ],
-    ids=["unknown-vs", "primary", "malformed", "too-long"],
+    ids=["unknown-vs", "primary", "malformed", "wrong-token", "too-long"],
 )
 def test_intake_closes_what_it_must_not_serve(who: str, data: bytes) -> None:
-    """The intake closes a connection for a VS it is not a secondary of, a bad header, or one longer than 512 bytes."""
+    """The intake closes a connection for a VS it is not a secondary of, a bad header, a wrong token, or one longer than 512 bytes."""
 
     async def scenario(env: _Pair) -> None:
         a, b = await env.start_pair("relay")
         plane = {"se-a": a, "se-b": b}[who]
         reader, writer = await asyncio.open_connection(*plane.ha.relay_address)
-        writer.write(data)
+        writer.write(data.replace(b"TOKEN", plane.ha.relay_token.encode()))
         assert b"" == await asyncio.wait_for(reader.read(), 3)
         writer.close()
         assert [] == [conn for lst in plane.listeners_of("vs-web") for conn in lst.connections]
