@@ -69,6 +69,8 @@ import pysyncobj.version
 from pysyncobj.journal import FileJournal, Journal, MetaStorer
 from pysyncobj.pickle import dumps as _pysyncobj_dumps
 
+from cluster import failpoints
+
 __all__ = [
     "VERIFIED_VERSION",
     "DurableFileJournal",
@@ -127,6 +129,7 @@ class _DurableMetaStorer(MetaStorer):
         path = self.getPath()
         with open(path + ".tmp", "wb") as f:
             f.write(_pysyncobj_dumps(meta))
+        failpoints.hit("raft.meta.before_rename")
         _durable_replace(path + ".tmp", path)
 
 
@@ -159,14 +162,17 @@ class DurableFileJournal(FileJournal):
 
     def add(self, command: bytes, idx: int, term: int) -> None:
         super().add(command, idx, term)
+        failpoints.hit("raft.journal.after_add")
         self._dirty = True
 
     def clear(self) -> None:
         super().clear()
+        failpoints.journal_rewritten(self)
         self._dirty = True
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         super().deleteEntriesFrom(entryFrom)
+        failpoints.journal_rewritten(self)
         self._dirty = True
 
     def deleteEntriesTo(self, entryTo: int) -> None:
@@ -180,7 +186,10 @@ class DurableFileJournal(FileJournal):
         # and msyncs the whole mapping; os.fdatasync releases the GIL.
         start = time.perf_counter()
         mapped = self._FileJournal__journalFile
+        failpoints.hit("raft.journal.before_sync")
         os.fdatasync(mapped._ResizableFile__f.fileno())
+        failpoints.journal_synced(self)
+        failpoints.hit("raft.journal.after_sync")
         self.flush_seconds += time.perf_counter() - start
         self.flush_count += 1
         self._dirty = False
@@ -207,6 +216,7 @@ def _create_journal(journalFile: str | None = None) -> Journal:
 
 def _atomic_replace(src: str, dst: str) -> Any:
     if _durable:
+        failpoints.hit("raft.dump.before_rename")
         _durable_replace(src, dst)
         return True
     assert _originals is not None

@@ -24,6 +24,7 @@ import aiohttp
 import attrs
 import structlog
 
+from cluster import failpoints
 from cluster.config import NodeConfig
 from cluster.decide import CommandError, Decision, builtin_events
 from cluster.raft import RaftError, RaftLog, RaftTuning
@@ -232,6 +233,7 @@ class Controller:
             # A failed fsync means the page cache can no longer be trusted: stop rather than ack.
             self.log.critical("event_store_sync_failed", error=str(sync.exception()))
             os._exit(70)
+        failpoints.hit("store.after_sync")
         self._applied_raft_index = raft_index
         for key, outcome in outcomes:
             for future in self._pending.pop(key, ()):

@@ -125,6 +125,7 @@ def decode(data: bytes) -> Any:
         raise DecodeError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
         envelope = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    # TypeError: a map key msgpack cannot hash (a map or an array as a key, e.g. b'\x81\x80\x00').
+    except (TypeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise DecodeError(f"not msgpack: {exc}") from None
     return decode_value(envelope)

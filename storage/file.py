@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 import structlog
 
+from cluster import failpoints
 from storage.log import (
     HEADER,
     MAX_RECORD_BYTES,
@@ -93,6 +94,7 @@ class FileLog:
                 self._active = open(self._path(self._segments[-1]), "ab", buffering=_WRITE_BUFFER)
                 # What a crashed process left in the page cache is durable before it is reported.
                 _fdatasync(self._active.fileno())
+                failpoints.synced(self._active.fileno())
                 _fsync_directory(self._dir)
         except BaseException:
             self._lock.close()
@@ -133,6 +135,7 @@ class FileLog:
         except BaseException as exc:
             self._failed = exc
             raise
+        failpoints.hit("store.after_append")
 
     def sync(self) -> None:
         self._check_writable()
@@ -140,6 +143,7 @@ class FileLog:
             if self._active is not None:
                 self._active.flush()
                 _fdatasync(self._active.fileno())
+                failpoints.synced(self._active.fileno())
             # The new segment's directory entry is made durable after its data.
             if self._dir_dirty:
                 _fsync_directory(self._dir)
@@ -161,13 +165,16 @@ class FileLog:
         if self._active is not None:
             self._active.flush()
             fd = os.dup(self._active.fileno())
+            failpoints.sync_started(fd)
         dir_dirty, self._dir_dirty = self._dir_dirty, False
         directory = self._dir
 
         def make_durable() -> None:
             try:
                 if fd >= 0:
+                    failpoints.hit("store.before_sync")
                     _fdatasync(fd)
+                    failpoints.synced(fd)
                 if dir_dirty:
                     _fsync_directory(directory)
             finally:
@@ -243,6 +250,7 @@ class FileLog:
             # The old segment is durable before its successor exists (only the last can be torn).
             self._active.flush()
             _fdatasync(self._active.fileno())
+            failpoints.synced(self._active.fileno())
             self._active.close()
             self._active = None
         self._active = open(self._path(first_revision), "xb", buffering=_WRITE_BUFFER)

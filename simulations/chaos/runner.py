@@ -43,6 +43,7 @@ from simulations.chaos.checkers import CheckResult, Violation
 from simulations.chaos.history import write_outcomes, write_samples
 from simulations.chaos.nemesis import SE_TARGETS, Nemesis, SePair
 from simulations.chaos.scenarios import Criteria, Scenario, get
+from simulations.chaos.storage_faults import TRACE_CLUSTER_ENV, StorageNemesis, check_restarts
 from simulations.chaos.workloads import DataPlaneWorkload, RegisterWorkload, WriteWorkload, no_retry_session
 from simulations.local_cluster import LocalCluster, die_with_parent, free_port, wait_until
 
@@ -366,7 +367,8 @@ def run_scenario(name: str, *, duration: float, seed: int, progress: Optional[Ca
     scenario = get(name)
     schedule = scenario.faults(seed, duration)
     tmp = tempfile.TemporaryDirectory(prefix="avictl-chaos-", dir=base_dir)
-    cluster = LocalCluster(tmp.name, nodes=3, local_cloud=scenario.data_plane)
+    cluster = LocalCluster(tmp.name, nodes=3, local_cloud=scenario.data_plane,
+                           env=dict(TRACE_CLUSTER_ENV) if scenario.storage else None)
     dp: Optional[DataPlane] = None
     started_wall = time.time()
     try:
@@ -383,7 +385,7 @@ def run_scenario(name: str, *, duration: float, seed: int, progress: Optional[Ca
         else:
             writes = WriteWorkload(urls, cluster.token, prefix=WRITE_PREFIX, concurrency=4, rate=100.0)
             registers = RegisterWorkload(urls, cluster.token, prefix=REGISTER_PREFIX, keys=3, clients_per_key=2, seed=seed)
-        nemesis = Nemesis(cluster, schedule, catch_up_limit=20.0, pair=dp.pair if dp else None, settle_limit=30.0)
+        nemesis = (StorageNemesis if scenario.storage else Nemesis)(cluster, schedule, catch_up_limit=20.0, pair=dp.pair if dp else None, settle_limit=30.0)
         say(f"running {scenario.name} for {duration:g} s with seed {seed} ({len(schedule)} faults scheduled)")
         t0, stop_at = asyncio.run(_drive(cluster, scenario, seed, duration, nemesis, writes, registers, dp))
         say("healing and waiting for the nodes to converge")
@@ -405,6 +407,8 @@ def run_scenario(name: str, *, duration: float, seed: int, progress: Optional[Ca
         logs = collect_logs(cluster)
         checks.append(checkers.check_logs_identical(logs))
         checks.append(_check_log_shape(logs[cluster.ids[0]], {r.command_id for r in writes.writer.acked}))
+        if isinstance(nemesis, StorageNemesis):
+            checks.append(check_restarts(nemesis))  # reads the nodes' logs: before the cluster is closed
         history = registers.operations()
         lin = checkers.check_linearizable(history)
         checks.append(lin)
@@ -457,6 +461,8 @@ def run_scenario(name: str, *, duration: float, seed: int, progress: Optional[Ca
         if data_plane is not None:
             report["criteria"].update({k: v for k, v in attrs.asdict(crit).items() if k not in report["criteria"]})
             report["data_plane"] = data_plane
+        if isinstance(nemesis, StorageNemesis):
+            report["storage_evidence"] = nemesis.evidence
         return report
     finally:
         cluster.close()

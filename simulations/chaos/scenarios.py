@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import attrs
 
 from simulations.chaos.nemesis import FaultStep
+from simulations.chaos.storage_faults import scenarios as storage_scenarios
 
 __all__ = ["Criteria", "SCENARIOS", "Scenario", "get"]
 
@@ -54,6 +55,7 @@ class Scenario:
     schedule: Callable[[random.Random, float], list[FaultStep]]
     criteria: Criteria
     data_plane: bool = False  # local cloud, a backend, an active/standby VS and traffic through its VIP
+    storage: bool = False  # storage faults (simulations.chaos.storage_faults): nodes trace their syncs
 
     def faults(self, seed: int, duration: float) -> list[FaultStep]:
         return self.schedule(random.Random(seed), duration)
@@ -131,6 +133,7 @@ SCENARIOS: dict[str, Scenario] = {
                  Criteria(max_gap_worst=0.5, no_failed_requests=True, no_placement_change=True, quiet_after=15.0,
                           max_write_recovery_after_heal=5.0, min_faults=1),
                  data_plane=True),
+        *storage_scenarios(Scenario, Criteria),
     ]
 }
 
