@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from typing import Any
 
 import pytest
 
@@ -119,9 +120,15 @@ def test_workload_records_requests_drops_and_reconnects() -> None:
         dp = DataPlaneWorkload("127.0.0.1", port, interval=0.02, keepalive=2, keepalive_interval=0.05, timeout=0.5)
         stop_at = time.monotonic() + 1.6
         run = asyncio.create_task(dp.run(stop_at))
-        await asyncio.sleep(0.5)
+        async def until(predicate: Any, what: str, timeout: float = 3.0) -> None:
+            deadline = time.monotonic() + timeout
+            while not predicate():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                await asyncio.sleep(0.01)
+
+        await until(lambda: dp.counts()["new"]["ok"] >= 20, "20 successful new connections")
         state["drop"] = True  # every connection is cut on its next request
-        await asyncio.sleep(0.3)
+        await until(lambda: dp.counts()["new"]["failed"] >= 5 and dp.counts()["keepalive"]["drops"] >= 2, "failures while dropping")
         state["drop"] = False
         await run
         server.close()
