@@ -43,7 +43,10 @@ def test_register_place_stream_and_report(cluster3: LocalCluster) -> None:
                                                           "servers": [{"ip": {"addr": "127.0.0.1", "type": "V4"}}, {"ip": {"addr": "127.0.0.1", "type": "V4"}, "port": 9002, "ratio": 2}],
                                                           "health_monitor_refs": [hm["url"]]})
     _, vip = cluster3.request("n1", "POST", "/api/vsvip", {"name": "v1", "vip": [{"ip_address": {"addr": "127.10.0.5", "type": "V4"}}]})
-    code, vs = cluster3.request("n1", "POST", "/api/virtualservice", {"name": "vs1", "services": [{"port": 8080}], "pool_ref": pool["url"], "vsvip_ref": vip["url"]})
+    # In a group with no SE of its own, so the leader's reconciler leaves it unplaced until it is placed by hand.
+    _, group = cluster3.request("n1", "POST", "/api/serviceenginegroup", {"name": "by-hand"})
+    code, vs = cluster3.request("n1", "POST", "/api/virtualservice", {"name": "vs1", "services": [{"port": 8080}], "pool_ref": pool["url"],
+                                                                      "vsvip_ref": vip["url"], "se_group_ref": group["url"]})
     assert code == 201
 
     conn, resp = open_slice_stream(cluster3, "n3", se["uuid"], -1)
