@@ -567,10 +567,20 @@ def _kind(kind: str) -> KindSchema:
         raise ValidationError("", f"unknown object kind {kind!r}; known: {', '.join(sorted(KINDS))}") from None
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _thaw(value: Any) -> Any:
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, tuple):
         return [_thaw(v) for v in value]
     return copy.deepcopy(value)
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy; scalars (immutable) are returned as they are, the common case on hot paths."""
+    return value if type(value) in _SCALARS else copy.deepcopy(value)
 
 
 def _wrong_type(f: Field, value: Any, path: str) -> ValidationError:
@@ -716,6 +726,19 @@ def _condition(f: Field, attr: str, out: dict[str, Any]) -> bool | None:
     return out.get(sibling) in values
 
 
+_FIELD_ORDER: dict[int, tuple[Mapping[str, Field], list[str]]] = {}
+
+
+def _field_order(fields: Mapping[str, Field]) -> list[str]:
+    """Unconditional fields first, then those whose presence depends on a sibling (memoized: the schema is static)."""
+    known = _FIELD_ORDER.get(id(fields))
+    if known is None or known[0] is not fields:
+        order = [n for n, f in fields.items() if f.only_when is None and f.required_when is None]
+        order += [n for n, f in fields.items() if f.only_when is not None or f.required_when is not None]
+        known = _FIELD_ORDER[id(fields)] = (fields, order)
+    return known[1]
+
+
 def _normalize_object(
     fields: Mapping[str, Field],
     body: Any,
@@ -737,8 +760,7 @@ def _normalize_object(
             target = fields[f.alias_for]
             assert target.ref is not None
             given[f.alias_for] = name_ref(target.ref, alias)
-    ordered = [n for n, f in fields.items() if f.only_when is None and f.required_when is None]
-    ordered += [n for n, f in fields.items() if f.only_when is not None or f.required_when is not None]
+    ordered = _field_order(fields)
     out: dict[str, Any] = {}
     for name in ordered:
         f = fields[name]
@@ -874,12 +896,22 @@ def _walk_refs(f: Field, value: Any, path: str) -> Iterator[tuple[str, str, str]
 def ref_fields(kind: str, body: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(field path, target kind, ref value) for every ref present in ``body``, in schema order.
     Tolerant: a partial or not yet validated body is walked as far as its shape allows."""
-    ks = _kind(kind)
     out: list[tuple[str, str, str]] = []
-    for name, sub in ks.fields.items():
-        if _holds_refs(sub):
-            out.extend(_walk_refs(sub, body.get(name), name))
+    for name, sub in _ref_holding_fields(kind):
+        value = body.get(name)
+        if value is not None:
+            out.extend(_walk_refs(sub, value, name))
     return out
+
+
+_REF_HOLDING: dict[str, list[tuple[str, Field]]] = {}
+
+
+def _ref_holding_fields(kind: str) -> list[tuple[str, Field]]:
+    known = _REF_HOLDING.get(kind)
+    if known is None:
+        known = _REF_HOLDING[kind] = [(n, f) for n, f in _kind(kind).fields.items() if _holds_refs(f)]
+    return known
 
 
 def _transform(f: Field, value: Any, on_ref: Callable[[str, str], Any], drop_write_only: bool) -> Any:
@@ -887,14 +919,14 @@ def _transform(f: Field, value: Any, on_ref: Callable[[str, str], Any], drop_wri
         return None
     if f.type == "ref":
         assert f.ref is not None
-        return on_ref(f.ref, value) if isinstance(value, str) else copy.deepcopy(value)
+        return on_ref(f.ref, value) if isinstance(value, str) else _copy(value)
     if f.type == "object" and isinstance(value, dict):
         assert f.fields is not None
         out = {}
         for key, sub in value.items():
             sf = f.fields.get(key)
             if sf is None:
-                out[key] = copy.deepcopy(sub)
+                out[key] = _copy(sub)
             elif not (drop_write_only and sf.write_only):
                 out[key] = _transform(sf, sub, on_ref, drop_write_only)
         return out
@@ -904,7 +936,7 @@ def _transform(f: Field, value: Any, on_ref: Callable[[str, str], Any], drop_wri
             return [_transform(f.item, item, on_ref, drop_write_only) for item in value]
         if f.item.type == "ref" and isinstance(value, str):
             return _transform(f.item, value, on_ref, drop_write_only)
-    return copy.deepcopy(value)
+    return _copy(value)
 
 
 def map_refs(kind: str, body: dict[str, Any], fn: Callable[[str, str], Any]) -> dict[str, Any]:
