@@ -34,9 +34,11 @@ from cluster.decide import (
     decide_update,
     new_uuid,
 )
+from cluster.macro import decide_macro_create, decide_macro_delete
 from cluster.node import Controller, NoQuorum, OutcomeUnknown
 from cluster.views import StoredObject, ref_uuid
 from storage import codec
+from storage.events import ObjectCreated
 
 __all__ = ["make_app", "API_VERSION"]
 
@@ -428,6 +430,32 @@ class Api:
         await self.node.write(decide, command_id=self.command_id(request))
         return web.Response(status=204)
 
+    # -- macro ---------------------------------------------------------------------------------
+
+    async def _macro_body(self, request: web.Request) -> tuple[Any, Any]:
+        body = await self.read_json(request)
+        if not isinstance(body, dict):
+            raise CommandError(400, "the request body must be a JSON object: {model_name, data}", "body")
+        extra = sorted(set(body) - {"model_name", "data"})
+        if extra:
+            raise CommandError(422, f"unknown field {extra[0]!r}: a macro body holds model_name and data", extra[0])
+        return body.get("model_name"), body.get("data")
+
+    async def macro_create(self, request: web.Request) -> web.Response:
+        model_name, data = await self._macro_body(request)
+        tenant = self.tenant(request)
+        decision, _ = await self.node.write(
+            lambda view: decide_macro_create(view, model_name, data, tenant=tenant), command_id=self.command_id(request)
+        )
+        created = [self.node.view.get(e.uuid) for e in decision.events if isinstance(e, ObjectCreated)]
+        return web.json_response([self.render(request, obj) for obj in created if obj is not None], status=201)
+
+    async def macro_delete(self, request: web.Request) -> web.Response:
+        model_name, data = await self._macro_body(request)
+        tenant = self.tenant(request)
+        await self.node.write(lambda view: decide_macro_delete(view, model_name, data, tenant=tenant), command_id=self.command_id(request))
+        return web.Response(status=204)
+
     # -- service engines -----------------------------------------------------------------------
 
     async def register_se(self, request: web.Request) -> web.Response:
@@ -688,6 +716,8 @@ def make_app(node: Controller) -> web.Application:
     r.add_post("/api/virtualservice/{uuid}/placement", api.place_vs)
     r.add_post("/api/virtualservice/{uuid}/{action:scaleout|scalein|migrate|switchover}", api.vs_action)
     r.add_get("/api/virtualservice/{uuid}/logs", api.vs_logs)
+    r.add_post("/api/macro", api.macro_create)
+    r.add_delete("/api/macro", api.macro_delete)
     r.add_get("/api/{kind}", api.list_objects)
     r.add_post("/api/{kind}", api.create_object)
     r.add_get("/api/{kind}/{uuid}", api.get_object)

@@ -24,6 +24,12 @@ _ERROR = {
 _DESCRIPTIONS = {
     "/login": "Log in (form or JSON: username with password or token); sets sessionid and csrftoken cookies.",
     "/logout": "Clear the session cookies.",
+    "/api/macro": (
+        "POST: create an object hierarchy in one transaction, {model_name, data}, where x_ref_data / "
+        "x_refs_data create the referred objects (data may be a list); 201 with the created objects, "
+        "children first. DELETE: delete the top object and the objects named in its *_data fields "
+        "that are neither built in nor used elsewhere (204)."
+    ),
     "/healthz": "Liveness of this node.",
     "/metrics": "Prometheus metrics of this node.",
     "/api/openapi.json": "This document.",

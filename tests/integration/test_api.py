@@ -254,3 +254,44 @@ def _refer_to_fresh_objects(cluster3: LocalCluster) -> None:
         assert code == 201
         code, vs = cluster3.request("n3", "POST", "/api/virtualservice", {"name": f"ryw-vs-{i}", "services": [{"port": 80}], "pool_ref": pool["url"], "vsvip_ref": vip["url"]})
         assert code == 201, vs
+
+
+def test_macro_creates_a_hierarchy_in_one_revision_range_and_deletes_it(cluster3: LocalCluster) -> None:
+    """POST /api/macro (the real product's documented example) creates VS, pool, HM and vsvip in one
+    command on any node; a bad nested field refuses all of it; DELETE /api/macro removes them."""
+    body = {
+        "model_name": "VirtualService",
+        "data": {
+            "name": "macro-vs",
+            "services": [{"port": 80}],
+            "vsvip_ref_data": {"name": "macro-vip", "vip": [{"ip_address": {"type": "V4", "addr": "127.10.0.77"}}]},
+            "pool_ref_data": {
+                "name": "macro-pool",
+                "servers": [{"ip": {"type": "V4", "addr": "127.0.0.2"}}],
+                "health_monitor_refs_data": [
+                    {"type": "HEALTH_MONITOR_HTTP", "name": "macro-hm", "http_monitor": {"http_response_code": ["HTTP_2XX"]}}
+                ],
+            },
+        },
+    }
+    bad = json.loads(json.dumps(body))
+    bad["data"]["pool_ref_data"]["servers"][0]["port"] = 0
+    before = revision(cluster3, "n1")
+    code, err = cluster3.request("n2", "POST", "/api/macro", bad)
+    assert code == 422 and err["error"]["field"] == "data.pool_ref_data.servers[0].port"
+    code, listed = cluster3.request("n1", "GET", "/api/healthmonitor?name=macro-hm")
+    assert listed["count"] == 0 and revision(cluster3, "n1") == before
+    code, created = cluster3.request("n2", "POST", "/api/macro", body)
+    assert code == 201
+    assert [o["url"].split("/api/")[1].split("/")[0] for o in created] == ["vsvip", "healthmonitor", "pool", "virtualservice"]
+    revisions = sorted(int(o["_last_modified"]) for o in created)
+    assert revisions == list(range(revisions[0], revisions[0] + 4))
+    code, vs = cluster3.request("n3", "GET", "/api/virtualservice?name=macro-vs")
+    assert vs["results"][0]["pool_ref"].endswith("#macro-pool")
+    code, _ = cluster3.request("n1", "DELETE", "/api/macro", body)
+    assert code == 204
+    for kind, name in (("virtualservice", "macro-vs"), ("pool", "macro-pool"), ("healthmonitor", "macro-hm"), ("vsvip", "macro-vip")):
+        code, listed = cluster3.request("n3", "GET", f"/api/{kind}?name={name}")
+        assert listed["count"] == 0, kind
+    code, spec = cluster3.request("n1", "GET", "/api/openapi.json")
+    assert set(spec["paths"]["/api/macro"]) == {"post", "delete"}
