@@ -42,6 +42,10 @@ log = structlog.get_logger(__name__)
 
 # Retriable pysyncobj failures: the proposal did not commit through this attempt, and a retry
 # with the same command id is safe (duplicates are dropped at apply).
+# How often the loop notes whether a leader is reachable, and the least time without one after
+# which a write or read is answered 503 at once instead of at its deadline.
+LEADER_WATCH_PERIOD = 0.1
+NO_LEADER_GRACE_MIN = 2.0
 _RETRY_REASONS = {"missing_leader", "not_leader", "leader_changed", "discarded", "unknown_outcome", "queue_full", "apply_failed", "answer_timeout"}
 VIEW_SNAPSHOT_EVERY = 10_000
 # Group commit: at most this many Raft entries of ours in flight; what arrives meanwhile is
@@ -108,6 +112,8 @@ class Controller:
         self._send_scheduled = False
         self._syncing = False
         self._flush_again = False
+        self._leader_seen_at = 0.0
+        self._leader_watch: Optional[asyncio.Task[None]] = None
         # One thread, so syncs complete in the order they were started.
         self._sync_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
 
@@ -125,6 +131,8 @@ class Controller:
         self.log = self.log.bind(revision=self.view.revision)
         self.log.info("view_loaded", revision=self.view.revision, raft_index=self.view.raft_index, objects=len(self.view))
         self.raft = await self._loop.run_in_executor(None, self._make_raft)
+        self._leader_seen_at = self._loop.time()
+        self._leader_watch = self._loop.create_task(self._watch_leader())
 
     def _make_raft(self) -> RaftLog:
         return RaftLog(
@@ -154,6 +162,8 @@ class Controller:
         return view
 
     async def stop(self) -> None:
+        if self._leader_watch is not None:
+            self._leader_watch.cancel()
         if self._http is not None:
             await self._http.close()
         raft = getattr(self, "raft", None)
@@ -164,6 +174,19 @@ class Controller:
         if store is not None:
             store.sync()
             store.close()
+
+    async def _watch_leader(self) -> None:
+        while True:
+            if self.raft.leader_reachable:
+                self._leader_seen_at = self._loop.time()
+            await asyncio.sleep(LEADER_WATCH_PERIOD)
+
+    def leaderless_for(self) -> float:
+        """Seconds since this node last had a reachable leader (0 while it has one)."""
+        if self.raft.leader_reachable:
+            self._leader_seen_at = self._loop.time()
+            return 0.0
+        return self._loop.time() - self._leader_seen_at
 
     # -- the committed pipeline (loop thread) --------------------------------------------------
 
@@ -476,6 +499,12 @@ class Controller:
                     if isinstance(exc, RaftError) and exc.reason in _RETRY_REASONS:
                         if exc.reason != "missing_leader":
                             maybe_sent = True
+                        elif self.leaderless_for() > self._no_leader_grace():
+                            # Longer without a leader than an election takes: cut off from the
+                            # majority. Answer now rather than at the deadline.
+                            if maybe_sent:
+                                raise OutcomeUnknown(key)
+                            raise NoQuorum()
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 0.1)
                         continue
@@ -490,6 +519,11 @@ class Controller:
                     waiters.remove(waiter)
                 if not waiters:
                     self._pending.pop(key, None)
+
+    def _no_leader_grace(self) -> float:
+        # An election needs at most about one raftMaxTimeout after the leader is lost; three
+        # cover a lost first round on a loaded machine.
+        return max(NO_LEADER_GRACE_MIN, 3 * self.tuning.raft_max_timeout)
 
     async def barrier(self, timeout: float = 5.0) -> int:
         """Linearizable read point: after this returns, the view holds every write acknowledged before the call."""

@@ -248,6 +248,15 @@ class RaftLog:
         self._replica.forceLogCompaction()
 
     @property
+    def leader_reachable(self) -> bool:
+        """This node leads, or its leader is known and connected: a proposal made now can reach a leader."""
+        replica = self._replica
+        if replica._isLeader():
+            return True
+        leader = replica._getLeader()
+        return leader is not None and bool(replica.isNodeConnected(leader))
+
+    @property
     def is_leader(self) -> bool:
         return bool(self._replica._isLeader())
 
