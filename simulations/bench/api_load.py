@@ -38,6 +38,11 @@ def pool_body(n: int) -> dict[str, Any]:
     return {"name": f"bench-{n}", "servers": [{"ip": {"addr": "127.0.0.2", "type": "V4"}, "port": 80}]}
 
 
+def macro_body(names: "itertools.count[int]", size: int) -> dict[str, Any]:
+    """One ``POST /api/macro`` creating ``size`` pools (``size`` events in one command)."""
+    return {"model_name": "Pool", "data": [pool_body(next(names)) for _ in range(size)]}
+
+
 def avictl_proposal_bytes() -> int | None:
     """Size of the Raft payload avictl proposes for one ``POST /api/pool``; None if the cluster code cannot build one.
 
@@ -92,10 +97,16 @@ class ApiResult:
     error_samples: list[str]
     client_cpu_fraction: float
     controller_cpu_fraction: dict[str, float]
+    macro_size: int = 0
+    macro_events_per_s: float | None = None
+    macro_concurrent: dict[str, float | None] = attrs.Factory(dict)
+    macro_errors: dict[str, int] = attrs.Factory(dict)
+    macro_client_cpu_fraction: float | None = None
+    macro_controller_cpu_fraction: dict[str, float] = attrs.Factory(dict)
 
     @property
     def errors(self) -> int:
-        return sum(self.concurrent_errors.values()) + sum(self.lone_errors.values())
+        return sum(self.concurrent_errors.values()) + sum(self.lone_errors.values()) + sum(self.macro_errors.values())
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -141,24 +152,30 @@ async def _concurrent_phase(
     concurrency: int,
     duration_s: float,
     timeout_s: float,
+    macro_size: int = 0,
 ) -> _Tally:
+    """Writers POST one pool each (``macro_size`` 0) or ``macro_size`` pools per ``/api/macro``;
+    ``ok_in_window`` counts events (objects created), latencies are per request."""
     loop = asyncio.get_running_loop()
     tally = _Tally(per_second=[0] * max(1, int(duration_s)))
     start = loop.time()
     end = start + duration_s
+    path = "/api/macro" if macro_size else "/api/pool"
+    per_ok = macro_size or 1
 
     async def writer(index: int) -> None:
-        url = urls[index % len(urls)] + "/api/pool"
+        url = urls[index % len(urls)] + path
         while loop.time() < end:
             t0 = loop.time()
-            status, text = await _post(session, url, pool_body(next(names)), timeout_s)
+            body = macro_body(names, macro_size) if macro_size else pool_body(next(names))
+            status, text = await _post(session, url, body, timeout_s)
             t1 = loop.time()
             if status == 201:
-                tally.ok_total += 1
+                tally.ok_total += per_ok
                 tally.latencies_ms.append((t1 - t0) * 1000.0)
                 if t1 <= end:
-                    tally.ok_in_window += 1
-                    tally.per_second[min(int(t1 - start), len(tally.per_second) - 1)] += 1
+                    tally.ok_in_window += per_ok
+                    tally.per_second[min(int(t1 - start), len(tally.per_second) - 1)] += per_ok
             else:
                 _record_failure(tally, status, text)
 
@@ -208,6 +225,7 @@ async def _drive(
     lone_writes: int,
     lone_budget_s: float,
     timeout_s: float,
+    macro_size: int,
 ) -> ApiResult:
     urls = [cluster.api(node_id) for node_id in cluster.ids]
     names = itertools.count()
@@ -226,7 +244,26 @@ async def _drive(
         leader = await asyncio.get_running_loop().run_in_executor(None, cluster.leader)
         lone_url = cluster.api(leader) if leader is not None else urls[0]
         lone = await _lone_phase(session, lone_url, names, lone_writes, lone_budget_s, timeout_s)
+        macro: _Tally | None = None
+        if macro_size:
+            ctl0 = {node_id: _proc_cpu_seconds(pid) for node_id, pid in pids.items()}
+            cpu0, wall0 = _cpu_seconds(), time.monotonic()
+            macro = await _concurrent_phase(session, urls, names, concurrency, duration_s, timeout_s, macro_size)
+            wall = max(time.monotonic() - wall0, 1e-9)
+            macro_client_cpu = round((_cpu_seconds() - cpu0) / wall, 3)
+            macro_ctl_cpu = {node_id: round((_proc_cpu_seconds(pid) - ctl0[node_id]) / wall, 3) for node_id, pid in pids.items()}
+    extra: dict[str, Any] = {}
+    if macro is not None:
+        extra = dict(
+            macro_size=macro_size,
+            macro_events_per_s=round(macro.ok_in_window / duration_s, 1),
+            macro_concurrent=latency_summary(macro.latencies_ms),
+            macro_errors=dict(macro.errors),
+            macro_client_cpu_fraction=macro_client_cpu,
+            macro_controller_cpu_fraction=macro_ctl_cpu,
+        )
     return ApiResult(
+        **extra,
         events_per_s=round(concurrent.ok_in_window / duration_s, 1),
         duration_s=duration_s,
         concurrency=concurrency,
@@ -236,7 +273,7 @@ async def _drive(
         concurrent_errors=dict(concurrent.errors),
         lone=latency_summary(lone.latencies_ms),
         lone_errors=dict(lone.errors),
-        error_samples=concurrent.samples + lone.samples,
+        error_samples=concurrent.samples + lone.samples + (macro.samples if macro is not None else []),
         client_cpu_fraction=round(client_cpu, 3),
         controller_cpu_fraction=ctl_cpu,
     )
@@ -263,6 +300,7 @@ def run_api_bench(
     nodes: int = 3,
     start_timeout_s: float = 30.0,
     tmp_root: str | None = None,
+    macro_size: int = 0,
 ) -> ApiResult:
     """Start a cluster, load it, close it; RuntimeError (with controller log tails) when it cannot run."""
     from simulations.local_cluster import (  # late: needs the controller code
@@ -289,6 +327,7 @@ def run_api_bench(
                         lone_writes=lone_writes,
                         lone_budget_s=lone_budget_s,
                         timeout_s=request_timeout_s,
+                        macro_size=macro_size,
                     )
                 )
             except (TimeoutError, RuntimeError, OSError) as exc:
