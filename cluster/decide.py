@@ -104,10 +104,10 @@ def _normalize(
     except schema.ValidationError as exc:
         raise CommandError(422, exc.message, exc.field) from None
 
-    def canonical(target: str, value: Any, field: str = "") -> Any:
+    def canonical(target: str, value: Any, field: str) -> Any:
         return resolve_ref(view, target, value, tenant, field or target) if value else value
 
-    stored = _map_refs_with_fields(kind, stored, canonical)
+    stored = schema.rewrite_refs(kind, stored, canonical)
     if kind == "vsvip":
         cloud = _cloud_of(view, stored)
         if cloud is None or cloud.body.get("vtype", "CLOUD_NONE") == "CLOUD_NONE":

@@ -914,6 +914,36 @@ def _ref_holding_fields(kind: str) -> list[tuple[str, Field]]:
     return known
 
 
+def rewrite_refs(kind: str, body: dict[str, Any], fn: Callable[[str, str, str], Any]) -> dict[str, Any]:
+    """In place: every ref value ``v`` (target kind ``t``, at field path ``p``) of ``body`` becomes
+    ``fn(t, v, p)``; only the branches that can hold refs are walked. For a body the caller owns
+    (e.g. what :func:`normalize` just returned); :func:`map_refs` copies instead."""
+    for name, f in _ref_holding_fields(kind):
+        value = body.get(name)
+        if value is not None:
+            body[name] = _rewrite(f, value, name, fn)
+    return body
+
+
+def _rewrite(f: Field, value: Any, path: str, fn: Callable[[str, str, str], Any]) -> Any:
+    if f.type == "ref":
+        assert f.ref is not None
+        return fn(f.ref, value, path) if isinstance(value, str) else value
+    if f.type == "object" and isinstance(value, dict):
+        assert f.fields is not None
+        for name, sub in f.fields.items():
+            if _holds_refs(sub):
+                item = value.get(name)
+                if item is not None:
+                    value[name] = _rewrite(sub, item, _join(path, name), fn)
+        return value
+    if f.type == "list" and isinstance(value, list):
+        assert f.item is not None
+        for i, item in enumerate(value):
+            value[i] = _rewrite(f.item, item, f"{path}[{i}]", fn)
+    return value
+
+
 def _transform(f: Field, value: Any, on_ref: Callable[[str, str], Any], drop_write_only: bool) -> Any:
     if value is None:
         return None
