@@ -16,7 +16,11 @@ import msgpack
 __all__ = [
     "DecodeError",
     "decode",
+    "current_fields",
     "decode_value",
+    "envelope_of",
+    "pack",
+    "unpack",
     "encode",
     "encode_value",
     "registered",
@@ -120,12 +124,36 @@ def encode(obj: Any) -> bytes:
     return msgpack.packb(encode_value(obj), use_bin_type=True)
 
 
-def decode(data: bytes) -> Any:
+def unpack(data: bytes) -> Any:
+    """The plain envelope in ``data`` (not yet turned into objects); DecodeError when not msgpack."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise DecodeError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        envelope = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
     # TypeError: a map key msgpack cannot hash (a map or an array as a key, e.g. b'\x81\x80\x00').
     except (TypeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise DecodeError(f"not msgpack: {exc}") from None
-    return decode_value(envelope)
+
+
+def decode(data: bytes) -> Any:
+    return decode_value(unpack(data))
+
+
+def current_fields(envelope: Any, cls: type) -> dict[str, Any] | None:
+    """The fields of a plain envelope of ``cls`` at its current version; None for anything else
+    (another tag, an older version that decoding would upcast)."""
+    tag, version = _tags[cls]
+    if isinstance(envelope, list) and len(envelope) == 3 and envelope[0] == tag and envelope[1] == version and isinstance(envelope[2], dict):
+        return envelope[2]
+    return None
+
+
+def envelope_of(cls: type, fields: dict[str, Any]) -> list[Any]:
+    """A plain envelope of ``cls`` from already plain ``fields`` (in the class's field order), for
+    re-framing decoded parts without turning them into objects and back."""
+    tag, version = _tags[cls]
+    return [tag, version, fields]
+
+
+def pack(envelope: list[Any]) -> bytes:
+    return msgpack.packb(envelope, use_bin_type=True)
