@@ -63,6 +63,7 @@ from typing import Any
 
 import attrs
 import pysyncobj.journal
+import structlog
 import pysyncobj.serializer
 import pysyncobj.syncobj
 import pysyncobj.version
@@ -186,8 +187,15 @@ class DurableFileJournal(FileJournal):
         # and msyncs the whole mapping; os.fdatasync releases the GIL.
         start = time.perf_counter()
         mapped = self._FileJournal__journalFile
-        failpoints.hit("raft.journal.before_sync")
-        os.fdatasync(mapped._ResizableFile__f.fileno())
+        try:
+            failpoints.hit("raft.journal.before_sync")
+            os.fdatasync(mapped._ResizableFile__f.fileno())
+        except OSError as exc:
+            # After a failed sync the page cache no longer says what the disk holds (and
+            # pysyncobj would log the error and go on ticking): stop rather than ack, as the
+            # event store does. A restart recovers from what did reach the disk.
+            structlog.get_logger("avictl.raft").critical("raft_journal_sync_failed", error=str(exc), exit_code=70)
+            os._exit(70)
         failpoints.journal_synced(self)
         failpoints.hit("raft.journal.after_sync")
         self.flush_seconds += time.perf_counter() - start

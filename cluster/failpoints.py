@@ -33,6 +33,9 @@ The points, in the order a committed write meets them on one node:
 ``store.after_sync`` (``cluster/node.py``, ``Controller._flushed``)
     the store fsync returned; no writer was answered yet, the applied index not advanced.
 
+``AVICTL_FAILPOINTS_EIO`` takes the same form but the Nth hit raises ``OSError(EIO)`` there
+instead of exiting, as a failing disk would.
+
 Sync trace (power-loss simulation)
 ----------------------------------
 ``AVICTL_POWER_TRACE=1`` makes the durable files record, after each successful fsync or
@@ -54,6 +57,7 @@ Files made durable by fsync + rename (meta, dump, view snapshots) need no trace.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import sys
@@ -74,13 +78,14 @@ POINTS = (
     "store.after_sync",
 )
 ENV = "AVICTL_FAILPOINTS"
+EIO_ENV = "AVICTL_FAILPOINTS_EIO"
 TRACE_ENV = "AVICTL_POWER_TRACE"
 TRACE_SUFFIX = ".synced"
 JOURNAL_IMAGE_SUFFIX = ".synced"
 EXIT_CODE = 137
 
 
-def parse(spec: str) -> dict[str, int]:
+def parse(spec: str, env: str = ENV) -> dict[str, int]:
     """``"a=3,b=1"`` -> ``{"a": 3, "b": 1}``; refuses unknown names and counts below 1."""
     out: dict[str, int] = {}
     for part in spec.split(","):
@@ -90,16 +95,18 @@ def parse(spec: str) -> dict[str, int]:
         name, sep, count = part.partition("=")
         name = name.strip()
         if name not in POINTS:
-            raise ValueError(f"{ENV}: unknown failpoint {name!r}; known: {', '.join(POINTS)}")
+            raise ValueError(f"{env}: unknown failpoint {name!r}; known: {', '.join(POINTS)}")
         n = int(count) if sep else 1
         if n < 1:
-            raise ValueError(f"{ENV}: {name} count must be >= 1, got {n}")
+            raise ValueError(f"{env}: {name} count must be >= 1, got {n}")
         out[name] = n
     return out
 
 
 # name -> hits left before death; empty unless armed (the only thing ``hit`` reads when unarmed).
 _armed: dict[str, int] = parse(os.environ.get(ENV, ""))
+# name -> hits left before the I/O error; raised on that hit only.
+_eio: dict[str, int] = parse(os.environ.get(EIO_ENV, ""), EIO_ENV)
 _hits_lock = threading.Lock()
 
 
@@ -112,6 +119,17 @@ def hit(name: str) -> None:
     """A pass through failpoint ``name``: dies here (exit 137) on its armed Nth hit."""
     if name in _armed:
         _count(name)
+    if name in _eio:
+        _raise_eio(name)
+
+
+def _raise_eio(name: str) -> None:
+    with _hits_lock:
+        _eio[name] -= 1
+        left = _eio[name]
+    if left == 0:
+        os.write(2, f"failpoint {name} raises EIO (pid {os.getpid()})\n".encode())
+        raise OSError(errno.EIO, f"injected I/O error at failpoint {name}")
 
 
 def _count(name: str) -> None:

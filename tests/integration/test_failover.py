@@ -6,6 +6,7 @@ import asyncio
 import statistics
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -171,3 +172,33 @@ def test_leader_alone_reports_unknown_and_a_retry_applies_at_most_once(fresh_clu
     assert cluster.object_names(new_leader, stale=False).count("maybe-pool") == 1
     records = cluster.raw_records(new_leader)
     assert sum(1 for r in records for c in codec.decode(r[3]).commands if c.command_id == "unknown-outcome-1") == 1
+
+
+def test_a_failed_journal_sync_stops_the_node_and_a_restart_keeps_every_ack(tmp_path: Path) -> None:
+    """fdatasync of the Raft journal failing (EIO injected at the failpoint) stops the node with exit
+    70 and a critical log line instead of ticking on; restarted without the fault, it holds every
+    write it acknowledged."""
+    cluster = LocalCluster(tmp_path / "c", nodes=1, env={"AVICTL_FAILPOINTS_EIO": "raft.journal.before_sync=40"})
+    try:
+        cluster.start_all(timeout=30)
+        acked: list[str] = []
+        deadline = time.monotonic() + 30
+        while cluster.alive("n1") and time.monotonic() < deadline:
+            name = f"eio-{len(acked)}"
+            try:
+                code, _ = cluster.request("n1", "POST", "/api/pool", {"name": name, "servers": []}, timeout=5)
+            except OSError:
+                break
+            if code == 201:
+                acked.append(name)
+        wait_until(lambda: not cluster.alive("n1"), 10, what="the node to stop after the injected EIO")
+        assert cluster.procs["n1"].returncode == 70
+        log_text = (tmp_path / "c" / "n1" / "controller.log").read_text()
+        assert "raft_journal_sync_failed" in log_text
+        assert acked, "no write was acknowledged before the fault"
+        cluster.env.clear()
+        cluster.start("n1")
+        cluster.wait_leader(30)
+        assert set(acked) <= set(cluster.object_names("n1"))
+    finally:
+        cluster.close()
