@@ -186,7 +186,8 @@ class Api:
             suffix = f"#{ref.name}" if ref is not None else ""
             return f"{base}/api/{target}/{uuid}{suffix}"
 
-        body = schema.map_refs(obj.kind, schema.redact(obj.kind, obj.body), to_url)
+        # redact returns a copy this request owns: its refs are rewritten in place.
+        body = schema.rewrite_refs(obj.kind, schema.redact(obj.kind, obj.body), lambda target, value, _path: to_url(target, value))
         tenant = view.by_name("tenant", obj.tenant)
         out = {
             "url": f"{base}/api/{obj.kind}/{obj.uuid}",
