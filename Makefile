@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo demo-down bench clean
+.PHONY: venv test test-fast demo demo-down bench deps clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 demo-down: $(STAMP)
 	$(BIN)/python -m examples.demo down
+
+# System packages for the data-plane benchmark (HAProxy, nginx, wrk) and the clock-skew chaos
+# scenario (libfaketime); Debian, as root. Nothing in `make test` needs them.
+deps:
+	apt-get install -y -q haproxy nginx wrk faketime
 
 bench: $(STAMP)
 	$(BIN)/python -m simulations.bench control-plane
