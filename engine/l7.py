@@ -17,9 +17,17 @@ Contracts worth knowing:
   breaks after it started is cut by closing the client connection.
 - A reused idle connection that dies before answering a request without a body is retried once on
   a fresh pick (the server closed it while it sat idle).
-- Writes to the client made while one backend read is parsed go out as one ``writelines`` (head and
-  body in one send). A Content-Length body of ``BYPASS_MIN`` bytes or more is relayed as it is read,
-  past the parser, which is replaced when the body ends.
+- Writes to the client made while one backend read is parsed go out as one bytes (head and body
+  joined; ``writelines`` for a read over ``JOIN_MAX``). A Content-Length body of ``BYPASS_MIN``
+  bytes or more is relayed as it is read, past the parser, which is replaced when the body ends.
+- Small sends are held until the loop has run every callback of the current poll (``_Flusher``):
+  the response of a backend read up to ``JOIN_MAX`` and the head of a request without a body. Any
+  other write to that client sends what is held first, and so does closing it, so the order on
+  each connection is unchanged. Sending in bursts, as HAProxy does, lets the peers on the other CPU
+  take several messages per wake-up instead of one (each wake-up of an idle vCPU is an IPI).
+- The request's HTTP version is taken from ``should_keep_alive()`` when the client sent no
+  Connection or Proxy-Connection header (llhttp then keeps alive exactly the HTTP/1.1 requests):
+  ``get_http_version()`` formats a str per call.
 - Responses carry the standard reason phrase for their status; the backend's phrase is not kept.
 - Idle client connections (and slow request heads) are closed by the data plane's sweep
   (``close_if_idle``); nothing on the hot path arms a timer.
@@ -28,6 +36,7 @@ Contracts worth knowing:
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Optional
@@ -43,6 +52,7 @@ CONNECT_ATTEMPTS = 3
 MAX_PIPELINE = 32  # queued requests per client connection before reading pauses
 MAX_BUFFERED = 256 * 1024  # request body bytes held while a backend connects, before reading pauses
 BYPASS_MIN = 64 * 1024  # a Content-Length response body at least this long is relayed without the parser
+JOIN_MAX = 16 * 1024  # a backend read up to this long goes to the client as one joined bytes (else writelines)
 
 _PAUSE_UPSTREAM = 1  # the backend's write buffer is full
 _PAUSE_BACKLOG = 2  # too many queued requests or buffered body bytes
@@ -77,6 +87,68 @@ def _status_lines() -> list[bytes]:
 # Responses go out with the standard reason phrase: the backend's is not kept (one parser callback less).
 _STATUS_LINES = _status_lines()
 _LAST_CHUNK = b"0\r\n\r\n"
+
+
+class _Flusher:
+    """Small writes held back until the loop has run the callbacks of the current poll, then sent.
+
+    HAProxy's pattern: read everything that is ready, then send. A backend or client woken by the
+    first send of a burst is still running when the next ones arrive, instead of being woken (an
+    IPI to its sleeping CPU) once per request. Holds request heads to backends (``heads``:
+    transport, bytes, ...) and client connections with a response waiting (``L7Connection._later``).
+    One per event loop; ``run`` goes on the loop's ready queue once per batch.
+    """
+
+    __slots__ = ("loop_ref", "heads", "conns", "scheduled", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop_ref: Any = weakref.ref(loop)  # weak: the registry below is keyed by the loop
+        self.heads: list[Any] = []
+        self.conns: list[L7Connection] = []
+        self.scheduled = False
+
+    def schedule(self) -> None:
+        loop = self.loop_ref()
+        if loop is not None:
+            self.scheduled = True
+            loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        heads = self.heads
+        if heads:
+            self.heads = []
+            it = iter(heads)
+            for transport, data in zip(it, it):
+                if not transport.is_closing():
+                    try:
+                        transport.write(data)
+                    except Exception:  # noqa: BLE001 - one broken transport must not starve the others
+                        transport.abort()
+        conns = self.conns
+        if conns:
+            self.conns = []
+            for conn in conns:
+                later = conn._later  # conn._flush_later(), inlined
+                if later is not None:
+                    conn._later = None
+                    if not conn._closed:
+                        transport = conn.transport
+                        if not transport.is_closing():
+                            try:
+                                transport.write(later)
+                            except Exception:  # noqa: BLE001
+                                transport.abort()
+
+
+_FLUSHERS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher]" = weakref.WeakKeyDictionary()
+
+
+def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
+    flusher = _FLUSHERS.get(loop)
+    if flusher is None:
+        flusher = _FLUSHERS[loop] = _Flusher(loop)
+    return flusher
 
 
 class UpstreamPool:
@@ -163,7 +235,7 @@ class _Request:
         "complete",
         "started",
         "pool",
-        "balancer",
+        "counter",
         "server_key",
         "upstream",
         "connecting",
@@ -189,7 +261,7 @@ class _Request:
         self.complete = False  # the whole request has been read from the client
         self.started = started
         self.pool: Optional[PoolRuntime] = None
-        self.balancer: Any = None  # the Balancer ``server_key`` was counted on (opened) and is released to
+        self.counter: Any = None  # the open-connection counter of ``server_key`` (the Balancer's), released once
         self.server_key: Optional[str] = None  # set while the request counts against a server
         self.upstream: Optional[_Upstream] = None
         self.connecting: Optional[asyncio.Task[None]] = None
@@ -215,17 +287,21 @@ class L7Connection(asyncio.Protocol):
         "_parser",
         "_client_ip",
         "_xff",
+        "_xff_tails",
         "_queue",
         "_parsing",
         "_url",
         "_head",
         "_xff_in",
+        "_conn_hdr",
         "_chunked",
         "_has_body",
         "_paused",
         "_write_paused",
         "_out",
         "_outbuf",
+        "_later",
+        "_flusher",
         "_buffered",
         "_closed",
         "_broken",
@@ -243,16 +319,21 @@ class L7Connection(asyncio.Protocol):
         self._xff = b""
         self._queue: deque[_Request] = deque()
         self._parsing: Optional[_Request] = None
-        # The request being parsed: its head is built as the headers arrive ([0] is the request line).
+        # The request being parsed: its head is built as the headers arrive, as
+        # [method, " ", url, " HTTP/1.x\r\n", headers..., X-Forwarded-For and end], joined once complete.
         self._url = b""
-        self._head: list[bytes] = [b""]
+        self._head: list[bytes] = [b"", b" ", b"", b""]
         self._xff_in: Optional[bytes] = None
+        self._conn_hdr = False  # a Connection or Proxy-Connection header: ask the parser for the version
+        self._xff_tails: tuple[bytes, bytes, bytes] = (b"", b"", b"")
         self._chunked = False
         self._has_body = False
         self._paused = 0
         self._write_paused = False
         self._out: Optional[list[bytes]] = None  # set while a backend's bytes are parsed: writes are batched
         self._outbuf: list[bytes] = []
+        self._later: Optional[bytes] = None  # response bytes held for the flusher (sent before anything else)
+        self._flusher = _flusher(self._loop)
         self._buffered = 0
         self._closed = False
         self._broken = False  # no more requests will be read (parse error, EOF, upgrade)
@@ -269,7 +350,13 @@ class L7Connection(asyncio.Protocol):
         self._listener.connections.add(self)
         peer = transport.get_extra_info("peername")
         self._client_ip = peer[0] if peer else ""
-        self._xff = self._client_ip.encode()
+        self._xff = xff = self._client_ip.encode()
+        # The end of every request head to this client's backends (HTTP/1.1, 1.1 chunked, 1.0), precomputed.
+        self._xff_tails = (
+            b"X-Forwarded-For: " + xff + b"\r\n\r\n",
+            b"X-Forwarded-For: " + xff + b"\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"X-Forwarded-For: " + xff + b"\r\nConnection: keep-alive\r\n\r\n",
+        )
         self._idle_since = self._loop.time()
         self._draining = self._listener.draining
 
@@ -351,36 +438,53 @@ class L7Connection(asyncio.Protocol):
                 else:
                     if lname == b"transfer-encoding":
                         self._chunked = True
+                    elif lname == b"connection" or lname == b"proxy-connection":
+                        self._conn_hdr = True
                     return  # hop-by-hop
         self._head += (name, b": ", value, _CRLF)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         method = parser.get_method()
-        http11 = parser.get_http_version() == "1.1"
+        keep_alive = parser.should_keep_alive()
+        if self._conn_hdr:
+            self._conn_hdr = False
+            http11 = parser.get_http_version() == "1.1"
+        else:
+            # Without a Connection header llhttp keeps alive exactly the HTTP/1.1 requests
+            # (get_http_version formats a str: ~0.8 us).
+            http11 = keep_alive
         head = self._head
         xff_in = self._xff_in
         chunked = self._chunked
+        url = self._url
+        head[0] = method
+        head[2] = url
         if http11:
-            head[0] = b"%b %b HTTP/1.1\r\n" % (method, self._url)
-            tail = b"\r\nTransfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n\r\n"
+            head[3] = b" HTTP/1.1\r\n"
+            if xff_in is None:
+                head.append(self._xff_tails[1] if chunked else self._xff_tails[0])
+            else:
+                head += (b"X-Forwarded-For: ", xff_in, b", ", self._xff, b"\r\nTransfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n\r\n")
         else:
             # Kept at 1.0 (it may lack Host, which 1.1 requires), asking the backend for keep-alive.
-            head[0] = b"%b %b HTTP/1.0\r\n" % (method, self._url)
-            tail = b"\r\nConnection: keep-alive\r\n\r\n"
-        head += (b"X-Forwarded-For: ", self._xff if xff_in is None else xff_in + b", " + self._xff, tail)
+            head[3] = b" HTTP/1.0\r\n"
+            if xff_in is None:
+                head.append(self._xff_tails[2])
+            else:
+                head += (b"X-Forwarded-For: ", xff_in, b", ", self._xff, b"\r\nConnection: keep-alive\r\n\r\n")
         req = _Request(
             b"".join(head),
             chunked,
             chunked or self._has_body,
             http11,
-            parser.should_keep_alive(),
+            keep_alive,
             method == b"HEAD",
             self._loop.time(),
         )
         req.method = method
-        req.url = self._url
-        del head[1:]
+        req.url = url
+        del head[4:]
         self._url = b""
         self._xff_in = None
         self._chunked = self._has_body = False
@@ -420,8 +524,10 @@ class L7Connection(asyncio.Protocol):
         if req is None:
             return
         self._parsing = None
-        # Must be read here: after feed_data returns the parser has reset and reports False.
-        req.keep_alive = req.keep_alive and self._parser.should_keep_alive()
+        if req.chunked and req.keep_alive:
+            # Trailers may have said Connection: close. Must be read here: after feed_data returns
+            # the parser has reset and reports False.
+            req.keep_alive = self._parser.should_keep_alive()
         req.complete = True
         if req.response_done:
             if req.upstream is None:
@@ -443,16 +549,15 @@ class L7Connection(asyncio.Protocol):
         if pool is None:
             self._fail(req)
             return
-        balancer = pool.balancer
-        server = balancer.pick(self._client_ip)
-        if server is None:
+        member = pool.balancer.pick_member(self._client_ip)
+        if member is None:
             self._fail(req)
             return
-        key = server.key
-        balancer.opened(key)
+        counter = member.counter  # Balancer.opened, inlined
+        counter.open += 1
+        req.counter = counter
+        req.server_key = key = member.key
         req.pool = pool
-        req.balancer = balancer
-        req.server_key = key
         upstreams = pool.upstreams
         idle = upstreams._idle.get(key)  # UpstreamPool.take, inlined (once per request)
         while idle:
@@ -463,9 +568,22 @@ class L7Connection(asyncio.Protocol):
             if req.started - upstream.idle_since > upstreams.idle_timeout:
                 transport.close()
                 continue
-            self._attach(req, upstream, True)
+            if req.pending is not None or req.has_body or self._write_paused:
+                self._attach(req, upstream, True)
+                return
+            # _attach, inlined for a request without a body: the head waits for the flusher
+            req.upstream = upstream
+            upstream.owner = self
+            upstream.req = req
+            upstream.reused = True
+            upstream.got_bytes = upstream.finished = False
+            upstream.keep = True
+            flusher = self._flusher
+            flusher.heads += (transport, req.head)
+            if not flusher.scheduled:
+                flusher.schedule()
             return
-        req.connecting = self._loop.create_task(self._connect(req, pool, server))
+        req.connecting = self._loop.create_task(self._connect(req, pool, member.server))
 
     async def _connect(self, req: _Request, pool: "PoolRuntime", server: Any) -> None:
         loop = self._loop
@@ -479,16 +597,16 @@ class L7Connection(asyncio.Protocol):
                 self._stats.connect_failures += 1
                 self._release_slot(req)
                 attempts += 1
-                balancer = pool.balancer
-                server = balancer.pick(self._client_ip) if attempts < CONNECT_ATTEMPTS and not self._closed else None
-                if server is None:
+                member = pool.balancer.pick_member(self._client_ip) if attempts < CONNECT_ATTEMPTS and not self._closed else None
+                if member is None:
                     req.connecting = None
                     if not self._closed:
                         self._fail(req)
                     return
-                balancer.opened(server.key)
-                req.balancer = balancer
-                req.server_key = server.key
+                member.counter.open += 1
+                req.counter = member.counter
+                req.server_key = member.key
+                server = member.server
                 continue
             req.connecting = None
             if self._closed:
@@ -509,6 +627,12 @@ class L7Connection(asyncio.Protocol):
             upstream.paused = True
             upstream.transport.pause_reading()
         transport = upstream.transport
+        if req.pending is None and not req.has_body:
+            flusher = self._flusher  # nothing else goes to this backend before the response: hold it
+            flusher.heads += (transport, req.head)
+            if not flusher.scheduled:
+                flusher.schedule()
+            return
         transport.write(req.head)
         if req.pending is not None:
             transport.writelines(req.pending)
@@ -530,43 +654,10 @@ class L7Connection(asyncio.Protocol):
 
     def _release_slot(self, req: _Request) -> None:
         if req.server_key is not None:
-            req.balancer.closed(req.server_key)
+            counter = req.counter  # Balancer.closed, inlined
+            if counter.open > 0:
+                counter.open -= 1
             req.server_key = None
-
-    def _response_head(self, upstream: "_Upstream", status: int) -> None:
-        req = upstream.req
-        assert req is not None
-        parts = upstream.head
-        if status < 200:
-            if req.http11 and status != 101:
-                parts[0] = _STATUS_LINES[status]
-                parts.append(_CRLF)
-                self._write(b"".join(parts))
-            return
-        req.status = status
-        req.response_started = True
-        parts[0] = _STATUS_LINES[status] if status < 600 else b"HTTP/1.1 %d \r\n" % status
-        has_length = upstream.has_length
-        chunked = upstream.chunked
-        no_body = req.head_only or status == 204 or status == 304
-        if not no_body and (chunked or not has_length):
-            req.until_close = not chunked
-            if req.http11:
-                req.out_chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                req.keep_alive = False  # an HTTP/1.0 client reads the body until the connection closes
-        if not req.keep_alive or self._draining:
-            req.keep_alive = False
-            parts.append(b"Connection: close\r\n")
-        elif not req.http11:
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(_CRLF)
-        self._write(b"".join(parts))
-        if req.head_only:
-            # httptools cannot be told the request was HEAD, so it would wait for a body: the
-            # exchange ends here and the backend connection is not reused.
-            self._response_complete(upstream, False)
 
     def _response_chunk(self, body: bytes) -> None:
         self._write(b"%x\r\n" % len(body))
@@ -582,10 +673,7 @@ class L7Connection(asyncio.Protocol):
         upstream.finished = True
         upstream.keep = keep_alive and upstream.keep
         req.ended = now = self._loop.time()
-        latency = now - req.started
-        stats = self._stats
-        stats.response(req.status, latency)
-        stats.log_request(self._client_ip, req.method, req.url, req.status, latency, req.server_key)
+        self._stats.exchange(self._client_ip, req.method, req.url, req.status, now - req.started, req.server_key)
 
     def _exchange_done(self, upstream: "_Upstream") -> None:
         """Called once the backend's parser has returned: release the backend, then move on."""
@@ -600,7 +688,9 @@ class L7Connection(asyncio.Protocol):
         if self._paused:
             self._resume(_PAUSE_UPSTREAM)
         if req.server_key is not None:
-            req.balancer.closed(req.server_key)
+            counter = req.counter  # Balancer.closed, inlined
+            if counter.open > 0:
+                counter.open -= 1
             req.server_key = None
         transport = upstream.transport
         if upstream.keep and req.complete and not transport.is_closing():
@@ -619,7 +709,12 @@ class L7Connection(asyncio.Protocol):
         else:
             transport.close()
         if req.complete:
-            self._finish(req)
+            queue = self._queue  # _finish, inlined for a kept-alive connection with nothing queued behind
+            if req.keep_alive and len(queue) == 1 and queue[0] is req and not self._draining and not self._broken and not self._paused:
+                queue.popleft()
+                self._idle_since = req.ended or self._loop.time()
+            else:
+                self._finish(req)
 
     def _upstream_lost(self, upstream: "_Upstream") -> None:
         req = upstream.req
@@ -655,9 +750,7 @@ class L7Connection(asyncio.Protocol):
         req.keep_alive = keep
         self._write(_502_KEEP if keep else _502_CLOSE)
         req.ended = now = self._loop.time()
-        latency = now - req.started
-        self._stats.response(502, latency)
-        self._stats.log_request(self._client_ip, req.method, req.url, 502, latency, req.server_key)
+        self._stats.exchange(self._client_ip, req.method, req.url, 502, now - req.started, req.server_key)
         if req.complete:
             self._finish(req)
 
@@ -687,10 +780,13 @@ class L7Connection(asyncio.Protocol):
     # -- helpers ---------------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        self._stats.bytes_out += len(data)
-        if self._out is not None:
-            self._out.append(data)
+        out = self._out
+        if out is not None:
+            out.append(data)  # counted in bytes_out when the batch is sent
         else:
+            self._stats.bytes_out += len(data)
+            if self._later is not None:
+                self._flush_later()  # what was held goes first
             self.transport.write(data)
 
     def _flush_batch(self) -> None:
@@ -698,9 +794,21 @@ class L7Connection(asyncio.Protocol):
         out = self._out
         self._out = None
         if out:
-            if not self._closed:
-                self.transport.writelines(out)
+            data = b"".join(out) if len(out) > 1 else out[0]
             out.clear()
+            self._stats.bytes_out += len(data)
+            if self._later is not None:
+                self._flush_later()
+            if not self._closed:
+                self.transport.write(data)
+
+    def _flush_later(self) -> None:
+        """Send what the flusher held for this client (also before anything that must follow it)."""
+        later = self._later
+        if later is not None:
+            self._later = None
+            if not self._closed and not self.transport.is_closing():
+                self.transport.write(later)
 
     def _pause(self, reason: int) -> None:
         if not self._paused and not self._closed:
@@ -720,6 +828,8 @@ class L7Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         if not self._closed:
+            if self._later is not None:
+                self._flush_later()
             self.transport.close()
 
 
@@ -790,9 +900,29 @@ class _Upstream(asyncio.Protocol):
                 return
         owner._out = None
         if out:
-            if not owner._closed:
-                owner.transport.writelines(out)
-            out.clear()
+            # One bytes for one write(2): a joined copy of a few small parts costs less than
+            # writelines (uvloop builds an iovec context for writev); big reads keep writelines.
+            if len(data) <= JOIN_MAX:
+                joined = b"".join(out) if len(out) > 1 else out[0]
+                out.clear()
+                owner._stats.bytes_out += len(joined)
+                if not owner._closed:
+                    later = owner._later  # held for the flusher: sent after this poll's callbacks
+                    if later is None:
+                        owner._later = joined
+                        flusher = owner._flusher
+                        flusher.conns.append(owner)
+                        if not flusher.scheduled:
+                            flusher.schedule()
+                    else:
+                        owner._later = later + joined
+            else:
+                owner._stats.bytes_out += sum(map(len, out))
+                if owner._later is not None:
+                    owner._flush_later()
+                if not owner._closed:
+                    owner.transport.writelines(out)
+                out.clear()
         if self.finished:
             owner._exchange_done(self)
 
@@ -836,7 +966,8 @@ class _Upstream(asyncio.Protocol):
             if lname in _RESP_SPECIAL:
                 if lname == b"content-length":
                     self.has_length = True
-                    self.length = int(value)  # llhttp has checked it is digits
+                    # llhttp has checked it is digits; only a length of BYPASS_MIN or more is used
+                    self.length = int(value) if len(value) > 4 else 0
                 else:
                     if lname == b"transfer-encoding":
                         self.chunked = True
@@ -848,13 +979,51 @@ class _Upstream(asyncio.Protocol):
         if self.finished or owner is None:
             self.keep = False  # a second response in one read: never reuse this connection
         else:
-            owner._response_head(self, self.parser.get_status_code())
-            req = self.req
-            if self.has_length and not self.chunked and self.length >= BYPASS_MIN and req is not None and req.response_started and not self.finished:
-                self.body_left = self.length  # on_body counts down what this read already holds
-                self.bypass_keep = self.parser.should_keep_alive()
+            self._response_head(owner, self.parser.get_status_code())
         del self.head[1:]
         self.has_length = self.chunked = False
+
+    def _response_head(self, owner: L7Connection, status: int) -> None:
+        """The response head for the client, from the backend's (hop-by-hop headers replaced)."""
+        req = self.req
+        assert req is not None
+        parts = self.head
+        if status < 200:
+            if req.http11 and status != 101:
+                parts[0] = _STATUS_LINES[status]
+                parts.append(_CRLF)
+                owner._write(b"".join(parts))
+            return
+        req.status = status
+        req.response_started = True
+        parts[0] = _STATUS_LINES[status] if status < 600 else b"HTTP/1.1 %d \r\n" % status
+        has_length = self.has_length
+        chunked = self.chunked
+        if (chunked or not has_length) and not (req.head_only or status == 204 or status == 304):
+            req.until_close = not chunked
+            if req.http11:
+                req.out_chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                req.keep_alive = False  # an HTTP/1.0 client reads the body until the connection closes
+        if not req.keep_alive or owner._draining:
+            req.keep_alive = False
+            parts.append(b"Connection: close\r\n")
+        elif not req.http11:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(_CRLF)
+        out = owner._out
+        if out is not None:
+            out += parts  # joined with the body when the read has been parsed
+        else:
+            owner._write(b"".join(parts))
+        if req.head_only:
+            # httptools cannot be told the request was HEAD, so it would wait for a body: the
+            # exchange ends here and the backend connection is not reused.
+            owner._response_complete(self, False)
+        elif has_length and not chunked and self.length >= BYPASS_MIN:
+            self.body_left = self.length  # on_body counts down what this read already holds
+            self.bypass_keep = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         owner = self.owner
@@ -865,20 +1034,27 @@ class _Upstream(asyncio.Protocol):
         if self.req.out_chunked:  # type: ignore[union-attr]
             owner._response_chunk(body)
             return
-        owner._stats.bytes_out += len(body)
         out = owner._out
         if out is not None:
-            out.append(body)
+            out.append(body)  # counted when the batch is sent
         else:
-            owner.transport.write(body)
+            owner._write(body)
 
     def on_message_complete(self) -> None:
         self.body_left = 0
-        if self.finished or self.owner is None:
+        owner = self.owner
+        if self.finished or owner is None:
             return
         req = self.req
         assert req is not None
         if req.status == 0:
             return  # an informational (1xx) response; the final one follows
-        # Must be read here: after feed_data returns the parser has reset and reports False.
-        self.owner._response_complete(self, self.parser.should_keep_alive())
+        # owner._response_complete, inlined. should_keep_alive must be read here: after feed_data
+        # returns the parser has reset and reports False.
+        if req.out_chunked:
+            owner._write(_LAST_CHUNK)
+        req.response_done = True
+        self.finished = True
+        self.keep = self.keep and self.parser.should_keep_alive()
+        req.ended = now = owner._loop.time()
+        owner._stats.exchange(owner._client_ip, req.method, req.url, req.status, now - req.started, req.server_key)

@@ -72,10 +72,14 @@ class _Counter:
 
 
 class _Member:
-    __slots__ = ("server", "ratio", "up", "counter")
+    """One server of a Balancer. ``pick_member`` hands it to a proxy, which may count its
+    connection on ``counter`` directly (the same object ``opened``/``closed`` use)."""
+
+    __slots__ = ("server", "key", "ratio", "up", "counter")
 
     def __init__(self, server: ServerConfig, up: bool, counter: _Counter) -> None:
         self.server = server
+        self.key = server.key
         self.ratio = server.ratio
         self.up = up
         self.counter = counter
@@ -109,7 +113,7 @@ class Balancer:
         self._servers = tuple(m.server for m in members.values())
         self._table_size = maglev_table_size(len(members))
         self._eligible: list[_Member] = []
-        self._schedule: list[ServerConfig] = []  # round robin: one period; hash: the Maglev table
+        self._schedule: list[_Member] = []  # round robin: one period; hash: the Maglev table
         self._cursor = 0
         self._dirty = True
 
@@ -175,6 +179,15 @@ class Balancer:
 
         The caller calls ``opened(server.key)`` if it connects and ``closed(server.key)`` when done.
         """
+        member = self.pick_member(client_ip)
+        return None if member is None else member.server
+
+    def pick_member(self, client_ip: str) -> Optional[_Member]:
+        """``pick``, returning the server's member: its ``server``, ``key`` and connection ``counter``.
+
+        A caller may count a connection with ``member.counter.open += 1`` and release it with
+        ``-= 1`` (never below 0) instead of ``opened``/``closed``: the counter is the one those use.
+        """
         if self._dirty:
             self._rebuild()
         kind = self._kind
@@ -194,7 +207,7 @@ class Balancer:
             return table[zlib.crc32(client_ip.encode()) % len(table)]
         return self._least_connections()
 
-    def _least_connections(self) -> Optional[ServerConfig]:
+    def _least_connections(self) -> Optional[_Member]:
         eligible = self._eligible
         n = len(eligible)
         if n == 0:
@@ -216,7 +229,7 @@ class Balancer:
             m = eligible[j]
             if m.counter.open * best_ratio < best_open * m.ratio:
                 best, best_open, best_ratio = m, m.counter.open, m.ratio
-        return best.server
+        return best
 
     # -- rebuilding -------------------------------------------------------------------------------
 
@@ -231,7 +244,7 @@ class Balancer:
         self._dirty = False
 
 
-def _smooth_schedule(members: Sequence[_Member]) -> list[ServerConfig]:
+def _smooth_schedule(members: Sequence[_Member]) -> list[_Member]:
     """One period of smooth weighted round robin, ``sum(ratio)`` slots long.
 
     Server *j*'s *k*-th turn must fall in slots ``[(k-1)W/w, kW/w)`` (W the sum of ratios, w its
@@ -252,7 +265,7 @@ def _smooth_schedule(members: Sequence[_Member]) -> list[ServerConfig]:
             heapq.heappush(released, ((turns[j] + 1) * (_LCM_1_TO_20 // members[j].ratio), j))
         _, j = heapq.heappop(released)
         member = members[j]
-        schedule.append(member.server)
+        schedule.append(member)
         turns[j] += 1
         if turns[j] < member.ratio:
             heapq.heappush(waiting, (-(-turns[j] * total // member.ratio), j))  # ceil(k W / w)
@@ -266,7 +279,7 @@ def _permutation(key: str, size: int) -> tuple[int, int]:
     return offset, skip
 
 
-def _maglev(members: Iterable[_Member], size: int) -> list[ServerConfig]:
+def _maglev(members: Iterable[_Member], size: int) -> list[_Member]:
     """The Maglev lookup table: each server walks its own permutation of the slots, taking ``ratio``
     free slots per round, until the table is full. Built in ``ip:port`` order so that the table
     depends only on the set of servers, not on their order in the config."""
@@ -295,6 +308,5 @@ def _maglev(members: Iterable[_Member], size: int) -> list[ServerConfig]:
                 owner[pos] = i
                 filled += 1
                 if filled == size:
-                    servers = [m.server for m in ordered]
-                    return [servers[o] for o in owner]
+                    return [ordered[o] for o in owner]
             positions[i] = pos

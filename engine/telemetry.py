@@ -76,6 +76,14 @@ class VsStats:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
+    def exchange(self, client: str, method: bytes, url: bytes, status: int, latency: float, server: Optional[str]) -> None:
+        """``response`` and ``log_request`` in one call: an L7 response ended (once per request)."""
+        cls = status // 100
+        self.responses[cls if 1 <= cls <= 5 else 0] += 1
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+        self.latency_sum += latency
+        self.logs.append((time.time(), client, method, url, status, latency, server))
+
     def snapshot(self) -> dict[str, Any]:
         cumulative = []
         running = 0

@@ -445,3 +445,175 @@ async def test_http10_request_goes_upstream_as_10_with_keep_alive() -> None:
     finally:
         await dp.close()
         backend.close()
+
+
+class _RawBackend:
+    """Records every request head it reads as bytes and answers ``ok`` with a length, keeping the connection."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        self.server: Any = None
+        self.port = 0
+
+    async def start(self) -> "_RawBackend":
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    self.heads.append(await reader.readuntil(b"\r\n\r\n"))
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@both_loops
+async def test_http_version_and_connection_headers_decide_keep_alive_and_the_upstream_head() -> None:
+    """The version forwarded, the keep-alive kept with the client and the Connection header sent upstream,
+    with and without Connection / Proxy-Connection headers from the client (the version is read from the
+    parser's keep-alive verdict when the client sent neither)."""
+    backend = await _RawBackend().start()
+    dp = stub_dataplane()
+    port = free_port()
+    assert {} == await dp.apply(slice_of(vs_doc("web", "127.0.0.1", port, "http", pool_doc([("127.0.0.1", backend.port)]))))
+    cases = [
+        # request, version line sent upstream, Connection header sent upstream, client kept alive
+        (b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /a HTTP/1.1", None, True),
+        (b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n", b"GET /b HTTP/1.1", None, True),
+        (b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"GET /c HTTP/1.1", None, False),
+        (b"GET /d HTTP/1.0\r\n\r\n", b"GET /d HTTP/1.0", b"keep-alive", False),
+        (b"GET /e HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", b"GET /e HTTP/1.0", b"keep-alive", True),
+        (b"GET /f HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n", b"GET /f HTTP/1.0", b"keep-alive", True),
+        (b"GET /g HTTP/1.1\r\nHost: x\r\nProxy-Connection: close\r\n\r\n", b"GET /g HTTP/1.1", None, False),
+    ]
+    try:
+        for request, line, upstream_connection, kept in cases:
+            reader, writer = await _raw(port, request)
+            status, headers, body = await _read_response(reader)
+            assert (b"HTTP/1.1 200 OK", b"ok") == (status, body), request
+            head = backend.heads[-1]
+            fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")[1:] if h)}
+            assert line == head.split(b"\r\n")[0], request
+            assert upstream_connection == fields.get(b"connection"), request
+            assert b"127.0.0.1" == fields[b"x-forwarded-for"], request
+            assert b"proxy-connection" not in fields
+            if kept:
+                # The connection stays usable: a second request on it is answered.
+                writer.write(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert b"ok" == (await _read_response(reader))[2], request
+            else:
+                assert b"" == await asyncio.wait_for(reader.read(), 5), request
+            writer.close()
+    finally:
+        await dp.close()
+        backend.close()
+
+
+@both_loops
+async def test_concurrent_pipelined_clients_get_every_response_in_order_and_counted() -> None:
+    """Many clients pipelining at once (responses are held and sent once per loop iteration): every
+    response arrives whole and in order, and bytes_out is exactly what the clients read."""
+    a = await HttpBackend(b"a").start()
+    b = await HttpBackend(b"b").start()
+    dp, port = await _l7([a, b])
+    try:
+
+        async def client(i: int) -> int:
+            reader, writer = await _raw(port, b"".join(b"GET /%d/%d HTTP/1.1\r\nHost: x\r\n\r\n" % (i, n) for n in range(5)))
+            got = 0
+            for _ in range(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                body = await reader.readexactly(length)
+                assert body in (b"a", b"b")
+                got += len(head) + len(body)
+            writer.close()
+            return got
+
+        received = await asyncio.gather(*(client(i) for i in range(20)))
+        await eventually(lambda: dp.telemetry()["web"]["responses"]["2xx"] == 100, what="100 responses counted")
+        stats = dp.telemetry()["web"]
+        assert (100, sum(received)) == (stats["requests"], stats["bytes_out"])
+        assert [f"/{i}/{n}" for i in range(20) for n in range(5)] == sorted((r[1] for r in a.requests + b.requests), key=lambda p: tuple(map(int, p.split("/")[1:])))
+    finally:
+        await dp.close()
+        a.close()
+        b.close()
+
+
+def test_responses_held_for_one_loop_iteration_keep_their_order() -> None:
+    """Two pipelined responses completed before the held writes go out are sent in order, in one write;
+    a write that cannot wait (a 502) sends what is held first. Stub transports, no loop running."""
+    from types import SimpleNamespace
+
+    from engine.config import ServerConfig
+    from engine.l7 import L7Connection, _Upstream
+    from engine.routing import Balancer
+    from engine.telemetry import VsStats
+
+    class Transport:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(bytes(data))
+
+        def writelines(self, parts: Any) -> None:
+            self.writes.append(b"".join(parts))
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return ("10.0.0.9", 5555) if name == "peername" else default
+
+        def close(self) -> None:
+            self.closed = True
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+    loop = asyncio.new_event_loop()
+    try:
+        scheduled: list[Any] = []
+        server = ServerConfig("127.0.0.1", 9)
+        upstreams = UpstreamPool()
+        pool = SimpleNamespace(balancer=Balancer("LB_ALGORITHM_ROUND_ROBIN", [server]), upstreams=upstreams, connect_timeout=1.0)
+        listener = SimpleNamespace(loop=loop, vs=SimpleNamespace(stats=VsStats("u", "web"), pool=pool), connections=set(), draining=False)
+        conn = L7Connection(listener)  # type: ignore[arg-type]
+        client = Transport()
+        conn.connection_made(client)
+        loop_stub = SimpleNamespace(call_soon=scheduled.append)
+        conn._flusher.loop_ref = lambda: loop_stub
+        backend = Transport()
+        upstream = _Upstream(upstreams, server.key)
+        upstream.connection_made(backend)
+        upstreams.put(upstream, loop.time())
+
+        conn.data_received(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert [] == backend.writes  # the head waits for the end of the loop iteration
+        conn._flusher.run()
+        assert [b"GET /1 HTTP/1.1\r\n"] == [w.split(b"Host")[0] for w in backend.writes]
+        upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+        # /2 went to the same (reused) backend connection; its response arrives before anything is flushed
+        upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+        assert [] == client.writes
+        conn._flusher.run()
+        assert [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2"] == client.writes
+        # /3: the response is held, then the pool disappears and the next write (a 502) cannot wait
+        upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n3")
+        listener.vs.pool = None
+        conn.data_received(b"GET /4 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.writes[1].endswith(b"\r\n\r\n3") and client.writes[2].startswith(b"HTTP/1.1 502")
+        assert 4 == len(conn._stats.logs) and sum(map(len, client.writes)) == conn._stats.bytes_out
+    finally:
+        loop.close()
