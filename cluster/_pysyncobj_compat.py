@@ -49,6 +49,22 @@ What :func:`install` changes (see ``/work/shared/design/pysyncobj-notes.md``, it
    sends (``appendEntriesUseBatch=True``) the cost was lost in the noise, with one message per
    entry (``appendEntriesUseBatch=False``) throughput roughly halved.
 
+3. **Leader stickiness** (Raft thesis §4.2.3; found by the partition-one-way chaos scenario).
+   ``SyncObj._SyncObj__onMessageReceived`` (syncobj.py l.909) is wrapped. pysyncobj adopts the
+   term of any ``request_vote`` above its own (l.920-923), so a follower that stopped hearing the
+   leader (a one-way cut) raised its term every election timeout, the other follower adopted it,
+   stopped accepting the leader's lower-term ``append_entries`` (l.945), timed out in turn and
+   deposed the leader: a new election every ~1.5 s for as long as the cut lasted, writes stalling
+   0.6-0.8 s each time. Now a *follower* that heard ``append_entries`` from its current leader
+   less than ``raftMinTimeout`` ago ignores ``request_vote`` (as if it were lost, which Raft
+   allows: safety never depends on a vote being delivered). A leader still steps down on a
+   higher term: that is how a node whose term rose while it was cut off rejoins after the heal
+   (pysyncobj ignores lower-term ``append_entries`` without answering, l.945, so that node could
+   not be told otherwise) - one election at the heal instead of one per timeout. Liveness: when
+   the leader dies every follower stops hearing it at about the same moment, and no candidate
+   times out sooner than ``raftMinTimeout`` after that. pysyncobj's leadership transfer
+   (``timeout_now``) is not used by avictl; a transfer would need the others to stop being sticky.
+
 :func:`set_durable` is read when a journal is created; ``set_durable(False)`` restores pysyncobj's
 own, never-synced ``FileJournal`` for nodes created afterwards (benchmarks, tests).
 """
@@ -68,6 +84,7 @@ import pysyncobj.serializer
 import pysyncobj.syncobj
 import pysyncobj.version
 from pysyncobj.journal import FileJournal, Journal, MetaStorer
+from pysyncobj.monotonic import monotonic as _monotonic
 from pysyncobj.pickle import dumps as _pysyncobj_dumps
 
 from cluster import failpoints
@@ -92,6 +109,7 @@ _durable = True
 @attrs.frozen
 class _Originals:
     send_next_node_idx: Callable[..., None]
+    on_message_received: Callable[..., None]
     create_journal: Callable[..., Journal]
     atomic_replace: Callable[[str, str], Any]
 
@@ -269,6 +287,25 @@ def _send_next_node_idx(
     _originals.send_next_node_idx(self, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
 
 
+# -- leader stickiness -------------------------------------------------------------------------
+
+_FOLLOWER = 0  # pysyncobj's _RAFT_STATE.FOLLOWER
+
+
+def _on_message_received(self: pysyncobj.syncobj.SyncObj, node: Any, message: Any) -> None:
+    """Replaces ``SyncObj.__onMessageReceived`` (syncobj.py l.909); see the module docstring, item 3."""
+    assert _originals is not None
+    kind = message.get("type") if isinstance(message, dict) else None
+    if kind == "append_entries":
+        if message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
+            self._avictl_leader_heard_at = _monotonic()
+    elif kind == "request_vote" and self._SyncObj__raftState == _FOLLOWER and self._SyncObj__raftLeader is not None:
+        heard = getattr(self, "_avictl_leader_heard_at", None)
+        if heard is not None and _monotonic() - heard < self._SyncObj__conf.raftMinTimeout:
+            return
+    _originals.on_message_received(self, node, message)
+
+
 # -- install -----------------------------------------------------------------------------------
 
 
@@ -295,11 +332,13 @@ def install() -> None:
             return
         originals = _Originals(
             send_next_node_idx=pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx,  # type: ignore[attr-defined]
+            on_message_received=pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived,  # type: ignore[attr-defined]
             create_journal=pysyncobj.syncobj.createJournal,
             atomic_replace=pysyncobj.serializer.atomicReplace,
         )
         _originals = originals
         pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx = _send_next_node_idx  # type: ignore[attr-defined]
+        pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived = _on_message_received  # type: ignore[attr-defined]
         pysyncobj.syncobj.createJournal = _create_journal
         pysyncobj.serializer.atomicReplace = _atomic_replace
 
@@ -311,6 +350,7 @@ def uninstall() -> None:
         if _originals is None:
             return
         pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx = _originals.send_next_node_idx  # type: ignore[attr-defined]
+        pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived = _originals.on_message_received  # type: ignore[attr-defined]
         pysyncobj.syncobj.createJournal = _originals.create_journal
         pysyncobj.serializer.atomicReplace = _originals.atomic_replace
         _originals = None

@@ -22,6 +22,7 @@ import pysyncobj.journal
 import pysyncobj.serializer
 import pysyncobj.syncobj
 import pysyncobj.version
+import attrs
 import pytest
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.encryptor import getEncryptor
@@ -479,3 +480,66 @@ def test_raft_port_without_the_password_gets_nothing_and_runs_nothing(tmp_path: 
     assert all(closed for name, (_, closed) in answers.items() if name != "garbage"), answers
     assert not marker.exists()
     assert write is not None and write["ok"], write
+
+
+# -- leader stickiness ---------------------------------------------------------------------------
+
+
+class _Voter:
+    """Just the attributes the stickiness wrapper reads."""
+
+    def __init__(self, state: int, leader: Any = "n2", term: int = 5) -> None:
+        self._SyncObj__raftState = state
+        self._SyncObj__raftLeader = leader
+        self._SyncObj__raftCurrentTerm = term
+        self._SyncObj__conf = types.SimpleNamespace(raftMinTimeout=0.25)
+
+
+@pytest.fixture
+def passed(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The messages the wrapper hands on to pysyncobj's own handler (recorded instead of run)."""
+    seen: list[dict[str, Any]] = []
+    assert compat._originals is not None
+    monkeypatch.setattr(compat, "_originals", attrs.evolve(compat._originals, on_message_received=lambda _self, _node, m: seen.append(m)))
+    return seen
+
+
+def _vote(term: int) -> dict[str, Any]:
+    return {"type": "request_vote", "term": term, "last_log_term": 1, "last_log_index": 1}
+
+
+def test_a_follower_that_just_heard_its_leader_ignores_a_vote_request(passed: list[dict[str, Any]]) -> None:
+    """Within raftMinTimeout of the leader's append_entries, a higher-term request_vote is dropped."""
+    node = _Voter(state=0)
+    SyncObj._SyncObj__onMessageReceived(node, "n2", {"type": "append_entries", "term": 5, "commit_index": 1})
+    SyncObj._SyncObj__onMessageReceived(node, "n3", _vote(9))
+    assert [m["type"] for m in passed] == ["append_entries"]
+
+
+def test_a_follower_that_has_not_heard_its_leader_lately_votes(passed: list[dict[str, Any]]) -> None:
+    """Past raftMinTimeout (the leader may be dead), or without a leader, the vote request goes through."""
+    node = _Voter(state=0)
+    SyncObj._SyncObj__onMessageReceived(node, "n2", {"type": "append_entries", "term": 5, "commit_index": 1})
+    node._avictl_leader_heard_at -= 0.3  # type: ignore[attr-defined]
+    SyncObj._SyncObj__onMessageReceived(node, "n3", _vote(9))
+    leaderless = _Voter(state=0, leader=None)
+    leaderless._avictl_leader_heard_at = compat._monotonic()  # type: ignore[attr-defined]
+    SyncObj._SyncObj__onMessageReceived(leaderless, "n3", _vote(9))
+    assert [m["type"] for m in passed] == ["append_entries", "request_vote", "request_vote"]
+
+
+def test_a_leader_still_steps_down_on_a_higher_term(passed: list[dict[str, Any]]) -> None:
+    """A leader and a candidate are not sticky: a node whose term rose while cut off can rejoin."""
+    for state in (1, 2):
+        node = _Voter(state=state)
+        node._avictl_leader_heard_at = compat._monotonic()  # type: ignore[attr-defined]
+        SyncObj._SyncObj__onMessageReceived(node, "n3", _vote(9))
+    assert [m["type"] for m in passed] == ["request_vote", "request_vote"]
+
+
+def test_a_stale_leaders_append_entries_does_not_make_a_follower_sticky(passed: list[dict[str, Any]]) -> None:
+    """append_entries below the current term (a deposed leader) is not hearing from the leader."""
+    node = _Voter(state=0, term=7)
+    SyncObj._SyncObj__onMessageReceived(node, "n1", {"type": "append_entries", "term": 6, "commit_index": 1})
+    SyncObj._SyncObj__onMessageReceived(node, "n3", _vote(9))
+    assert [m["type"] for m in passed] == ["append_entries", "request_vote"]
