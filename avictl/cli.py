@@ -1065,14 +1065,15 @@ def chaos_group() -> None:
 @chaos_group.command("list")
 @output_option
 def chaos_list(fmt: str) -> None:
-    """The scenarios `avictl chaos run` knows."""
-    from simulations.chaos.scenarios import SCENARIOS
+    """The scenarios `avictl chaos run` knows, and what each needs (root: network namespaces; faketime)."""
+    from simulations.chaos.scenarios import SCENARIOS, requirements
 
     if fmt != "table":
-        emit(render.dump([{"name": s.name, "description": s.description, "criteria": attrs.asdict(s.criteria)}
-                          for s in SCENARIOS.values()], fmt))
+        emit(render.dump([{"name": s.name, "description": s.description, "needs": requirements(s),
+                           "criteria": attrs.asdict(s.criteria)} for s in SCENARIOS.values()], fmt))
         return
-    emit(render.table(["NAME", "DESCRIPTION"], ([s.name, s.description] for s in SCENARIOS.values())))
+    emit(render.table(["NAME", "NEEDS", "DESCRIPTION"],
+                      ([s.name, ", ".join(requirements(s)) or "-", s.description] for s in SCENARIOS.values())))
 
 
 @chaos_group.command("run")
@@ -1082,19 +1083,30 @@ def chaos_list(fmt: str) -> None:
 @click.option("--seed", type=int, default=None, help="Seed of the fault schedule (default: random, printed in the report).")
 @output_option
 def chaos_run(scenario: str, duration: float, seed: Optional[int], fmt: str) -> None:
-    """Run SCENARIO on a fresh 3-node cluster in a temp dir; exit 1 when the verdict is fail."""
+    """Run SCENARIO on a fresh 3-node cluster in a temp dir; exit 1 when the verdict is fail.
+
+    Network scenarios (partition-*, clock-skew) need root; a scenario this machine cannot run
+    (clock-skew without faketime) reports the verdict skip with the reason and exits 0.
+    """
     from simulations.chaos.runner import run_scenario, verdict_rows
     from simulations.chaos.scenarios import SCENARIOS
+    from simulations.netns_cluster import NetnsUnavailable
 
     if scenario not in SCENARIOS:
         raise UsageFault(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     if seed is None:
         seed = secrets.randbelow(2**31)
-    report = run_scenario(scenario, duration=duration, seed=seed, progress=note)
+    try:
+        report = run_scenario(scenario, duration=duration, seed=seed, progress=note)
+    except NetnsUnavailable as exc:
+        raise Refused(f"{scenario} needs network namespaces: {exc}") from None
     if fmt == "table":
         emit(render.table(["CHECK", "VERDICT", "DETAIL"], verdict_rows(report)))
     else:
         emit(render.dump(report, fmt))
+    if report["verdict"] == "skip":
+        note(f"note: {scenario} was not run: {report.get('reason') or 'skipped'}")
+        return
     if report["verdict"] != "pass":
         failed = [c["name"] for c in report["checks"] if not c["ok"]]
         raise Refused(f"chaos verdict: fail ({', '.join(failed)}); seed {seed}")

@@ -64,7 +64,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["POINTS", "TRACE_SUFFIX", "JOURNAL_IMAGE_SUFFIX", "armed", "hit", "journal_rewritten",
+__all__ = ["POINTS", "TRACE_SUFFIX", "JOURNAL_IMAGE_SUFFIX", "arm", "armed", "hit", "journal_rewritten",
            "journal_synced", "parse", "sync_started", "synced", "tracing"]
 
 POINTS = (
@@ -108,6 +108,13 @@ _armed: dict[str, int] = parse(os.environ.get(ENV, ""))
 # name -> hits left before the I/O error; raised on that hit only.
 _eio: dict[str, int] = parse(os.environ.get(EIO_ENV, ""), EIO_ENV)
 _hits_lock = threading.Lock()
+
+
+def arm(points: dict[str, int]) -> None:
+    """Arm ``points`` (as :func:`parse` returns them) in a running process: the Nth hit from now
+    on fires. For harnesses that arm a live node (``simulations.chaos._armed_node``)."""
+    with _hits_lock:
+        _armed.update(points)
 
 
 def armed() -> dict[str, int]:

@@ -110,6 +110,13 @@ class LocalCluster:
     def config_path(self, node_id: str) -> Path:
         return self.base_dir / node_id / "node.json"
 
+    # The module each controller process runs (``python -m``); a harness may run a wrapper.
+    controller_module = "cluster.main"
+
+    def node_env(self, node_id: str) -> dict[str, str]:
+        """Extra environment of ``node_id``'s process, over the cluster's ``env``."""
+        return {}
+
     def start(self, node_id: str) -> None:
         config = self.configs[node_id]
         path = self.config_path(node_id)
@@ -117,7 +124,7 @@ class LocalCluster:
         config.save(path)
         logf = open(self.base_dir / node_id / "controller.log", "ab")
         self.procs[node_id] = subprocess.Popen(
-            [sys.executable, "-m", "cluster.main", "--config", str(path)],
+            [sys.executable, "-m", self.controller_module, "--config", str(path)],
             stdout=logf,
             stderr=logf,
             start_new_session=True,
@@ -125,7 +132,7 @@ class LocalCluster:
             # child started from the main thread may be tied to it (the chaos nemesis restarts
             # nodes from worker threads).
             preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **self.node_env(node_id)},
         )
         logf.close()
 

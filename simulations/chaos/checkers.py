@@ -4,6 +4,7 @@
   nowhere, unknown ones at most once (and on all nodes or none).
 - :func:`check_log_prefixes` / :func:`check_logs_identical`: the nodes' logs agree where they
   overlap during a run, and are equal after heal.
+- :func:`check_sampled_prefixes`: the same during the run, from log tails sampled while faults fire.
 - :func:`check_linearizable`: a Wing–Gong–Lowe search per register key.
 - :func:`failover_gaps`, :func:`recovery_times`, :func:`availability`, :func:`check_bound`:
   data-plane gaps and write recovery after each fault.
@@ -40,6 +41,7 @@ __all__ = [
     "check_linearizable",
     "check_log_prefixes",
     "check_logs_identical",
+    "check_sampled_prefixes",
     "failover_gaps",
     "recovery_times",
 ]
@@ -280,6 +282,51 @@ def check_logs_identical(
                 violations.append(Violation("behind", f"log of {node!r} ends at {ends[node]}, others at {top}",
                                             {"node": node, "end": ends[node], "expected_end": top}))
     return CheckResult.of(name, violations, prefixes.details)
+
+
+def check_sampled_prefixes(
+    samples: Iterable[tuple[float, Node, Sequence[Sequence[Any]]]],
+    *,
+    name: str = "log_prefixes_during_run",
+) -> CheckResult:
+    """Logs sampled during a run are prefixes of each other: every node holds the same record at every
+    revision two nodes both hold.
+
+    A sample is ``(at, node, records)``: the records ``node`` returned at time ``at`` that it had not
+    returned before (its new log tail), each ``[raft_index, first_revision, count, payload]``. Samples
+    are folded in the order given; a record is compared with the first record any node returned at
+    its ``first_revision`` (the same as comparing every pair, as equality is transitive). A record
+    that differs is a ``divergent`` violation naming the revision and both nodes (the same node twice:
+    it returned two different records at one revision, its own log was rewritten).
+    """
+    first: dict[int, tuple[Node, tuple[Any, ...]]] = {}
+    violations: list[Violation] = []
+    total = 0
+    rounds: set[float] = set()
+    nodes: set[Node] = set()
+    records_by_node: Counter[Node] = Counter()
+    compared = 0
+    for at, node, records in samples:
+        rounds.add(at)
+        nodes.add(node)
+        for record in records:
+            total += 1
+            records_by_node[node] += 1
+            entry = tuple(record)
+            revision = int(entry[1])
+            seen = first.get(revision)
+            if seen is None:
+                first[revision] = (node, entry)
+                continue
+            compared += 1
+            if seen[1] != entry:
+                violations.append(Violation(
+                    "divergent", f"at revision {revision} {seen[0]!r} holds {_short(seen[1])} and {node!r} {_short(entry)} "
+                    f"(sampled at {at:.3f})", {"revision": revision, "nodes": [seen[0], node], "at": round(at, 3)}))
+    details = {"samples": len(rounds), "nodes": _sorted_ids(nodes), "records": total,
+               "records_by_node": {repr(n) if not isinstance(n, str) else n: c for n, c in records_by_node.items()},
+               "compared": compared, "revisions": len(first), "violations_total": len(violations)}
+    return CheckResult.of(name, violations[:_MAX_LISTED], details, inconclusive=not compared and not violations)
 
 
 # -- linearizability --------------------------------------------------------------------------------

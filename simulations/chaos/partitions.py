@@ -26,7 +26,12 @@ Workloads: the runner's unique writes and cas registers (one register client per
 so every node is asked), plus an :class:`IsolationProbe`: per node, a single-attempt write and
 a linearizable read of a probe register every 0.1 s, while one sequential writer sets the probe
 register to increasing values through nodes outside the cut-off side. Every HTTP answer of the
-run (workloads and probe) is traced per node, which is what the isolated-side check reads.
+run (workloads and probe) is traced per node, which is what the isolated-side check reads. The
+runner's :class:`~simulations.chaos.runner.LogTailSampler` fetches every node's new log tail each
+second (the cut-off ones too: the host is never cut) for the ``log_prefixes_during_run`` check.
+
+``avictl chaos run`` reaches :func:`run_network_scenario` through ``runner.run_scenario`` (the
+scenarios are in ``scenarios.SCENARIOS`` with ``network`` true).
 """
 
 from __future__ import annotations
@@ -631,7 +636,7 @@ def _skip_report(scenario: NetScenario, seed: int, duration: float, reason: str)
 
 
 async def _drive(cluster: Any, nemesis: NetNemesis, writes: Any, registers: Any, probe: IsolationProbe,
-                 trace: RequestTrace, duration: float) -> tuple[float, float]:
+                 trace: RequestTrace, duration: float, tails: Any = None) -> tuple[float, float]:
     async with traced_session(trace) as session, traced_session(trace, no_retry=True) as reg_session:
         await registers.setup(reg_session)
         await probe.setup(session)
@@ -643,6 +648,7 @@ async def _drive(cluster: Any, nemesis: NetNemesis, writes: Any, registers: Any,
             probe.run(session, stop_at, nemesis.minority),
             nemesis.run(t0, stop_at),
             nemesis.observe(stop_at),
+            *([tails.run(t0, stop_at)] if tails is not None else []),
         )
     return t0, stop_at
 
@@ -653,8 +659,8 @@ def run_network_scenario(scenario: NetScenario, *, duration: float, seed: int,
     from simulations.chaos import checkers
     from simulations.chaos.checkers import CheckResult, Violation
     from simulations.chaos.history import write_outcomes, write_samples
-    from simulations.chaos.runner import (REGISTER_PREFIX, WRITE_PREFIX, _check_log_shape, _history_excerpt, collect_logs,
-                                          collect_present)
+    from simulations.chaos.runner import (REGISTER_PREFIX, WRITE_PREFIX, LogTailSampler, _check_log_shape, _history_excerpt,
+                                          collect_logs, collect_present)
     from simulations.chaos.workloads import RegisterWorkload, WriteWorkload
     from simulations.netns_cluster import NetnsCluster
 
@@ -679,8 +685,9 @@ def run_network_scenario(scenario: NetScenario, *, duration: float, seed: int,
                                      clients_per_key=len(urls), seed=seed)
         probe = IsolationProbe(urls, cluster.token)
         nemesis = NetNemesis(cluster, schedule, catch_up_limit=20.0, faketime=lib)
+        tails = LogTailSampler(cluster)
         say(f"running {scenario.name} for {duration:g} s with seed {seed} ({len(schedule)} faults scheduled)")
-        t0, stop_at = asyncio.run(_drive(cluster, nemesis, writes, registers, probe, trace, duration))
+        t0, stop_at = asyncio.run(_drive(cluster, nemesis, writes, registers, probe, trace, duration, tails))
         say("healing and waiting for the nodes to converge")
         nemesis.heal_all()
         cluster.wait_leader(30)
@@ -700,6 +707,7 @@ def run_network_scenario(scenario: NetScenario, *, duration: float, seed: int,
             {o.value for o in probe_writes if o.outcome == "unknown"}, probe_present, name="probe_writes"))
         logs = collect_logs(cluster)
         checks.append(checkers.check_logs_identical(logs))
+        checks.append(tails.check())
         checks.append(_check_log_shape(logs[cluster.ids[0]], {r.command_id for r in writes.writer.acked}))
         history = registers.operations()
         lin = checkers.check_linearizable(history)

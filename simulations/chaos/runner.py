@@ -7,6 +7,12 @@
 4. Checkers: acknowledged writes (per node, stale reads after convergence), acked command ids
    once in the log, logs identical with gapless revisions, linearizability of the registers,
    write recovery after each fault, catch-up, leader changes — per the scenario's criteria.
+   While the run goes on, a :class:`LogTailSampler` fetches each reachable node's new log tail
+   every second; ``log_prefixes_during_run`` checks those samples agree at every shared revision.
+
+Network scenarios (``network``: partitions, clock skew) are run by
+:func:`simulations.chaos.partitions.run_network_scenario` on a cluster in network namespaces (root);
+its report has the same shape, or ``verdict`` "skip" with a ``reason``.
 
 Data-plane scenarios (``Scenario.data_plane``) run the cluster with the local cloud, a backend
 (``simulations.backend``) and one virtual service in an active/standby SE group; before the clock
@@ -43,11 +49,11 @@ from simulations.chaos.checkers import CheckResult, Violation
 from simulations.chaos.history import write_outcomes, write_samples
 from simulations.chaos.nemesis import SE_TARGETS, Nemesis, SePair
 from simulations.chaos.scenarios import Criteria, Scenario, get
-from simulations.chaos.storage_faults import TRACE_CLUSTER_ENV, StorageNemesis, check_restarts
+from simulations.chaos.storage_faults import TRACE_CLUSTER_ENV, ArmableCluster, StorageNemesis, check_restarts
 from simulations.chaos.workloads import DataPlaneWorkload, RegisterWorkload, WriteWorkload, no_retry_session
 from simulations.local_cluster import LocalCluster, die_with_parent, free_port, wait_until
 
-__all__ = ["collect_present", "run_scenario", "verdict_rows"]
+__all__ = ["LogTailSampler", "collect_present", "run_scenario", "verdict_rows"]
 
 WRITE_PREFIX = "cw"
 REGISTER_PREFIX = "creg"
@@ -65,6 +71,61 @@ def collect_present(cluster: LocalCluster, prefix: str = WRITE_PREFIX) -> dict[s
 
 def collect_logs(cluster: LocalCluster) -> dict[str, list[list[Any]]]:
     return {node: cluster.raw_records(node) for node in cluster.ids}
+
+
+class LogTailSampler:
+    """Every ``interval`` s, each reachable node's records after the last raft index it returned
+    (``/internal/records``, as :meth:`LocalCluster.raw_records` reads them, one batch per node and round);
+    ``samples`` is what :func:`checkers.check_sampled_prefixes` folds. A node that does not answer within
+    ``timeout`` (killed, paused, restarting) is skipped that round."""
+
+    def __init__(self, cluster: LocalCluster, *, interval: float = 1.0, timeout: float = 1.0, limit: int = 5000) -> None:
+        self.cluster = cluster
+        self.interval = interval
+        self.timeout = timeout
+        self.limit = limit
+        self.after: dict[str, int] = {n: 0 for n in cluster.ids}
+        self.samples: list[tuple[float, str, list[list[Any]]]] = []
+        self.rounds = 0
+        self.misses: Counter[str] = Counter()
+
+    def _fetch(self, node: str) -> list[list[Any]]:
+        import urllib.request
+
+        import msgpack
+
+        req = urllib.request.Request(f"{self.cluster.api(node)}/internal/records?after_raft_index={self.after[node]}"
+                                     f"&limit={self.limit}")
+        req.add_header("Authorization", f"Bearer {self.cluster._internal_token()}")
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            return list(msgpack.unpackb(resp.read(), raw=False))
+
+    def sample_once(self, at: float) -> None:
+        self.rounds += 1
+        for node in self.cluster.ids:
+            if not self.cluster.alive(node):
+                self.misses[node] += 1
+                continue
+            try:
+                batch = self._fetch(node)
+            except (OSError, ValueError):
+                self.misses[node] += 1
+                continue
+            if batch:
+                self.after[node] = batch[-1][0]
+            self.samples.append((at, node, batch))
+
+    async def run(self, t0: float, stop_at: float) -> None:
+        while time.monotonic() < stop_at:
+            began = time.monotonic()
+            await asyncio.to_thread(self.sample_once, round(began - t0, 3))
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - began)))
+
+    def check(self) -> CheckResult:
+        result = checkers.check_sampled_prefixes(self.samples)
+        details = {**result.details, "rounds": self.rounds, "interval_s": self.interval,
+                   "unreachable": dict(sorted(self.misses.items()))}
+        return attrs.evolve(result, details=details)
 
 
 def _check_log_shape(reference: list[list[Any]], acked_command_ids: set[str]) -> CheckResult:
@@ -214,12 +275,15 @@ class DataPlane:
 
 
 async def _drive(cluster: LocalCluster, scenario: Scenario, seed: int, duration: float, nemesis: Nemesis,
-                 writes: WriteWorkload, registers: RegisterWorkload, dp: Optional[DataPlane] = None) -> tuple[float, float]:
+                 writes: WriteWorkload, registers: RegisterWorkload, dp: Optional[DataPlane] = None,
+                 tails: Optional[LogTailSampler] = None) -> tuple[float, float]:
     async with aiohttp.ClientSession() as session, no_retry_session() as reg_session:
         await registers.setup(reg_session)
         t0 = time.monotonic()
         stop_at = t0 + duration
         extra = [dp.workload.run(stop_at), dp.sample(nemesis, stop_at)] if dp is not None else []
+        if tails is not None:
+            extra.append(tails.run(t0, stop_at))
         await asyncio.gather(
             writes.run(session, stop_at),
             registers.run(reg_session, stop_at),
@@ -365,10 +429,16 @@ def run_scenario(name: str, *, duration: float, seed: int, progress: Optional[Ca
     """Run scenario ``name`` for ``duration`` s with ``seed``; returns the report (see module doc)."""
     say = progress or (lambda _msg: None)
     scenario = get(name)
+    if getattr(scenario, "network", False):
+        from simulations.chaos.partitions import run_network_scenario
+
+        return run_network_scenario(scenario, duration=duration, seed=seed, progress=progress, base_dir=base_dir)
     schedule = scenario.faults(seed, duration)
     tmp = tempfile.TemporaryDirectory(prefix="avictl-chaos-", dir=base_dir)
-    cluster = LocalCluster(tmp.name, nodes=3, local_cloud=scenario.data_plane,
-                           env=dict(TRACE_CLUSTER_ENV) if scenario.storage else None)
+    # Storage scenarios: nodes that trace their syncs and can have a failpoint armed while they run.
+    cluster_cls = ArmableCluster if scenario.storage else LocalCluster
+    cluster = cluster_cls(tmp.name, nodes=3, local_cloud=scenario.data_plane,
+                          env=dict(TRACE_CLUSTER_ENV) if scenario.storage else None)
     dp: Optional[DataPlane] = None
     started_wall = time.time()
     try:
@@ -386,8 +456,9 @@ def run_scenario(name: str, *, duration: float, seed: int, progress: Optional[Ca
             writes = WriteWorkload(urls, cluster.token, prefix=WRITE_PREFIX, concurrency=4, rate=100.0)
             registers = RegisterWorkload(urls, cluster.token, prefix=REGISTER_PREFIX, keys=3, clients_per_key=2, seed=seed)
         nemesis = (StorageNemesis if scenario.storage else Nemesis)(cluster, schedule, catch_up_limit=20.0, pair=dp.pair if dp else None, settle_limit=30.0)
+        tails = LogTailSampler(cluster)
         say(f"running {scenario.name} for {duration:g} s with seed {seed} ({len(schedule)} faults scheduled)")
-        t0, stop_at = asyncio.run(_drive(cluster, scenario, seed, duration, nemesis, writes, registers, dp))
+        t0, stop_at = asyncio.run(_drive(cluster, scenario, seed, duration, nemesis, writes, registers, dp, tails))
         say("healing and waiting for the nodes to converge")
         nemesis.heal_all()
         cluster.wait_leader(30)
@@ -406,6 +477,7 @@ def run_scenario(name: str, *, duration: float, seed: int, progress: Optional[Ca
         checks.append(checkers.check_acknowledged(outcomes.acked, outcomes.failed, outcomes.unknown, present))
         logs = collect_logs(cluster)
         checks.append(checkers.check_logs_identical(logs))
+        checks.append(tails.check())
         checks.append(_check_log_shape(logs[cluster.ids[0]], {r.command_id for r in writes.writer.acked}))
         if isinstance(nemesis, StorageNemesis):
             checks.append(check_restarts(nemesis))  # reads the nodes' logs: before the cluster is closed
@@ -478,6 +550,8 @@ def _check(report: dict[str, Any], name: str) -> Optional[dict[str, Any]]:
 def verdict_rows(report: dict[str, Any]) -> list[list[Any]]:
     """The verdict table: [CHECK, VERDICT, DETAIL] rows."""
     rows: list[list[Any]] = []
+    if report.get("reason"):
+        rows.append(["reason", report["verdict"], report["reason"]])
     w = report["operations"]["writes"]
     reg = report["operations"]["register"]
     rows.append(["operations (writes)", "-", f"acknowledged {w['acknowledged']} / failed {w['failed']} / unknown {w['unknown']}"])
@@ -499,6 +573,9 @@ def verdict_rows(report: dict[str, Any]) -> list[list[Any]]:
                       f"{kinds.get('failed_present', 0)}, divergent {kinds.get('divergent', 0)}, unknown applied {d.get('unknown_applied', 0)}")
         elif c["name"] == "logs_identical":
             detail = f"ends {d.get('ends')}"
+        elif c["name"] == "log_prefixes_during_run":
+            detail = (f"{d.get('samples')} samples of {len(d.get('nodes') or [])} nodes, {d.get('compared')} records "
+                      f"compared at shared revisions, {d.get('violations_total')} divergent")
         elif c["name"] == "log_commands_once":
             detail = f"{d.get('revisions')} revisions gapless, acked commands once"
         elif c["name"] == "linearizable":

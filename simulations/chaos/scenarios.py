@@ -17,14 +17,14 @@ again, 15 s of quiet after the controllers resume and 5 s for writes to resume a
 from __future__ import annotations
 
 import random
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import attrs
 
 from simulations.chaos.nemesis import FaultStep
 from simulations.chaos.storage_faults import scenarios as storage_scenarios
 
-__all__ = ["Criteria", "SCENARIOS", "Scenario", "get"]
+__all__ = ["Criteria", "SCENARIOS", "Scenario", "get", "requirements"]
 
 
 @attrs.frozen
@@ -92,7 +92,7 @@ def _controllers_unreachable(rng: random.Random, duration: float) -> list[FaultS
     return [FaultStep(round(at, 3), "pause", "controllers", round(hold, 3))]
 
 
-SCENARIOS: dict[str, Scenario] = {
+SCENARIOS: dict[str, Any] = {
     s.name: s
     for s in [
         Scenario("no-faults", "No faults for the whole run: the leader never changes, nothing is lost.",
@@ -138,7 +138,30 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
-def get(name: str) -> Scenario:
+def _network_scenarios() -> dict[str, Any]:
+    # partitions.py imports nothing of this module (the runner only lazily), so this is no cycle.
+    from simulations.chaos.partitions import NETWORK_SCENARIOS
+
+    return dict(NETWORK_SCENARIOS)
+
+
+SCENARIOS.update(_network_scenarios())
+"""Every scenario by name: the :class:`Scenario` s above and the network ones
+(:class:`simulations.chaos.partitions.NetScenario`, ``network`` true; run on a :class:`NetnsCluster`)."""
+
+
+def requirements(scenario: Any) -> list[str]:
+    """What a scenario needs from the machine besides the venv: "root" (network namespaces), "faketime"."""
+    needs = []
+    if getattr(scenario, "network", False):
+        needs.append("root")
+    if getattr(getattr(scenario, "criteria", None), "needs_faketime", False):
+        needs.append("faketime")
+    return needs
+
+
+def get(name: str) -> Any:
+    """The scenario called ``name`` (a :class:`Scenario` or a network ``NetScenario``)."""
     try:
         return SCENARIOS[name]
     except KeyError:

@@ -1,14 +1,26 @@
 """Storage faults for the chaos harness: crash points (failpoints) and power loss of a minority.
 
-``crash-points``: every ~8 s a node (alternately a follower and the leader, as the cluster sees
-them when the step fires) is killed -9 and restarted with one failpoint armed (name and hit
-count drawn from the seed, see :mod:`cluster.failpoints`); it dies there by itself (exit 137,
-``failpoint ... fired`` in its log) while it recovers and catches up - the leader's stale tail
-truncated, entries appended and synced, the event store appended and synced. ``hold`` s after the
-step the node is restarted unarmed (killed first if the point was not reached) and must catch up.
-A failpoint can only be armed at a start, so it fires in a node that just restarted (a follower
-then, an ex-leader for the "leader" steps); the acting leader's write path is hit by the kill -9
-itself, not at a named point.
+``crash-points``: every ~8 s one failpoint (name and hit count drawn from the seed, see
+:mod:`cluster.failpoints`) is armed on a node, which then dies there by itself (exit 137,
+``failpoint ... fired`` in its log). The steps cycle through four kinds:
+
+1. a follower, armed *live*: the node keeps running and dies at the Nth hit from then on, in the
+   follower's write path (entries from ``append_entries`` added and synced, the store appended);
+2. the acting leader, armed live: the node that is the leader when the step fires (the nemesis asks
+   every node's ``/internal/status``), so it dies in the leader's write path (its own new entries,
+   the commit, the store) - a leader crash at a named point, not only a kill -9;
+3. a follower killed -9 and restarted armed: it dies while it recovers and catches up (its stale
+   tail truncated, entries appended and synced, the event store appended and synced);
+4. the acting leader again, armed live.
+
+Live arming needs the nodes started through :mod:`simulations.chaos._armed_node` (an
+:class:`ArmableCluster`); the harness writes the spec to the node's arm file and waits for the
+acknowledgement. Each fault's report entry has ``role`` (the role the node itself reported right
+after it was armed: leader / follower; ``restarting`` for kind 3) and ``armed`` (live / at
+restart). A live fault that fired starts (``at``, what write recovery is measured from) at the
+node's death, read from its log's mtime; ``armed_at`` is when it was armed, ``leader_when_fired``
+the leader the nemesis saw last before the death (it looks every 0.5 s). ``hold`` s after the
+arming the node is restarted unarmed (killed first if the point was not reached) and must catch up.
 
 ``power-loss-minority``: every ~10 s one node (a follower first, then the leader, alternately) is
 stopped at a moment when it holds written but not yet fsync'ed data (SIGSTOP, look, SIGCONT,
@@ -27,8 +39,10 @@ dropped something in at least one fault (otherwise the run proved nothing).
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -37,14 +51,18 @@ import attrs
 
 from cluster.failpoints import ENV as FAILPOINTS_ENV
 from cluster.failpoints import TRACE_ENV
+from simulations.chaos._armed_node import ARM_FILE_ENV, ARMED_SUFFIX, REFUSED_SUFFIX
 from simulations.chaos.checkers import CheckResult, Violation
 from simulations.chaos.nemesis import Fault, FaultStep, Nemesis
 from simulations.chaos.power import lose_power, unsynced
+from simulations.local_cluster import LocalCluster
 
-__all__ = ["CRASH_POINTS", "MODES", "StorageFault", "StorageNemesis", "StorageStep", "TRACE_CLUSTER_ENV",
-           "check_restarts", "crash_points_schedule", "power_loss_schedule"]
+__all__ = ["ARMINGS", "ArmableCluster", "CRASH_POINTS", "MODES", "StorageFault", "StorageNemesis", "StorageStep",
+           "TRACE_CLUSTER_ENV", "check_restarts", "crash_points_schedule", "power_loss_schedule"]
 
 MODES = ("crash-point", "power-loss")
+ARMINGS = ("live", "restart")  # crash-point: armed on the running node, or at a restart after kill -9
+ARM_ACK_LIMIT = 2.0  # s to wait for a running node to acknowledge a live arming
 POWER_WINDOW_LIMIT = 3.0  # s to look for a moment with unsynced data before a power loss
 TRACE_CLUSTER_ENV = {TRACE_ENV: "1"}
 
@@ -71,12 +89,14 @@ class StorageStep(FaultStep):
     failpoint: str = ""
     count: int = 0
     torn: float = 0.0  # power-loss: fraction of the event store's unsynced tail kept (0: exactly the synced state)
+    arm: str = attrs.field(default="restart", validator=attrs.validators.in_(ARMINGS))  # crash-point only
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
         out["mode"] = self.mode
         if self.mode == "crash-point":
             out["failpoint"] = f"{self.failpoint}={self.count}"
+            out["armed"] = self.arm
         elif self.torn:
             out["torn"] = self.torn
         return out
@@ -92,13 +112,24 @@ class StorageFault(Fault):
     dropped: Optional[dict[str, Any]] = None  # power-loss: what the cut dropped
     window_found: Optional[bool] = None  # power-loss: stopped while something was unsynced
     window_tries: int = 0
+    role: Optional[str] = None  # crash-point: leader / follower as the node reported it once armed; "restarting"
+    armed: str = ""  # crash-point: "live" / "at restart"
+    term: Optional[int] = None  # crash-point, live: the node's term once armed
+    arm_error: str = ""  # crash-point, live: why the arming was not acknowledged
+    armed_at: Optional[float] = None  # crash-point, live: monotonic, when armed (``started`` becomes the death once fired)
+    leader_when_fired: Optional[str] = None  # crash-point, live: the leader the nemesis last saw before the death
 
     def to_dict(self, t0: float) -> dict[str, Any]:
         out = super().to_dict(t0)
         out["mode"] = self.mode
         if self.mode == "crash-point":
-            out.update({"failpoint": self.failpoint, "fired": self.fired, "exit_code": self.exit_code,
+            out.update({"failpoint": self.failpoint, "role": self.role, "armed": self.armed, "term": self.term,
+                        "armed_at": None if self.armed_at is None else round(self.armed_at - t0, 3),
+                        "leader_when_fired": self.leader_when_fired,
+                        "fired": self.fired, "exit_code": self.exit_code,
                         "fired_after_s": None if self.fired_after is None else round(self.fired_after, 3)})
+            if self.arm_error:
+                out["arm_error"] = self.arm_error
         else:
             out.update({"dropped": self.dropped, "unsynced_when_stopped": self.window_found, "tries": self.window_tries})
         return out
@@ -106,7 +137,8 @@ class StorageFault(Fault):
 
 def _alternating(mode: str, every: float, hold: float, pick_point: bool) -> Callable[[random.Random, float], list[FaultStep]]:
     """A follower, then the leader, alternately. Power losses: the first pair cut exactly to the
-    synced state, the next pair torn (part of the store's unsynced tail kept), and so on."""
+    synced state, the next pair torn (part of the store's unsynced tail kept), and so on. Crash
+    points: armed live, except every second follower step, armed at a restart (see the module doc)."""
 
     def schedule(rng: random.Random, duration: float) -> list[FaultStep]:
         steps: list[FaultStep] = []
@@ -121,8 +153,9 @@ def _alternating(mode: str, every: float, hold: float, pick_point: bool) -> Call
                 count = rng.randint(lo, hi)
             elif (i // 2) % 2 == 1:
                 torn = round(rng.uniform(0.05, 0.95), 3)
+            arm = "restart" if i % 4 == 2 else "live"
             steps.append(StorageStep(round(at, 3), "kill", targets[i % 2], hold, pick=rng.random(), mode=mode,
-                                     failpoint=failpoint, count=count, torn=torn))
+                                     failpoint=failpoint, count=count, torn=torn, arm=arm))
             i += 1
             at += every + rng.uniform(-0.5, 0.5)
         return steps
@@ -132,6 +165,47 @@ def _alternating(mode: str, every: float, hold: float, pick_point: bool) -> Call
 
 crash_points_schedule = _alternating("crash-point", 8.0, 5.0, pick_point=True)
 power_loss_schedule = _alternating("power-loss", 10.0, 2.0, pick_point=False)
+
+
+class ArmableCluster(LocalCluster):
+    """A :class:`LocalCluster` whose nodes run through :mod:`simulations.chaos._armed_node`, so that a
+    failpoint can be armed on a running node (:meth:`arm_file`); otherwise the same."""
+
+    def arm_file(self, node_id: str) -> Path:
+        return self.base_dir / node_id / "failpoints.arm"
+
+    controller_module = "simulations.chaos._armed_node"
+
+    def node_env(self, node_id: str) -> dict[str, str]:
+        return {ARM_FILE_ENV: str(self.arm_file(node_id))}
+
+    def start(self, node_id: str) -> None:
+        # A stale arming must not reach the new process.
+        for suffix in ("", ARMED_SUFFIX, REFUSED_SUFFIX):
+            Path(f"{self.arm_file(node_id)}{suffix}").unlink(missing_ok=True)
+        super().start(node_id)
+
+    def arm(self, node_id: str, spec: str, timeout: float = ARM_ACK_LIMIT) -> Optional[str]:
+        """Arm ``spec`` on the running ``node_id``; None once acknowledged, else why not."""
+        target = self.arm_file(node_id)
+        ack, refused = Path(f"{target}{ARMED_SUFFIX}"), Path(f"{target}{REFUSED_SUFFIX}")
+        ack.unlink(missing_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(spec + "\n")
+        os.replace(tmp, target)
+        deadline = time.monotonic() + timeout
+        while True:
+            if ack.exists():
+                return None
+            if refused.exists():
+                return f"refused: {refused.read_text().strip()}"
+            if not self.alive(node_id):
+                target.unlink(missing_ok=True)
+                return "the node exited before it acknowledged"
+            if time.monotonic() >= deadline:
+                target.unlink(missing_ok=True)
+                return f"not acknowledged within {timeout:g} s"
+            time.sleep(0.005)
 
 
 class StorageNemesis(Nemesis):
@@ -173,11 +247,30 @@ class StorageNemesis(Nemesis):
                 fault.dropped = lose_power(data_dir, torn=step.torn)
                 self.killed.add(node)
                 continue
-            self.cluster.kill(node, signal.SIGKILL)
             fault.failpoint = f"{step.failpoint}={step.count}"
-            self._start(node, fault.failpoint)
+            if step.arm == "live" and isinstance(self.cluster, ArmableCluster):
+                self._arm_live(node, fault, leader)
+            else:
+                self.cluster.kill(node, signal.SIGKILL)
+                fault.role, fault.armed = "restarting", "at restart"
+                self._start(node, fault.failpoint)
             self._armed[node] = fault
         return fault
+
+    def _arm_live(self, node: str, fault: StorageFault, leader: Optional[str]) -> None:
+        """Arm the running ``node``, picked just before from every node's status (``leader``: the
+        leader then); the point counts its hits from the acknowledgement on. ``role`` is what the
+        node reports right after it, or the role it was picked in when it is already gone."""
+        assert isinstance(self.cluster, ArmableCluster)
+        fault.armed = "live"
+        fault.role = "leader" if node == leader else "follower"
+        error = self.cluster.arm(node, fault.failpoint)
+        fault.started, fault.started_wall = time.monotonic(), time.time()
+        if error is not None:
+            fault.arm_error = error
+        st = self.cluster.status(node)
+        if st is not None:
+            fault.role, fault.term = st.get("role", fault.role), st.get("term")
 
     def _stop_while_unsynced(self, node: str, data_dir: str, limit: float = POWER_WINDOW_LIMIT, *,
                              store_only: bool = False) -> tuple[bool, int]:
@@ -212,6 +305,13 @@ class StorageNemesis(Nemesis):
             else:
                 fault.fired = code == 137 and self._fired_in_log(node, fault.failpoint.split("=")[0])
                 fault.fired_after = self._death_time(node, fault)
+                if fault.armed == "live" and fault.fired and fault.fired_after is not None:
+                    # A live arming is no fault until the node dies: recovery is measured from the death.
+                    fault.armed_at = fault.started
+                    fault.started += fault.fired_after
+                    fault.started_wall += fault.fired_after
+                    seen = [leader for at, leader, _ in self.leaders if at <= fault.started and leader is not None]
+                    fault.leader_when_fired = seen[-1] if seen else None
             fault.exit_code = code
             self.killed.add(node)
         for node in nodes:
@@ -334,9 +434,10 @@ def scenarios(scenario_cls: Any = None, criteria_cls: Any = None) -> list[Any]:
         scenario_cls, criteria_cls = Scenario, Criteria
     storage = {"storage": True} if "storage" in attrs.fields_dict(scenario_cls) else {}
     return [
-        scenario_cls("crash-points", "kill -9 a follower / the leader (alternately) every 8 s and restart it with a "
-                     "failpoint from the seed armed; it dies there, is restarted unarmed 5 s after the step and "
-                     "catches up within 10 s; nothing acked lost, logs identical, no refused start.",
+        scenario_cls("crash-points", "every 8 s arm a failpoint from the seed on a follower, then on the acting leader "
+                     "(alternately; armed on the running node, every fourth step on a follower killed -9 and "
+                     "restarted armed); it dies there, is restarted unarmed 5 s after the step and catches up "
+                     "within 10 s; writes resume within 3 s, nothing acked lost, logs identical, no refused start.",
                      crash_points_schedule, criteria_cls(max_write_recovery=3.0, max_catch_up=10.0, min_faults=1),
                      **storage),
         scenario_cls("power-loss-minority", "power loss of a follower, then of the leader (alternately), every 10 s, "

@@ -27,6 +27,7 @@ from simulations.chaos.checkers import (
     check_linearizable,
     check_log_prefixes,
     check_logs_identical,
+    check_sampled_prefixes,
     failover_gaps,
     recovery_times,
 )
@@ -208,6 +209,47 @@ def test_prefixes_of_one_log_always_agree_and_a_changed_entry_never_does(log: li
     changed = list(log)
     changed[index] = changed[index] + b"!"
     assert not check_log_prefixes({"full": log, "bad": changed}).ok
+
+
+def _rec(raft_index: int, revision: int, payload: bytes) -> list[Any]:
+    return [raft_index, revision, 1, payload]
+
+
+def test_sampled_tails_that_lag_agree() -> None:
+    """Tails sampled at different moments, one node behind and catching up later, pass."""
+    samples = [
+        (1.0, "n1", [_rec(1, 1, b"a"), _rec(2, 2, b"b")]), (1.0, "n2", [_rec(1, 1, b"a")]), (1.0, "n3", []),
+        (2.0, "n1", [_rec(3, 3, b"c")]), (2.0, "n2", [_rec(2, 2, b"b"), _rec(3, 3, b"c")]),
+        (2.0, "n3", [_rec(1, 1, b"a"), _rec(2, 2, b"b")]),
+    ]
+    result = check_sampled_prefixes(samples)
+    assert (True, 2, 8, 5) == (result.ok, result.details["samples"], result.details["records"], result.details["compared"])
+
+
+def test_planted_divergence_in_a_sample_is_caught_with_revision_and_nodes() -> None:
+    """A node that returns other bytes at a revision another node already returned fails the check."""
+    samples = [
+        (1.0, "n1", [_rec(1, 1, b"a"), _rec(2, 2, b"b")]),
+        (1.0, "n2", [_rec(1, 1, b"a")]),
+        (2.0, "n2", [_rec(2, 2, b"B")]),  # planted: n2 holds other bytes at revision 2
+        (2.0, "n3", [_rec(1, 1, b"a"), _rec(2, 2, b"b")]),
+    ]
+    result = check_sampled_prefixes(samples)
+    assert [("divergent", 2, ["n1", "n2"], 2.0)] == [
+        (v.kind, v.data["revision"], v.data["nodes"], v.data["at"]) for v in result.violations]
+    assert "fail" == result.verdict
+
+
+def test_sampled_record_that_differs_only_in_its_raft_index_is_caught() -> None:
+    """The whole record is compared, not only its payload."""
+    result = check_sampled_prefixes([(1.0, "n1", [_rec(5, 1, b"a")]), (1.0, "n2", [_rec(6, 1, b"a")])])
+    assert ["divergent"] == kinds(result)
+
+
+def test_no_shared_revision_sampled_is_inconclusive() -> None:
+    """Samples that never put two records at one revision prove nothing."""
+    result = check_sampled_prefixes([(1.0, "n1", [_rec(1, 1, b"a")]), (1.0, "n2", [])])
+    assert "unknown" == result.verdict
 
 
 # -- linearizability: examples ----------------------------------------------------------------------

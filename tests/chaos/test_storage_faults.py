@@ -189,3 +189,27 @@ def test_crash_points_smoke() -> None:
     assert check["details"]["failpoints_fired"] >= 1
     assert report["operations"]["writes"]["acknowledged"] > 100
     assert time.monotonic() - started <= 90
+
+
+def test_live_arming_arms_the_running_process_and_acknowledges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spec in the arm file is armed in this process and the file renamed to .armed; a bad one is refused."""
+    from simulations.chaos import _armed_node
+
+    monkeypatch.setattr(failpoints, "_armed", {})  # never hit here: arming must not touch the real table
+    arm = tmp_path / "failpoints.arm"
+    assert _armed_node.arm_once(str(arm)) is None
+    arm.write_text("store.after_append=3\n")
+    assert "store.after_append=3" == _armed_node.arm_once(str(arm))
+    assert ({"store.after_append": 3}, False, True) == (failpoints.armed(), arm.exists(), (tmp_path / "failpoints.arm.armed").exists())
+    arm.write_text("store.nowhere=1\n")
+    assert _armed_node.arm_once(str(arm)) is None
+    assert "unknown failpoint" in (tmp_path / "failpoints.arm.refused").read_text() and not arm.exists()
+    assert {"store.after_append": 3} == failpoints.armed()
+
+
+def test_crash_point_steps_arm_the_running_leader_and_followers() -> None:
+    """Followers and leaders alternate; all are armed on the running node but every fourth step (a restarted follower)."""
+    crash = storage_faults.crash_points_schedule(random.Random(3), 60.0)
+    assert [("follower", "live"), ("leader", "live"), ("follower", "restart"), ("leader", "live")] == [
+        (s.target, s.arm) for s in crash[:4]]
+    assert all(s.to_dict()["armed"] == s.arm for s in crash)
