@@ -558,6 +558,10 @@ _TYPE_NAMES = {
     "list": "array",
 }
 _INT_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
+# Dotted-quad IPv4 exactly as ipaddress.IPv4Address accepts it (no leading zeros, no spaces),
+# ~10x cheaper than constructing one (it was 7 % of a controller's CPU under bulk writes).
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}\Z")
 
 
 def _kind(kind: str) -> KindSchema:
@@ -610,10 +614,8 @@ def _normalize_value(f: Field, value: Any, existing: Any, path: str, internal: b
         if f.min_length is not None and len(value.strip()) < f.min_length:
             raise ValidationError(path, "must not be empty" if f.min_length == 1 else f"must be at least {f.min_length} characters")
         if f.format == "ipv4":
-            try:
-                ipaddress.IPv4Address(value)
-            except ValueError:
-                raise ValidationError(path, f"{value!r} is not a valid IPv4 address") from None
+            if not _IPV4.match(value):
+                raise ValidationError(path, f"{value!r} is not a valid IPv4 address")
         if f.enum:
             _check_enum(f, value, path)
         return value

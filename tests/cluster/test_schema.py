@@ -832,3 +832,23 @@ def test_switching_away_from_consistent_hash_drops_the_carried_hash_key() -> Non
     stored = normalize("pool", {"name": "p", "lb_algorithm": "LB_ALGORITHM_CONSISTENT_HASH"})
     body = dict(stored, lb_algorithm="LB_ALGORITHM_ROUND_ROBIN")
     assert "lb_algorithm_hash" not in normalize("pool", body, existing=stored)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.text(alphabet="0123456789.", max_size=17),
+    st.tuples(*[st.integers(-5, 300)] * 4).map(lambda t: ".".join(map(str, t))),
+    st.text(max_size=20),
+))
+def test_ipv4_check_agrees_with_ipaddress(text: str) -> None:
+    """The fast dotted-quad check accepts exactly what ipaddress.IPv4Address accepts."""
+    import ipaddress
+
+    from cluster.schema import _IPV4
+
+    try:
+        ipaddress.IPv4Address(text)
+        valid = True
+    except ValueError:
+        valid = False
+    assert bool(_IPV4.match(text)) == valid, text
