@@ -290,11 +290,11 @@ def _send_next_node_idx(
 # -- leader stickiness -------------------------------------------------------------------------
 
 _FOLLOWER = 0  # pysyncobj's _RAFT_STATE.FOLLOWER
+_PYSYNCOBJ_ON_MESSAGE_RECEIVED = pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived  # type: ignore[attr-defined]
 
 
 def _on_message_received(self: pysyncobj.syncobj.SyncObj, node: Any, message: Any) -> None:
     """Replaces ``SyncObj.__onMessageReceived`` (syncobj.py l.909); see the module docstring, item 3."""
-    assert _originals is not None
     kind = message.get("type") if isinstance(message, dict) else None
     if kind == "append_entries":
         if message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
@@ -303,7 +303,9 @@ def _on_message_received(self: pysyncobj.syncobj.SyncObj, node: Any, message: An
         heard = getattr(self, "_avictl_leader_heard_at", None)
         if heard is not None and _monotonic() - heard < self._SyncObj__conf.raftMinTimeout:
             return
-    _originals.on_message_received(self, node, message)
+    # pysyncobj's own, not read from _originals: a live node keeps this wrapper (its transport
+    # callback is bound at construction) even after uninstall().
+    _PYSYNCOBJ_ON_MESSAGE_RECEIVED(self, node, message)
 
 
 # -- install -----------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ The points, in the order a committed write meets them on one node:
     the store fsync returned; no writer was answered yet, the applied index not advanced.
 
 ``AVICTL_FAILPOINTS_EIO`` takes the same form but the Nth hit raises ``OSError(EIO)`` there
-instead of exiting, as a failing disk would.
+instead of exiting, as a failing disk would; only at the two sync points
+(``raft.journal.before_sync``, ``store.before_sync``).
 
 Sync trace (power-loss simulation)
 ----------------------------------
@@ -107,6 +108,11 @@ def parse(spec: str, env: str = ENV) -> dict[str, int]:
 _armed: dict[str, int] = parse(os.environ.get(ENV, ""))
 # name -> hits left before the I/O error; raised on that hit only.
 _eio: dict[str, int] = parse(os.environ.get(EIO_ENV, ""), EIO_ENV)
+# Only where the caller handles a failed sync as a failing disk (stop the node): elsewhere an
+# injected error would only test our failpoint, not the code.
+EIO_POINTS = ("raft.journal.before_sync", "store.before_sync")
+if set(_eio) - set(EIO_POINTS):
+    raise ValueError(f"{EIO_ENV}: I/O errors can be injected only at {', '.join(EIO_POINTS)}")
 _hits_lock = threading.Lock()
 
 

@@ -78,7 +78,9 @@ class _PendingView:
         self._by_name: dict[tuple[str, str, str], str] = {}
 
     def add(self, event: ObjectCreated) -> None:
-        obj = StoredObject(event.kind, event.uuid, event.name, event.tenant, event.body, 0, 0)
+        # created/modified 0 would read as "built in"; a pending object is newer than the view.
+        pending = self._view.revision + 1
+        obj = StoredObject(event.kind, event.uuid, event.name, event.tenant, event.body, pending, pending)
         self._by_uuid[event.uuid] = obj
         self._by_name[(event.kind, event.tenant, event.name)] = event.uuid
 
@@ -90,7 +92,9 @@ class _PendingView:
         return self._by_uuid[uuid] if uuid is not None else self._view.by_name(kind, name, tenant)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._view, name)
+        # Only lookups are answered with the pending objects; anything else would silently see the
+        # view as it was before the macro, so it is refused rather than delegated.
+        raise AttributeError(f"a macro decision may only look objects up (get, by_name), not use {name!r}")
 
 
 def decide_macro_create(
@@ -126,8 +130,10 @@ def _create(
             continue
         f = _nested_ref(kind, key, path)
         field_name = key[: -len(_DATA_SUFFIX)]
-        if body.get(field_name) not in (None, [], ""):
-            raise CommandError(422, f"give either {field_name} or {key}, not both", _join(path, key))
+        given = [field_name] + [n for n, a in schema.KINDS[kind].fields.items() if a.alias_for == field_name]
+        for other in given:
+            if body.get(other) not in (None, [], ""):
+                raise CommandError(422, f"give either {other} or {key}, not both", _join(path, key))
         if f.type == "ref":
             assert f.ref is not None
             uuid = _create(pending, f.ref, nested, tenant, _join(path, key), events, make_uuid, depth + 1)
@@ -162,23 +168,45 @@ def decide_macro_delete(view: ConfigView, model_name: Any, data: Any, *, tenant:
     found: list[tuple[StoredObject, bool, str]] = []  # (object, is top, request path), parents first
     for i, item in enumerate(items):
         _collect(view, kind, item, tenant, path_of(i), True, found, 0)
-    deleting: set[str] = set()
-    events: list[Any] = []
-    preconditions: list[Precondition] = []
+    named: dict[str, tuple[StoredObject, bool, str]] = {}
     for obj, top, path in found:
-        if obj.uuid in deleting:
-            continue
-        outside = (view.referrers(obj.uuid) | view.placed_on(obj.uuid)) - deleting
-        if obj.created == 0 or outside:
-            if not top:
-                continue  # shared or built in: the real product keeps it too
+        if obj.uuid not in named or top:
+            named[obj.uuid] = (obj, top, path)
+    # The deletable set is a fixpoint, so the order of the request does not matter: a named object
+    # goes when it is not built in and everything that uses it goes too. Start from all of them
+    # and drop, until nothing changes, those used by an object that stays.
+    deleting = {u for u, (obj, _top, _path) in named.items() if obj.created != 0}
+    changed = True
+    while changed:
+        changed = False
+        for uuid in list(deleting):
+            if (view.referrers(uuid) | view.placed_on(uuid)) - deleting:
+                deleting.discard(uuid)
+                changed = True
+    for uuid, (obj, top, path) in named.items():
+        if top and uuid not in deleting:
             if obj.created == 0:
                 raise CommandError(409, f"{obj.kind} {obj.name!r} is built in and cannot be deleted", path)
+            outside = (view.referrers(uuid) | view.placed_on(uuid)) - deleting
             names = sorted(f"{u.kind} {u.name!r}" for u in (view.get(x) for x in outside) if u is not None)
             raise CommandError(409, f"{obj.kind} {obj.name!r} is in use by {', '.join(names)}", path)
-        deleting.add(obj.uuid)
-        events.append(ObjectDeleted(kind=obj.kind, uuid=obj.uuid, name=obj.name, tenant=obj.tenant))
-        preconditions.append(Precondition(obj.uuid, obj.modified))
+    # Referrers before what they refer to, so each delete is valid at apply in the order given.
+    ordered: list[StoredObject] = []
+    placed: set[str] = set()
+
+    def place(uuid: str) -> None:
+        if uuid in placed:
+            return
+        placed.add(uuid)
+        for user in sorted(view.referrers(uuid) & deleting):
+            place(user)
+        ordered.append(named[uuid][0])
+
+    for uuid in named:
+        if uuid in deleting:
+            place(uuid)
+    events = [ObjectDeleted(kind=o.kind, uuid=o.uuid, name=o.name, tenant=o.tenant) for o in ordered]
+    preconditions = [Precondition(o.uuid, o.modified) for o in ordered]
     return Decision(tuple(events), tuple(preconditions), found[0][0].uuid if found else "")
 
 

@@ -112,7 +112,9 @@ class Controller:
         self._send_scheduled = False
         self._syncing = False
         self._flush_again = False
-        self._leader_seen_at = 0.0
+        # When the watcher first saw no reachable leader (None while there is one), and when it last ran.
+        self._leader_lost_at: Optional[float] = None
+        self._leader_watched_at = 0.0
         self._leader_watch: Optional[asyncio.Task[None]] = None
         # One thread, so syncs complete in the order they were started.
         self._sync_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
@@ -131,7 +133,7 @@ class Controller:
         self.log = self.log.bind(revision=self.view.revision)
         self.log.info("view_loaded", revision=self.view.revision, raft_index=self.view.raft_index, objects=len(self.view))
         self.raft = await self._loop.run_in_executor(None, self._make_raft)
-        self._leader_seen_at = self._loop.time()
+        self._leader_watched_at = self._loop.time()
         self._leader_watch = self._loop.create_task(self._watch_leader())
 
     def _make_raft(self) -> RaftLog:
@@ -177,16 +179,33 @@ class Controller:
 
     async def _watch_leader(self) -> None:
         while True:
-            if self.raft.leader_reachable:
-                self._leader_seen_at = self._loop.time()
+            self._note_leader()
             await asyncio.sleep(LEADER_WATCH_PERIOD)
 
-    def leaderless_for(self) -> float:
-        """Seconds since this node last had a reachable leader (0 while it has one)."""
+    def _note_leader(self) -> bool:
+        now = self._loop.time()
+        self._leader_watched_at = now
         if self.raft.leader_reachable:
-            self._leader_seen_at = self._loop.time()
+            self._leader_lost_at = None
+            return True
+        if self._leader_lost_at is None:
+            self._leader_lost_at = now
+        return False
+
+    def leaderless_for(self) -> float:
+        """Seconds this node has been seen without a reachable leader, continuously (0 while it has one).
+
+        Only what the watcher saw counts: after the loop stalled (a long apply, a big snapshot;
+        the tick thread starved with it, so an election may be under way) the clock restarts.
+        """
+        stalled = self._loop.time() - self._leader_watched_at > 3 * LEADER_WATCH_PERIOD
+        if self._note_leader():
             return 0.0
-        return self._loop.time() - self._leader_seen_at
+        if stalled:
+            self._leader_lost_at = self._loop.time()
+            return 0.0
+        assert self._leader_lost_at is not None
+        return self._loop.time() - self._leader_lost_at
 
     # -- the committed pipeline (loop thread) --------------------------------------------------
 
@@ -502,6 +521,10 @@ class Controller:
                         if exc.reason != "missing_leader":
                             maybe_sent = True
                         elif self.leaderless_for() > self._no_leader_grace():
+                            if len(self._pending.get(key, ())) > 1:
+                                # Another attempt of this command id is in flight here: its
+                                # outcome is this one's too, and it may have been sent.
+                                maybe_sent = True
                             # Longer without a leader than an election takes: cut off from the
                             # majority. Answer now rather than at the deadline.
                             if maybe_sent:
@@ -566,11 +589,12 @@ def committed_payload(plain_batch: Any, committed: list[tuple[int, Proposal]]) -
     framed: list[Any] = []
     for index, proposal in committed:
         fields = codec.current_fields(items[index], Proposal) if isinstance(items, list) and index < len(items) else None
-        if fields is None or not isinstance(fields.get("events"), list):
+        events = fields.get("events") if fields is not None else None
+        if not isinstance(events, list) or not all(codec.is_current(e) for e in events):
             return codec.encode(
                 CommittedBatch([CommittedCommand(command_id=p.command_id, time=p.time, events=p.events) for _i, p in committed])
             )
-        framed.append(codec.envelope_of(CommittedCommand, {"command_id": proposal.command_id, "time": proposal.time, "events": fields["events"]}))
+        framed.append(codec.envelope_of(CommittedCommand, {"command_id": proposal.command_id, "time": proposal.time, "events": events}))
     return codec.pack(codec.envelope_of(CommittedBatch, {"commands": framed}))
 
 

@@ -427,6 +427,11 @@ class L7Connection(asyncio.Protocol):
         self._url = url if not self._url else self._url + url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._parsing is not None:
+            # A trailer field of a chunked request (its head was already taken): dropped, as a
+            # recipient that removes the chunked coding may (RFC 9112 7.1.2), never carried into
+            # the next request's head.
+            return
         if len(name) in _REQ_LENGTHS:
             lname = name.lower()
             if lname in _REQ_SPECIAL:
@@ -735,9 +740,10 @@ class L7Connection(asyncio.Protocol):
             self._response_complete(upstream, False)
             self._exchange_done(upstream)
             return
-        # The response was cut mid-body: only closing tells the client.
+        # The response was cut mid-body: only closing tells the client (after what was held for it).
         self._detach(req, upstream)
         self._release_slot(req)
+        self._flush_later()
         self.transport.close()
 
     def _fail(self, req: _Request) -> None:
@@ -844,6 +850,7 @@ class _Upstream(asyncio.Protocol):
         "owner",
         "req",
         "head",
+        "in_body",
         "has_length",
         "length",
         "chunked",
@@ -865,6 +872,7 @@ class _Upstream(asyncio.Protocol):
         self.owner: Optional[L7Connection] = None
         self.req: Optional[_Request] = None
         self.head: list[bytes] = [b""]  # the response head for the client, built as headers arrive
+        self.in_body = False  # between a response's head and its end: header callbacks are trailers
         self.has_length = False
         self.length = 0
         self.chunked = False
@@ -940,6 +948,7 @@ class _Upstream(asyncio.Protocol):
         self.body_left = 0
         owner._write(data if n == left else data[:left])
         self.parser = httptools.HttpResponseParser(self)
+        self.in_body = False
         owner._response_complete(self, self.bypass_keep and n == left)  # bytes past the body: do not reuse
         owner._exchange_done(self)
 
@@ -961,6 +970,8 @@ class _Upstream(asyncio.Protocol):
     # -- parser callbacks ----------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_body:
+            return  # a trailer field of a chunked response: dropped, never put into the next head
         if len(name) in _RESP_LENGTHS:
             lname = name.lower()
             if lname in _RESP_SPECIAL:
@@ -982,6 +993,7 @@ class _Upstream(asyncio.Protocol):
             self._response_head(owner, self.parser.get_status_code())
         del self.head[1:]
         self.has_length = self.chunked = False
+        self.in_body = True
 
     def _response_head(self, owner: L7Connection, status: int) -> None:
         """The response head for the client, from the backend's (hop-by-hop headers replaced)."""
@@ -1042,6 +1054,7 @@ class _Upstream(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.body_left = 0
+        self.in_body = False
         owner = self.owner
         if self.finished or owner is None:
             return

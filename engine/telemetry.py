@@ -56,9 +56,6 @@ class VsStats:
         # The newest client request logs, bounded: the oldest are dropped when nobody collects them.
         self.logs: deque[tuple[float, str, bytes, bytes, int, float, Optional[str]]] = deque(maxlen=LOG_CAPACITY)
 
-    def log_request(self, client: str, method: bytes, url: bytes, status: int, latency: float, server: Optional[str]) -> None:
-        self.logs.append((time.time(), client, method, url, status, latency, server))
-
     def take_logs(self, limit: int) -> list[dict[str, Any]]:
         """Remove and return up to ``limit`` of the oldest logs, as JSON-able records."""
         out = []
@@ -69,15 +66,8 @@ class VsStats:
                         "status": status, "latency_ms": round(latency * 1000, 3), "server": server})
         return out
 
-    def response(self, status: int, seconds: float) -> None:
-        """Count one finished response with its status and its latency (request head to last byte)."""
-        cls = status // 100
-        self.responses[cls if 1 <= cls <= 5 else 0] += 1
-        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
-
     def exchange(self, client: str, method: bytes, url: bytes, status: int, latency: float, server: Optional[str]) -> None:
-        """``response`` and ``log_request`` in one call: an L7 response ended (once per request)."""
+        """An L7 response ended (once per request): count it by status class and latency, and log the request."""
         cls = status // 100
         self.responses[cls if 1 <= cls <= 5 else 0] += 1
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1

@@ -19,6 +19,7 @@ __all__ = [
     "current_fields",
     "decode_value",
     "envelope_of",
+    "is_current",
     "pack",
     "unpack",
     "encode",
@@ -146,6 +147,14 @@ def current_fields(envelope: Any, cls: type) -> dict[str, Any] | None:
     if isinstance(envelope, list) and len(envelope) == 3 and envelope[0] == tag and envelope[1] == version and isinstance(envelope[2], dict):
         return envelope[2]
     return None
+
+
+def is_current(envelope: Any) -> bool:
+    """A plain envelope of a registered tag at its current version (decoding would not upcast it)."""
+    if not (isinstance(envelope, list) and len(envelope) == 3 and isinstance(envelope[2], dict)):
+        return False
+    known = _classes.get(envelope[0]) if isinstance(envelope[0], str) else None
+    return known is not None and envelope[1] == known[1]
 
 
 def envelope_of(cls: type, fields: dict[str, Any]) -> list[Any]:

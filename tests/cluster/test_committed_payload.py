@@ -46,3 +46,19 @@ def test_an_entry_not_at_the_current_version_takes_the_encoding_path() -> None:
     plain[1] = 0  # as if written by an older version, which decoding would upcast
     expected = codec.encode(CommittedBatch([CommittedCommand(proposal.command_id, proposal.time, proposal.events)]))
     assert committed_payload(plain, [(0, proposal)]) == expected
+
+
+def test_an_event_from_an_older_version_is_stored_upcast() -> None:
+    """A v1 VirtualServicePlaced (proposed by an older node) is stored as the v2 it decodes to."""
+    from storage.events import VirtualServicePlaced
+
+    proposal = Proposal(command_id="old-event", based_on=1, time=1.5, preconditions=(),
+                        events=(VirtualServicePlaced(vs_uuid="virtualservice-1", se_uuids=("serviceengine-1",)),))
+    plain = codec.unpack(codec.encode(ProposalBatch([proposal])))
+    event = plain[2]["items"][0][2]["events"][0]
+    event[1] = 1
+    del event[2]["pinned"]
+    decoded = codec.decode_value(plain)
+    assert decoded.items[0].events[0].pinned is True  # the v1 upcaster
+    expected = codec.encode(CommittedBatch([CommittedCommand("old-event", 1.5, decoded.items[0].events)]))
+    assert committed_payload(plain, [(0, decoded.items[0])]) == expected

@@ -199,3 +199,42 @@ def test_created_objects_are_exactly_the_decided_events(spec: list[tuple[str, li
         for ref in obj.body.get("health_monitor_refs", []) + [obj.body.get("pool_ref"), obj.body.get("vsvip_ref")]:
             if ref:
                 assert view.get(ref_uuid(ref)) is not None
+
+
+def test_delete_does_not_depend_on_the_order_of_the_request() -> None:
+    """An HM two pools of the hierarchy share goes too, whichever pool names it first; the same
+    for a top object that a later top object uses."""
+    view = fresh_view()
+    create(view, vs_hierarchy("web", ("shared",)))
+    other = d.decide_create(
+        view, "pool",
+        {"name": "second", "servers": [{"ip": {"addr": "127.0.0.3", "type": "V4"}}], "health_monitor_refs": ["/api/healthmonitor?name=web-shared"]},
+        tenant="admin", uuid=d.new_uuid("pool"),
+    )
+    commit(view, proposal_of(view, other))
+    data = [
+        {"name": "web-pool", "health_monitor_refs_data": [{"name": "web-shared"}]},  # listed under the first pool only
+        {"name": "second"},
+    ]
+    with pytest.raises(d.CommandError) as info:  # web-pool is still used by the VS
+        decide_macro_delete(view, "Pool", data, tenant="admin")
+    assert info.value.code == 409 and info.value.field == "data[0]"
+    data.insert(0, {"name": "web", "vsvip_ref_data": {"name": "web-vip"}})
+    with pytest.raises(d.CommandError):
+        decide_macro_delete(view, "Pool", data, tenant="admin")  # a VS is not a Pool
+    assert isinstance(commit(view, proposal_of(view, decide_macro_delete(view, "VirtualService", {"name": "web"}, tenant="admin"))), Accepted)
+    decision = decide_macro_delete(view, "Pool", data[1:], tenant="admin")
+    assert isinstance(commit(view, proposal_of(view, decision)), Accepted)
+    assert view.by_name("healthmonitor", "web-shared") is None
+    assert view.by_name("pool", "second") is None and view.by_name("pool", "web-pool") is None
+
+
+def test_a_name_alias_beside_ref_data_is_refused() -> None:
+    """application_profile_name and application_profile_ref_data together are ambiguous: 422."""
+    view = fresh_view()
+    data = vs_hierarchy("web")
+    data["application_profile_name"] = "System-HTTP"
+    data["application_profile_ref_data"] = {"name": "mine", "type": "APPLICATION_PROFILE_TYPE_HTTP"}
+    with pytest.raises(d.CommandError) as info:
+        decide_macro_create(view, "VirtualService", data, tenant="admin")
+    assert info.value.code == 422 and info.value.field == "data.application_profile_ref_data"

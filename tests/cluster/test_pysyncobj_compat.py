@@ -22,7 +22,6 @@ import pysyncobj.journal
 import pysyncobj.serializer
 import pysyncobj.syncobj
 import pysyncobj.version
-import attrs
 import pytest
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.encryptor import getEncryptor
@@ -499,8 +498,7 @@ class _Voter:
 def passed(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """The messages the wrapper hands on to pysyncobj's own handler (recorded instead of run)."""
     seen: list[dict[str, Any]] = []
-    assert compat._originals is not None
-    monkeypatch.setattr(compat, "_originals", attrs.evolve(compat._originals, on_message_received=lambda _self, _node, m: seen.append(m)))
+    monkeypatch.setattr(compat, "_PYSYNCOBJ_ON_MESSAGE_RECEIVED", lambda _self, _node, m: seen.append(m))
     return seen
 
 

@@ -617,3 +617,68 @@ def test_responses_held_for_one_loop_iteration_keep_their_order() -> None:
         assert 4 == len(conn._stats.logs) and sum(map(len, client.writes)) == conn._stats.bytes_out
     finally:
         loop.close()
+
+
+@both_loops
+async def test_trailer_fields_never_become_headers_of_the_next_message() -> None:
+    """Trailers of a chunked request are not carried into the next request's head (no injected
+    X-Forwarded-For), and trailers of a chunked response not into the next response's head."""
+    backend = await HttpBackend(b"a").start()
+    dp, port = await _l7([backend])
+    try:
+        reader, writer = await _raw(
+            port,
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\nX-Evil: 1\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+            b"GET /b HTTP/1.1\r\nHost: y\r\n\r\n",
+        )
+        for _ in range(2):
+            status, _headers, _body = await _read_response(reader)
+            assert status.startswith(b"HTTP/1.1 200")
+        writer.close()
+        (_m1, _p1, _h1, body1), (method, path, headers, _b) = backend.requests[:2]
+        assert body1 == b"abc"
+        assert (method, path) == ("GET", "/b")
+        assert "x-evil" not in headers
+        assert headers["x-forwarded-for"] == "127.0.0.1"
+    finally:
+        await dp.close()
+        backend.close()
+
+    # A backend answering the first request chunked with a trailer, the second plainly.
+    answers = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Trailer: t\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno",
+    ]
+
+    class Trailing(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buf = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            while b"\r\n\r\n" in self.buf and answers:
+                _head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+                self.transport.write(answers.pop(0))
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Trailing, "127.0.0.1", 0)
+    backend_port = server.sockets[0].getsockname()[1]
+    dp = None
+    try:
+        from tests.engine.test_dataplane import pool_doc as _pool_doc, slice_of as _slice_of, stub_dataplane as _stub, vs_doc as _vs
+
+        dp = _stub()
+        port = free_port()
+        assert {} == await dp.apply(_slice_of(_vs("web", "127.0.0.1", port, "http", _pool_doc([("127.0.0.1", backend_port)]))))
+        reader, writer = await _raw(port, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        _s1, _h1, body1 = await _read_response(reader)
+        _s2, headers2, body2 = await _read_response(reader)
+        writer.close()
+        assert (body1, body2) == (b"ok", b"no")
+        assert b"x-trailer" not in headers2
+    finally:
+        if dp is not None:
+            await dp.close()
+        server.close()
