@@ -137,6 +137,9 @@ class NetCriteria:
     min_faults: int = 0
     isolated_side: bool = False  # the cut-off node acknowledges no write, serves no stale read
     max_extra_leader_changes: Optional[int] = None  # leader changes beyond those the faults force (skew)
+    # (leader, term) changes seen from each cut until 2 s after its heal: a node cut off from the
+    # leader must not depose it over and over (Raft term churn; see cluster/_pysyncobj_compat.py)
+    max_elections_per_fault: Optional[int] = None
     needs_faketime: bool = False
 
 
@@ -189,12 +192,12 @@ NETWORK_SCENARIOS: dict[str, NetScenario] = {
                     "(the bridge), for 6 s, every ~16 s; nothing acked is lost, writes are acknowledged within 3 s of each "
                     "cut, every node catches up within 10 s of the heal. Needs root.",
                     _periodic("partition", "bridge", 10.0, 6.0),
-                    NetCriteria(max_write_recovery=3.0, max_catch_up=10.0, min_faults=1)),
+                    NetCriteria(max_write_recovery=3.0, max_catch_up=10.0, min_faults=1, max_elections_per_fault=2)),
         NetScenario("partition-one-way", "Nothing the leader sends reaches one follower (its packets still reach the "
                     "leader) for 6 s, every ~16 s; nothing acked is lost, writes are acknowledged within 3 s of each cut, "
                     "both catch up within 10 s of the heal. Needs root.",
                     _periodic("cut", "leader-follower", 10.0, 6.0),
-                    NetCriteria(max_write_recovery=3.0, max_catch_up=10.0, min_faults=1)),
+                    NetCriteria(max_write_recovery=3.0, max_catch_up=10.0, min_faults=1, max_elections_per_fault=2)),
         NetScenario("clock-skew", "A follower runs with its wall clock +1 h, then the leader with -30 min (libfaketime, "
                     "each for a third of the run, kill -9 and restarted in and out of it); nothing is lost, every node catches "
                     "up within 10 s, and the leader changes only within 5 s of a restart, never while a node runs "
@@ -613,6 +616,19 @@ def _classify_changes(nemesis: NetNemesis, t0: float, window: float) -> list[dic
     return out
 
 
+def elections_during(leaders: list[tuple[float, Optional[str], Optional[int]]], lo: float, hi: float) -> int:
+    """Changes of the observed (leader, term) in [lo, hi], from samples (time, leader, term) in time order."""
+    changes = 0
+    previous: Optional[tuple[str, int]] = None
+    for at, leader, term in leaders:
+        if leader is None or term is None:
+            continue
+        if previous is not None and (leader, term) != previous and lo <= at <= hi:
+            changes += 1
+        previous = (leader, term)
+    return changes
+
+
 def _leader_changes(nemesis: NetNemesis) -> list[tuple[str, int]]:
     seen: list[tuple[str, int]] = []
     for _, leader, term in nemesis.leaders:
@@ -753,6 +769,14 @@ def run_network_scenario(scenario: NetScenario, *, duration: float, seed: int,
                  "restart_window_s": RESTART_WINDOW, "forced_by_leader_restarts": sum(
                      f.forced_leader_changes for f in fired if isinstance(f, NetFault)),
                  "timeline": changes}))
+
+        if crit.max_elections_per_fault is not None:
+            per_fault = [elections_during(nemesis.leaders, f.started, (f.heal_started or f.started) + 2.0) for f in fired]
+            checks.append(CheckResult.of("elections_per_fault", [
+                Violation("term_churn", f"{n} leader/term changes from the cut at {round(f.started - t0, 2)} s until 2 s "
+                          f"after its heal (at most {crit.max_elections_per_fault})", {"fault": i, "changes": n})
+                for i, (f, n) in enumerate(zip(fired, per_fault)) if n > crit.max_elections_per_fault],
+                {"per_fault": per_fault, "limit": crit.max_elections_per_fault}))
 
         event_times = _event_times(logs[cluster.ids[0]], started_wall, time.time()) if crit.needs_faketime else None
 

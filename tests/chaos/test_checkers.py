@@ -597,3 +597,13 @@ def test_availability_and_bounds() -> None:
     assert 0.75 == availability([(0, True), (1, True), (2, False), (3, True)])
     result = check_bound("se_failover_gap", [0.4, 2.5, math.inf], 2.0, what="gap")
     assert ([1, 2], 3) == ([v.data["index"] for v in result.violations], result.details["count"])
+
+
+def test_elections_during_counts_leader_or_term_changes_inside_the_window() -> None:
+    """Term churn under a cut shows as several (leader, term) changes between the cut and the heal."""
+    from simulations.chaos.partitions import elections_during
+
+    samples = [(0.0, "n1", 1), (1.0, "n1", 1), (2.0, None, None), (2.5, "n1", 3), (3.0, "n1", 5), (4.0, "n2", 6), (9.0, "n2", 7)]
+    assert elections_during(samples, 1.5, 5.0) == 3
+    assert elections_during(samples, 0.0, 2.0) == 0
+    assert elections_during(samples, 5.0, 10.0) == 1
