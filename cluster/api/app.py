@@ -468,16 +468,25 @@ class Api:
             raise CommandError(409, "the service engine was deleted while registering")
         return web.json_response(self.render(request, obj), status=200)
 
-    def _se(self, request: web.Request) -> StoredObject:
+    async def _se(self, request: web.Request) -> StoredObject:
         ref = request.match_info["uuid"]
-        obj = self.node.view.get(ref) or self.node.view.by_name("serviceengine", ref)
-        if obj is None or obj.kind != "serviceengine":
+
+        def find() -> Optional[StoredObject]:
+            obj = self.node.view.get(ref) or self.node.view.by_name("serviceengine", ref)
+            return obj if obj is not None and obj.kind == "serviceengine" else None
+
+        obj = find()
+        if obj is None:
+            # Registered through another node a moment ago, not applied here yet: catch up first.
+            await self.node.barrier(timeout=5.0)
+            obj = find()
+        if obj is None:
             raise CommandError(404, f"serviceengine {ref} does not exist")
         return obj
 
     async def se_slice(self, request: web.Request) -> web.StreamResponse:
         """The SE's slice; with ?watch=true a stream of slices (NDJSON), each newer than ?version=."""
-        se = self._se(request)
+        se = await self._se(request)
         version = _int_param(request.query, "version", -1, -1, 2**62)
         if request.query.get("watch", "").lower() not in ("1", "true", "yes"):
             await self.consistent(request)
@@ -503,7 +512,7 @@ class Api:
         return response
 
     async def se_status(self, request: web.Request) -> web.Response:
-        se = self._se(request)
+        se = await self._se(request)
         body = await self.read_json(request)
         if not isinstance(body, dict):
             raise CommandError(400, "the status report must be a JSON object", "body")
