@@ -117,6 +117,10 @@ class LocalCluster:
         """Extra environment of ``node_id``'s process, over the cluster's ``env``."""
         return {}
 
+    def command_prefix(self, node_id: str) -> list[str]:
+        """argv before ``python -m MODULE`` (e.g. entering a network namespace)."""
+        return []
+
     def start(self, node_id: str) -> None:
         config = self.configs[node_id]
         path = self.config_path(node_id)
@@ -124,7 +128,7 @@ class LocalCluster:
         config.save(path)
         logf = open(self.base_dir / node_id / "controller.log", "ab")
         self.procs[node_id] = subprocess.Popen(
-            [sys.executable, "-m", self.controller_module, "--config", str(path)],
+            [*self.command_prefix(node_id), sys.executable, "-m", self.controller_module, "--config", str(path)],
             stdout=logf,
             stderr=logf,
             start_new_session=True,
@@ -133,6 +137,7 @@ class LocalCluster:
             # nodes from worker threads).
             preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **self.node_env(node_id)},
+            cwd=str(Path(__file__).resolve().parent.parent),  # the project's code, whatever the caller's cwd
         )
         logf.close()
 

@@ -49,7 +49,7 @@ from typing import Iterable, Optional
 import attrs
 
 from cluster.config import PeerConfig
-from simulations.local_cluster import LocalCluster, die_with_parent
+from simulations.local_cluster import LocalCluster
 
 __all__ = ["NetnsCluster", "NetnsUnavailable", "check_netns_support", "cleanup_stale"]
 
@@ -189,7 +189,7 @@ class NetnsCluster(LocalCluster):
         super().__init__(base_dir, nodes, durable_journal=durable_journal, env=env)
         pid = os.getpid()
         ids = self.ids
-        self.node_env: dict[str, dict[str, str]] = {n: {} for n in ids}  # extra env per node (faketime)
+        self.extra_env: dict[str, dict[str, str]] = {n: {} for n in ids}  # extra env per node (faketime)
         self.node_prefix: dict[str, list[str]] = {n: [] for n in ids}  # argv before python (unused by default)
         self._cuts: set[tuple[str, str]] = set()
         self._cut_lock = threading.Lock()
@@ -247,24 +247,11 @@ class NetnsCluster(LocalCluster):
     def namespace(self, node_id: str) -> str:
         return self.net.namespaces[node_id]
 
-    def start(self, node_id: str) -> None:
-        config = self.configs[node_id]
-        path = self.config_path(node_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        config.save(path)
-        logf = open(self.base_dir / node_id / "controller.log", "ab")
-        argv = ["ip", "netns", "exec", self.namespace(node_id), *self.node_prefix[node_id],
-                sys.executable, "-m", "cluster.main", "--config", str(path)]
-        self.procs[node_id] = subprocess.Popen(
-            argv,
-            stdout=logf,
-            stderr=logf,
-            start_new_session=True,
-            preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **self.node_env[node_id]},
-            cwd=str(Path(__file__).resolve().parent.parent),
-        )
-        logf.close()
+    def command_prefix(self, node_id: str) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace(node_id), *self.node_prefix[node_id]]
+
+    def node_env(self, node_id: str) -> dict[str, str]:
+        return self.extra_env[node_id]
 
     def close(self) -> None:
         try:

@@ -252,7 +252,7 @@ class NetNemesis(Nemesis):
         # kill -9: a graceful stop waits for the requests in flight (up to the 10 s write deadline).
         self.restarts.append((time.monotonic(), node))
         self.cluster.kill(node, signal.SIGKILL)
-        self.cluster.node_env[node] = env
+        self.cluster.extra_env[node] = env
         self.cluster.start(node)
 
     def _inject(self, step: Any) -> Fault:
