@@ -676,7 +676,7 @@ def run_network_scenario(scenario: NetScenario, *, duration: float, seed: int,
     from simulations.chaos.checkers import CheckResult, Violation
     from simulations.chaos.history import write_outcomes, write_samples
     from simulations.chaos.runner import (REGISTER_PREFIX, WRITE_PREFIX, LogTailSampler, _check_log_shape, _history_excerpt,
-                                          collect_logs, collect_present)
+                                          collect_logs, collect_present, report_of)
     from simulations.chaos.workloads import RegisterWorkload, WriteWorkload
     from simulations.netns_cluster import NetnsCluster
 
@@ -780,28 +780,15 @@ def run_network_scenario(scenario: NetScenario, *, duration: float, seed: int,
 
         event_times = _event_times(logs[cluster.ids[0]], started_wall, time.time()) if crit.needs_faketime else None
 
-        verdict = "pass" if all(c.ok for c in checks) else "fail"
         by_node: dict[str, Counter[str]] = {n: Counter() for n in cluster.ids}
         for t in trace.records:
             if t.node in by_node:
                 by_node[t.node][f"{'read' if t.method == 'GET' else 'write'} {_answer(t)}"] += 1
+        report = report_of(scenario, seed, duration, started_wall, schedule, nemesis, t0, outcomes, registers,
+                           attrs.asdict(crit), checks, excerpt)
+        report["operations"]["probe"] = dict(Counter(f"{o.kind} {o.outcome}" for o in probe.ops))
         return {
-            "verdict": verdict,
-            "scenario": scenario.name,
-            "description": scenario.description,
-            "seed": seed,
-            "duration_s": duration,
-            "started_at": started_wall,
-            "schedule": [s.to_dict() for s in schedule],
-            "faults": [f.to_dict(t0) for f in nemesis.faults],
-            "operations": {
-                "writes": {"acknowledged": len(outcomes.acked), "failed": len(outcomes.failed), "unknown": len(outcomes.unknown)},
-                "register": dict(registers.counts),
-                "probe": dict(Counter(f"{o.kind} {o.outcome}" for o in probe.ops)),
-            },
-            "criteria": attrs.asdict(crit),
-            "checks": [c.to_dict() for c in checks],
-            "register_history_excerpt": excerpt,
+            **report,
             "network": {
                 "subnet": str(cluster.net.subnet),
                 "nodes": dict(cluster.addrs),

@@ -507,29 +507,12 @@ def run_scenario(name: str, *, duration: float, seed: int, progress: Optional[Ca
             dp_checks, data_plane = _data_plane_checks(dp, nemesis, writes, crit, t0, stop_at)
             checks.extend(dp_checks)
 
-        verdict = "pass" if all(c.ok for c in checks) else "fail"
-        report: dict[str, Any] = {
-            "verdict": verdict,
-            "scenario": scenario.name,
-            "description": scenario.description,
-            "seed": seed,
-            "duration_s": duration,
-            "started_at": started_wall,
-            "schedule": [s.to_dict() for s in schedule],
-            "faults": [f.to_dict(t0) for f in nemesis.faults],
-            "operations": {
-                "writes": {"acknowledged": len(outcomes.acked), "failed": len(outcomes.failed), "unknown": len(outcomes.unknown)},
-                "register": dict(registers.counts),
-            },
-            "criteria": {
-                "max_write_recovery_s": crit.max_write_recovery,
-                "max_catch_up_s": crit.max_catch_up,
-                "no_leader_change": crit.no_leader_change,
-                "min_faults": crit.min_faults,
-            },
-            "checks": [c.to_dict() for c in checks],
-            "register_history_excerpt": excerpt,
-        }
+        report = report_of(scenario, seed, duration, started_wall, schedule, nemesis, t0, outcomes, registers, {
+            "max_write_recovery_s": crit.max_write_recovery,
+            "max_catch_up_s": crit.max_catch_up,
+            "no_leader_change": crit.no_leader_change,
+            "min_faults": crit.min_faults,
+        }, checks, excerpt)
         if data_plane is not None:
             report["criteria"].update({k: v for k, v in attrs.asdict(crit).items() if k not in report["criteria"]})
             report["data_plane"] = data_plane
@@ -545,6 +528,29 @@ def run_scenario(name: str, *, duration: float, seed: int, progress: Optional[Ca
 
 def _check(report: dict[str, Any], name: str) -> Optional[dict[str, Any]]:
     return next((c for c in report["checks"] if c["name"] == name), None)
+
+
+def report_of(scenario: Any, seed: int, duration: float, started_wall: float, schedule: list[Any], nemesis: Nemesis,
+              t0: float, outcomes: Any, registers: RegisterWorkload, criteria: dict[str, Any], checks: list[CheckResult],
+              excerpt: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report every scenario family shares; a family adds its own sections (data_plane, network)."""
+    return {
+        "verdict": "pass" if all(c.ok for c in checks) else "fail",
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "seed": seed,
+        "duration_s": duration,
+        "started_at": started_wall,
+        "schedule": [s.to_dict() for s in schedule],
+        "faults": [f.to_dict(t0) for f in nemesis.faults],
+        "operations": {
+            "writes": {"acknowledged": len(outcomes.acked), "failed": len(outcomes.failed), "unknown": len(outcomes.unknown)},
+            "register": dict(registers.counts),
+        },
+        "criteria": criteria,
+        "checks": [c.to_dict() for c in checks],
+        "register_history_excerpt": excerpt,
+    }
 
 
 def verdict_rows(report: dict[str, Any]) -> list[list[Any]]:
