@@ -115,6 +115,7 @@ class Controller:
         # When the watcher first saw no reachable leader (None while there is one), and when it last ran.
         self._leader_lost_at: Optional[float] = None
         self._leader_watched_at = 0.0
+        self._majority_connected = False
         self._leader_watch: Optional[asyncio.Task[None]] = None
         # One thread, so syncs complete in the order they were started.
         self._sync_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
@@ -185,10 +186,14 @@ class Controller:
     def _note_leader(self) -> bool:
         now = self._loop.time()
         self._leader_watched_at = now
+        majority = self.raft.majority_connected
+        regained, self._majority_connected = majority and not self._majority_connected, majority
         if self.raft.leader_reachable:
             self._leader_lost_at = None
             return True
-        if self._leader_lost_at is None:
+        if self._leader_lost_at is None or regained:
+            # A node that rejoins a majority after a long time alone is owed one election
+            # before it says "no quorum" at once (its raised term usually forces one).
             self._leader_lost_at = now
         return False
 

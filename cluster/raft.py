@@ -257,6 +257,14 @@ class RaftLog:
         return leader is not None and bool(replica.isNodeConnected(leader))
 
     @property
+    def majority_connected(self) -> bool:
+        """This node and the peers it has a live connection to make a majority of the cluster."""
+        replica = self._replica
+        others = replica._SyncObj__otherNodes
+        connected = sum(1 for node in others if replica.isNodeConnected(node))
+        return connected + 1 > (len(others) + 1) / 2
+
+    @property
     def is_leader(self) -> bool:
         return bool(self._replica._isLeader())
 

@@ -145,6 +145,9 @@ def test_without_quorum_writes_and_reads_get_503_and_nothing_is_applied(fresh_cl
             cluster.start(node)
     cluster.wait_leader(30)
     cluster.wait_converged(30)
+    # Converged is not connected: the survivor redials the restarted nodes every
+    # connection_retry_time, and until then it rightly answers 503 at once.
+    wait_until(lambda: (cluster.status(survivor) or {}).get("has_quorum"), 10, what="the survivor to rejoin the majority")
     assert "no-quorum" not in cluster.object_names(survivor, stale=False)
     assert cluster.status(survivor)["applied_revision"] == before  # type: ignore[index]
 
