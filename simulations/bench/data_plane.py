@@ -85,6 +85,17 @@ _LOG_SHIP_INTERVAL_S = 5.0  # the SE agent's full-report interval, which carries
 _MSG = "@@ "  # prefix of the SE child's protocol lines on stdout (anything else is a log line)
 
 
+_LOADS = ("l4", "l7", "bulk_l4", "bulk_l7")
+
+
+def _loads_arg(text: str) -> tuple[str, ...]:
+    loads = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [load for load in loads if load not in _LOADS]
+    if unknown or not loads:
+        raise argparse.ArgumentTypeError(f"unknown load(s) {', '.join(unknown) or '(none)'}; choose from {','.join(_LOADS)}")
+    return loads
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="one round of 3 s phases and 4 bulk downloads instead of 3 rounds of 10 s and 8")
     parser.add_argument(
@@ -98,6 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bulk-streams", type=int, default=1, help="concurrent bulk downloads (default 1)")
     parser.add_argument("--bulk-mib", type=int, default=64, help="size of the bulk file in MiB (default 64)")
     parser.add_argument("--only", choices=("se", "haproxy"), default=None, help="run one proxy only (plus the direct reference)")
+    parser.add_argument(
+        "--loads",
+        type=_loads_arg,
+        default=_LOADS,
+        help=f"comma-separated subset of {','.join(_LOADS)} to run (default all; the ratios of the others are null)",
+    )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs) for inspection")
     parser.add_argument(
         "--wait-idle", type=float, default=30.0, help="seconds to wait for an idle machine before each round (default 30); then it runs anyway"
@@ -893,7 +910,7 @@ def _describe(r: dict[str, Any]) -> str:
 # -- the phases -----------------------------------------------------------------------------------
 
 
-def _run_se(bench: _Bench, children: _Children, tmp: Path, proxy_cpu: int, backend_ports: list[int]) -> dict[str, Any]:
+def _run_se(bench: _Bench, children: _Children, tmp: Path, proxy_cpu: int, backend_ports: list[int], loads: tuple[str, ...]) -> dict[str, Any]:
     l4_port, l7_port = _free_port(_SE_L4), _free_port(_SE_L7)
     slice_path = tmp / "slice.json"
     slice_path.write_text(json.dumps(_slice(l4_port, l7_port, backend_ports), indent=2))
@@ -907,10 +924,15 @@ def _run_se(bench: _Bench, children: _Children, tmp: Path, proxy_cpu: int, backe
         out["loop"] = ready["loop"]
         _wait_http(_SE_L7, l7_port, 10.0, se.proc)
         bench.groups["proxy"] = se.proc.pid
-        _attempt(out, "l4", lambda: bench.requests(_SE_L4, l4_port))
-        _attempt(out, "l7", lambda: bench.requests(_SE_L7, l7_port))
-        _attempt(out, "bulk_l4", lambda: bench.bulk(_SE_L4, l4_port))
-        _attempt(out, "bulk_l7", lambda: bench.bulk(_SE_L7, l7_port))
+        targets = {"l4": (_SE_L4, l4_port), "l7": (_SE_L7, l7_port)}
+        for load in loads:
+            kind, _, which = load.partition("_")
+            if kind == "bulk":
+                host, port = targets[which]
+                _attempt(out, load, lambda host=host, port=port: bench.bulk(host, port))  # type: ignore[misc]
+            else:
+                host, port = targets[load]
+                _attempt(out, load, lambda host=host, port=port: bench.requests(host, port))  # type: ignore[misc]
         se.send("stop")
         final = se.expect("stopped", 20.0)
         out["telemetry"] = {
@@ -964,18 +986,23 @@ def _run_haproxy(
     return out
 
 
-def _se_phase(bench: _Bench, children: _Children, tmp: Path, proxy_cpu: int, backend_ports: list[int]) -> dict[str, Any]:
+def _se_phase(bench: _Bench, children: _Children, tmp: Path, proxy_cpu: int, backend_ports: list[int], loads: tuple[str, ...] = _LOADS) -> dict[str, Any]:
     _say(f"SE (one process, uvloop, pinned to CPU {proxy_cpu}):")
     try:
-        return _run_se(bench, children, tmp, proxy_cpu, backend_ports)
+        return _run_se(bench, children, tmp, proxy_cpu, backend_ports, loads)
     except Exception as exc:  # noqa: BLE001 - reported in the summary, never hidden
         _say(f"  SE FAILED: {exc}")
         return {"error": _error_text(exc)}
 
 
-def _haproxy_phases(bench: _Bench, children: _Children, tmp: Path, proxy_cpu: int, backend_ports: list[int], request_logs: bool) -> dict[str, Any]:
+def _haproxy_phases(
+    bench: _Bench, children: _Children, tmp: Path, proxy_cpu: int, backend_ports: list[int], request_logs: bool, selected: tuple[str, ...] = _LOADS
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for mode, loads in (("default", ("l4", "l7", "bulk_l4", "bulk_l7")), ("splice-auto", ("bulk_l4",)), ("splice-forced", ("bulk_l4",))):
+    for mode, every in (("default", _LOADS), ("splice-auto", ("bulk_l4",)), ("splice-forced", ("bulk_l4",))):
+        loads = tuple(load for load in every if load in selected)
+        if not loads:
+            continue
         _say(f"HAProxy {mode} (nbthread 1, pinned to CPU {proxy_cpu}):")
         try:
             out[mode] = _run_haproxy(bench, children, tmp, proxy_cpu, backend_ports, mode, loads, request_logs)
@@ -1232,14 +1259,16 @@ def run(args: argparse.Namespace) -> int:
             if index:
                 result["background_cpu_busy"] = _wait_idle(args.wait_idle)
             _say(f"round {index + 1}/{n_rounds}, direct to nginx:")
-            _attempt(result["direct"], "direct", lambda: bench.requests(_BACKEND_HOST, backend_ports[0]))
-            _attempt(result["direct"], "bulk", lambda: bench.bulk(_BACKEND_HOST, backend_ports[0]))
+            if {"l4", "l7"} & set(args.loads):
+                _attempt(result["direct"], "direct", lambda: bench.requests(_BACKEND_HOST, backend_ports[0]))
+            if {"bulk_l4", "bulk_l7"} & set(args.loads):
+                _attempt(result["direct"], "bulk", lambda: bench.bulk(_BACKEND_HOST, backend_ports[0]))
             sides = [side for side in ("se", "haproxy") if args.only in (None, side)]
             for side in sides if index % 2 == 0 else reversed(sides):
                 if side == "se":
-                    result["se"] = _se_phase(bench, children, tmp, proxy_cpu, backend_ports)
+                    result["se"] = _se_phase(bench, children, tmp, proxy_cpu, backend_ports, args.loads)
                 else:
-                    result["haproxy"] = _haproxy_phases(bench, children, tmp, proxy_cpu, backend_ports, request_logs)
+                    result["haproxy"] = _haproxy_phases(bench, children, tmp, proxy_cpu, backend_ports, request_logs, args.loads)
     except Exception as exc:  # noqa: BLE001 - reported in the summary, never hidden
         meta["error"] = _error_text(exc)
         _say(f"data-plane bench FAILED: {meta['error']}")
