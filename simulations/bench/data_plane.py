@@ -60,7 +60,7 @@ __all__ = ["HELP", "add_arguments", "run", "summarize"]
 HELP = "requests/s, latency and bulk throughput of the SE's L4/L7 proxies vs HAProxy, pinned CPUs"
 
 _QUICK = {"duration_s": 3.0, "warmup_s": 1.0, "bulk_downloads": 4, "rounds": 1, "retries": 2}
-_FULL = {"duration_s": 10.0, "warmup_s": 2.0, "bulk_downloads": 8, "rounds": 3, "retries": 1}
+_FULL = {"duration_s": 10.0, "warmup_s": 2.0, "bulk_downloads": 24, "rounds": 3, "retries": 1}
 
 #: CPU (in CPUs) that processes other than ours may use during a phase before it is measured again
 _INTERFERENCE = 0.1
@@ -97,7 +97,7 @@ def _loads_arg(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="one round of 3 s phases and 4 bulk downloads instead of 3 rounds of 10 s and 8")
+    parser.add_argument("--quick", action="store_true", help="one round of 3 s phases and 4 bulk downloads instead of 3 rounds of 10 s and 24")
     parser.add_argument(
         "--retries", type=int, default=None, help="extra attempts at a phase disturbed by other work on the machine (default 2 quick, 1 full)"
     )
