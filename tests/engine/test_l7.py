@@ -682,3 +682,55 @@ async def test_trailer_fields_never_become_headers_of_the_next_message() -> None
         if dp is not None:
             await dp.close()
         server.close()
+
+
+@both_loops
+async def test_response_heads_lose_hop_by_hop_fields_however_they_arrive() -> None:
+    """The head sent to the client is the backend's fields minus hop-by-hop ones, in order, whether
+    the head came in one read, in pieces, or behind a 100 Continue in the same read."""
+    head = (
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX-A:1\r\nKeep-Alive: timeout=5\r\n"
+        b"Upgrade: h2c\r\nContent-Length: 2\r\nProxy-Connection: x\r\nCONNECTION: keep-alive\r\nX-B: two words \r\n\r\n"
+    )
+    scripts = [
+        [head + b"ok"],
+        [head[:9], head[9:40], head[40:-1], head[-1:] + b"o", b"k"],
+        [b"HTTP/1.1 100 Continue\r\nX-C: c\r\n\r\n" + head + b"ok"],
+    ]
+
+    class Scripted(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buf = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            while b"\r\n\r\n" in self.buf and scripts:
+                _head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+                asyncio.ensure_future(self.send(scripts.pop(0)))
+
+        async def send(self, pieces: list[bytes]) -> None:
+            for piece in pieces:
+                self.transport.write(piece)
+                await asyncio.sleep(0.01)  # separate reads on the proxy side, most of the time
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Scripted, "127.0.0.1", 0)
+    dp = stub_dataplane()
+    port = free_port()
+    try:
+        assert {} == await dp.apply(slice_of(vs_doc("web", "127.0.0.1", port, "http", pool_doc([("127.0.0.1", server.sockets[0].getsockname()[1])]))))
+        reader, writer = await _raw(port, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        for n in range(3):
+            if n:
+                writer.write(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % (n + 1))
+            if n == 2:
+                assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\nX-C: c\r\n\r\n"
+            got = await reader.readuntil(b"\r\n\r\n")
+            assert got == b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nX-B: two words \r\n\r\n", n
+            assert await reader.readexactly(2) == b"ok"
+        writer.close()
+    finally:
+        await dp.close()
+        server.close()
+
