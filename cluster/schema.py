@@ -57,6 +57,7 @@ __all__ = [
     "map_refs",
     "name_ref",
     "normalize",
+    "normalize_reference",
     "openapi_schemas",
     "redact",
     "ref_fields",
@@ -822,7 +823,268 @@ def normalize(
             raise ValidationError("", f"{kind} objects are read-only (built-in)")
         if existing is None and not ks.creatable:
             raise ValidationError("", f"{kind} objects are created by the system, not by clients")
-    return _normalize_object(ks.fields, body, existing, "", internal, top=True)
+    try:
+        return _compiled_normalizer(ks, internal)(body, existing)
+    except _Fallback:
+        return normalize_reference(kind, body, existing=existing, internal=internal)
+
+
+def normalize_reference(
+    kind: str,
+    body: Any,
+    *,
+    existing: dict[str, Any] | None = None,
+    internal: bool = False,
+) -> dict[str, Any]:
+    """:func:`normalize` by walking the schema: the definition the compiled normalizers must agree
+    with, and what answers (and words every refusal) whenever a compiled one gives up."""
+    return _normalize_object(_kind(kind).fields, body, existing, "", internal, top=True)
+
+
+# -- compiled normalizers --------------------------------------------------------------------------
+#
+# normalize() runs a normalizer compiled once per (kind, internal) from the same Field definitions:
+# closures with each field's checks, defaults and order fixed, instead of interpreting the schema
+# per object. Contract: a compiled normalizer either returns exactly what _normalize_object returns
+# (equal values, same key order, fresh containers, input untouched) or raises _Fallback, and it
+# raises _Fallback whenever _normalize_object would raise. It never words an error: what it does
+# not accept (every refusal, and values of unusual Python types such as str subclasses) goes to the
+# reference walk, which answers or refuses exactly as before. Integers sent as text are accepted.
+
+_Normalizer = Callable[[Any, Any], Any]  # (value, existing value or None) -> stored value
+
+
+class _Fallback(Exception):
+    """A compiled normalizer leaves this body to the reference walk."""
+
+
+def _give_up(_value: Any, _old: Any) -> Any:
+    raise _Fallback
+
+
+_COMPILED: dict[tuple[str, bool], tuple[KindSchema, _Normalizer]] = {}
+
+
+def _compiled_normalizer(ks: KindSchema, internal: bool) -> _Normalizer:
+    known = _COMPILED.get((ks.kind, internal))
+    if known is None or known[0] is not ks:
+        known = _COMPILED[(ks.kind, internal)] = (ks, _compile_object(ks.fields, internal, top=True))
+    return known[1]
+
+
+def _compile_value(f: Field, internal: bool) -> _Normalizer:
+    t = f.type
+    if t == "string":
+        return _compile_string(f)
+    if t == "integer":
+        return _compile_integer(f)
+    if t == "number":
+        lo, hi = f.minimum, f.maximum
+
+        def number(value: Any, _old: Any) -> Any:
+            if type(value) not in (int, float) or (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise _Fallback
+            return value
+
+        return number
+    if t == "boolean":
+
+        def boolean(value: Any, _old: Any) -> Any:
+            if value is True or value is False:
+                return value
+            raise _Fallback
+
+        return boolean
+    if t == "enum":
+        allowed = frozenset(f.enum)
+
+        def enum(value: Any, _old: Any) -> Any:
+            if type(value) is str and value in allowed:
+                return value
+            raise _Fallback
+
+        return enum
+    if t == "ref":
+
+        def ref(value: Any, _old: Any) -> Any:
+            if type(value) is str and value.strip():
+                return value
+            raise _Fallback
+
+        return ref
+    if t == "object":
+        assert f.fields is not None
+        obj = _compile_object(f.fields, internal, top=False)
+
+        def nested(value: Any, old: Any) -> Any:
+            return obj(value, old if isinstance(old, dict) else None)
+
+        return nested
+    if t == "list":
+        return _compile_list(f, internal)
+    return _give_up
+
+
+def _compile_string(f: Field) -> _Normalizer:
+    min_length = f.min_length
+    ipv4 = _IPV4.match if f.format == "ipv4" else None
+    allowed = frozenset(f.enum) if f.enum else None
+    if min_length is None and ipv4 is None and allowed is None:
+
+        def plain(value: Any, _old: Any) -> Any:
+            if type(value) is str:
+                return value
+            raise _Fallback
+
+        return plain
+
+    def string(value: Any, _old: Any) -> Any:
+        if (
+            type(value) is not str
+            or (min_length is not None and len(value.strip()) < min_length)
+            or (ipv4 is not None and not ipv4(value))
+            or (allowed is not None and value not in allowed)
+        ):
+            raise _Fallback
+        return value
+
+    return string
+
+
+def _compile_integer(f: Field) -> _Normalizer:
+    lo, hi = f.minimum, f.maximum
+    int_text = _INT_TEXT.match
+
+    def integer(value: Any, _old: Any) -> Any:
+        if type(value) is not int:  # bool is not int here: refused by the reference walk
+            if (type(value) is str and int_text(value)) or (type(value) is float and value.is_integer()):
+                value = int(value)
+            else:
+                raise _Fallback
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise _Fallback
+        return value
+
+    return integer
+
+
+def _compile_list(f: Field, internal: bool) -> _Normalizer:
+    assert f.item is not None
+    item_norm = _compile_value(f.item, internal)
+    min_items, max_items, unique_by = f.min_items, f.max_items, f.unique_by
+    item_fields = f.item.fields if f.item.type == "object" else None
+    auto_ids = item_fields is not None and any(sub.auto_id for sub in item_fields.values())
+
+    def normalize_list(value: Any, _old: Any) -> Any:
+        if type(value) is not list:
+            raise _Fallback
+        n = len(value)
+        if (min_items is not None and n < min_items) or (max_items is not None and n > max_items):
+            raise _Fallback
+        # A null item is refused by every item normalizer (None is of no field type).
+        out = [item_norm(item, None) for item in value]
+        if auto_ids:
+            assert item_fields is not None
+            _assign_auto_ids(item_fields, out)
+        if unique_by is not None and n > 1:
+            seen: set[Any] = set()
+            for item in out:
+                key = _item_key(unique_by, item)
+                if key in seen:
+                    raise _Fallback
+                seen.add(key)
+        return out
+
+    return normalize_list
+
+
+# One field of an object, in the order _normalize_object handles them:
+# (name, normalizer, client may not set it, a PUT that omits it keeps the old value, required,
+#  only_when, required_when, default: _MISSING / normalized scalar / _THAW (normalize _thaw(default))).
+_Step = tuple[str, _Normalizer, bool, bool, bool, Any, Any, Any, Any]
+_THAW: Any = _Missing()
+
+
+def _compile_object(fields: Mapping[str, Field], internal: bool, top: bool) -> _Normalizer:
+    known = frozenset(fields)
+    server_managed = frozenset(SERVER_MANAGED_FIELDS) if top else frozenset()
+    aliases: list[tuple[str, _Normalizer, str, str]] = []
+    for name, f in fields.items():
+        if f.alias_for is not None:
+            target_kind = fields[f.alias_for].ref
+            assert target_kind is not None
+            aliases.append((name, _compile_value(f, internal), f.alias_for, target_kind))
+    alias_names = frozenset(name for name, *_rest in aliases)
+    steps: list[_Step] = []
+    for name in _field_order(fields):
+        f = fields[name]
+        if f.alias_for is not None:
+            continue
+        norm = _compile_value(f, internal)
+        default: Any = _MISSING
+        if f.has_default:
+            default = _THAW
+            if type(f.default) in _SCALARS and f.type not in ("object", "list"):
+                try:
+                    default = norm(f.default, None)  # scalars normalize to themselves or an int
+                except _Fallback:
+                    default = _THAW  # an invalid default: the reference walk refuses it each time
+        steps.append((
+            name, norm, f.read_only and not internal, f.sticky or f.write_only or f.read_only, f.required,
+            f.only_when, f.required_when, default, f.default,
+        ))  # fmt: skip
+    bounds = [
+        (name, other, strict)
+        for name, f in fields.items()
+        for other, strict in ((f.less_than, True), (f.at_most, False))
+        if other is not None
+    ]
+    processed = [step[0] for step in steps]
+    reorder = None if processed == [n for n in fields if n not in alias_names] else tuple(fields)
+
+    def normalize_object(body: Any, existing: Any) -> Any:
+        if type(body) is not dict:
+            raise _Fallback
+        if not known.issuperset(body):
+            for key, value in body.items():
+                if key not in known and value is not None and key not in server_managed:
+                    raise _Fallback
+        given = body  # read with .get only: a null counts as not given, keys outside fields are never read
+        if aliases and not alias_names.isdisjoint(body):
+            given = {k: v for k, v in body.items() if k in known and v is not None}
+            for name, norm, target_field, target_kind in aliases:
+                if name in given:
+                    given[target_field] = name_ref(target_kind, norm(given.pop(name), None))
+        out: dict[str, Any] = {}
+        for name, norm, fixed, keeps_old, required, only_when, required_when, default, raw_default in steps:
+            old = existing.get(name) if existing is not None else None
+            value = given.get(name)
+            if fixed or (value is None and keeps_old):
+                value = old
+            if only_when is not None and out.get(only_when[0]) not in only_when[1]:
+                if given.get(name) is not None and not (value is None or (old is not None and value == old)):
+                    raise _Fallback
+                continue
+            if value is None:
+                if required or (required_when is not None and out.get(required_when[0]) in required_when[1]):
+                    raise _Fallback
+                if default is _MISSING:
+                    continue
+                if default is not _THAW:
+                    out[name] = default
+                    continue
+                value = _thaw(raw_default)
+            out[name] = norm(value, old)
+        for name, other, strict in bounds:
+            if name in out and other in out:
+                mine, theirs = out[name], out[other]
+                if (strict and not mine < theirs) or (not strict and not mine <= theirs):
+                    raise _Fallback
+        if reorder is not None:
+            return {k: out[k] for k in reorder if k in out}
+        return out
+
+    return normalize_object
 
 
 # -- local cloud VIPs ------------------------------------------------------------------------------
@@ -899,11 +1161,63 @@ def ref_fields(kind: str, body: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(field path, target kind, ref value) for every ref present in ``body``, in schema order.
     Tolerant: a partial or not yet validated body is walked as far as its shape allows."""
     out: list[tuple[str, str, str]] = []
-    for name, sub in _ref_holding_fields(kind):
+    for name, walk in _compiled_ref_walk(kind):
         value = body.get(name)
         if value is not None:
-            out.extend(_walk_refs(sub, value, name))
+            walk(value, name, out)
     return out
+
+
+# (value, its field path, out): appends what _walk_refs yields for a non-null value.
+_RefWalk = Callable[[Any, str, list[tuple[str, str, str]]], None]
+_REF_WALKS: dict[str, tuple[KindSchema, list[tuple[str, _RefWalk]]]] = {}
+
+
+def _compiled_ref_walk(kind: str) -> list[tuple[str, _RefWalk]]:
+    """:func:`_walk_refs` for each ref-holding field of ``kind``, compiled once into closures."""
+    known = _REF_WALKS.get(kind)
+    if known is None or known[0] is not KINDS.get(kind):
+        ks = _kind(kind)
+        known = _REF_WALKS[kind] = (ks, [(name, _compile_ref_walk(f)) for name, f in _ref_holding_fields(kind)])
+    return known[1]
+
+
+def _compile_ref_walk(f: Field) -> _RefWalk:
+    if f.type == "ref":
+        target = f.ref
+        assert target is not None
+
+        def ref(value: Any, path: str, out: list[tuple[str, str, str]]) -> None:
+            if isinstance(value, str):
+                out.append((path, target, value))
+
+        return ref
+    if f.type == "object":
+        assert f.fields is not None
+        subs = [(name, _compile_ref_walk(sub)) for name, sub in f.fields.items() if _holds_refs(sub)]
+
+        def obj(value: Any, path: str, out: list[tuple[str, str, str]]) -> None:
+            if isinstance(value, dict):
+                for name, walk in subs:
+                    item = value.get(name)
+                    if item is not None:
+                        walk(item, _join(path, name), out)
+
+        return obj
+    assert f.type == "list" and f.item is not None
+    walk_item = _compile_ref_walk(f.item)
+    lone_ref = f.item.type == "ref"
+
+    def items(value: Any, path: str, out: list[tuple[str, str, str]]) -> None:
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if item is not None:
+                    walk_item(item, f"{path}[{i}]", out)
+        elif lone_ref:
+            # a lone ref where a list is expected (PATCH delete of one item)
+            walk_item(value, path, out)
+
+    return items
 
 
 _REF_HOLDING: dict[str, list[tuple[str, Field]]] = {}
@@ -975,14 +1289,87 @@ def map_refs(kind: str, body: dict[str, Any], fn: Callable[[str, str], Any]) -> 
     """A deep copy of ``body`` with every ref value ``v`` (target kind ``t``) replaced by
     ``fn(t, v)``. Fields outside the schema are copied unchanged. Works on partial bodies too
     (e.g. one part of a PATCH)."""
-    ks = _kind(kind)
-    return _transform(Field("object", fields=ks.fields), body, fn, False)
+    return _compiled_transform(kind, False)(body, fn)  # type: ignore[no-any-return]
 
 
-def redact(kind: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``body`` without its write-only fields (for responses)."""
-    ks = _kind(kind)
-    return _transform(Field("object", fields=ks.fields), body, lambda _t, v: v, True)
+def _same_ref(_target: str, value: str) -> str:
+    return value
+
+
+def redact(kind: str, body: dict[str, Any], refs: Callable[[str, str], Any] = _same_ref) -> dict[str, Any]:
+    """A deep copy of ``body`` without its write-only fields (for responses), with every ref value
+    ``v`` (target kind ``t``) replaced by ``refs(t, v)`` (by default kept as it is)."""
+    return _compiled_transform(kind, True)(body, refs)  # type: ignore[no-any-return]
+
+
+# (value, on_ref) -> what _transform returns for the same field, value, on_ref and drop_write_only.
+_Transform = Callable[[Any, Callable[[str, str], Any]], Any]
+_TRANSFORMS: dict[tuple[str, bool], tuple[KindSchema, _Transform]] = {}
+_DROP: Any = _Missing()
+
+
+def _compiled_transform(kind: str, drop_write_only: bool) -> _Transform:
+    """:func:`_transform` of a whole ``kind`` body, compiled once into closures."""
+    known = _TRANSFORMS.get((kind, drop_write_only))
+    if known is None or known[0] is not KINDS.get(kind):
+        ks = _kind(kind)
+        compiled = _compile_transform(Field("object", fields=ks.fields), drop_write_only)
+        known = _TRANSFORMS[(kind, drop_write_only)] = (ks, compiled)
+    return known[1]
+
+
+def _copy_value(value: Any, _on_ref: Callable[[str, str], Any]) -> Any:
+    return value if type(value) in _SCALARS else copy.deepcopy(value)
+
+
+def _compile_transform(f: Field, drop_write_only: bool) -> _Transform:
+    if f.type == "ref":
+        target = f.ref
+        assert target is not None
+
+        def ref(value: Any, on_ref: Callable[[str, str], Any]) -> Any:
+            if isinstance(value, str):
+                return on_ref(target, value)
+            return value if type(value) in _SCALARS else copy.deepcopy(value)
+
+        return ref
+    if f.type == "object":
+        assert f.fields is not None
+        # A field missing here (scalar types, and keys outside the schema) is copied as it is.
+        subs: dict[str, Any] = {}
+        for name, sub in f.fields.items():
+            if drop_write_only and sub.write_only:
+                subs[name] = _DROP
+            elif sub.type in ("ref", "object", "list"):
+                subs[name] = _compile_transform(sub, drop_write_only)
+
+        def obj(value: Any, on_ref: Callable[[str, str], Any]) -> Any:
+            if not isinstance(value, dict):
+                return value if type(value) in _SCALARS else copy.deepcopy(value)
+            out = {}
+            for key, item in value.items():
+                transform = subs.get(key)
+                if transform is None:
+                    out[key] = item if type(item) in _SCALARS else copy.deepcopy(item)
+                elif transform is not _DROP:
+                    out[key] = None if item is None else transform(item, on_ref)
+            return out
+
+        return obj
+    if f.type == "list":
+        assert f.item is not None
+        transform_item = _compile_transform(f.item, drop_write_only)
+        lone_ref = f.item.type == "ref"
+
+        def items(value: Any, on_ref: Callable[[str, str], Any]) -> Any:
+            if isinstance(value, list):
+                return [None if item is None else transform_item(item, on_ref) for item in value]
+            if lone_ref and isinstance(value, str):
+                return transform_item(value, on_ref)
+            return value if type(value) in _SCALARS else copy.deepcopy(value)
+
+        return items
+    return _copy_value
 
 
 # -- CLI aliases -----------------------------------------------------------------------------------

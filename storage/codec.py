@@ -76,17 +76,24 @@ def tag_of(cls_or_obj: Any) -> str:
 
 def encode_value(obj: Any) -> list[Any]:
     """The envelope of one registered object, as plain msgpack-able data."""
+    cls = type(obj)
     try:
-        tag, version = _tags[type(obj)]
+        tag, version = _tags[cls]
     except KeyError:
-        raise TypeError(f"{type(obj).__name__} is not registered with the codec") from None
-    fields = {}
-    for field in attrs.fields(type(obj)):
-        fields[field.name] = _plain(getattr(obj, field.name))
-    return [tag, version, fields]
+        raise TypeError(f"{cls.__name__} is not registered with the codec") from None
+    names = _field_names.get(cls)
+    if names is None:
+        names = _field_names[cls] = tuple(field.name for field in attrs.fields(cls))
+    return [tag, version, {name: _plain(getattr(obj, name)) for name in names}]
+
+
+_field_names: dict[type, tuple[str, ...]] = {}
+_SCALARS = frozenset((str, int, float, bool, bytes, type(None)))
 
 
 def _plain(value: Any) -> Any:
+    if type(value) in _SCALARS:
+        return value
     if type(value) in _tags:
         return encode_value(value)
     if isinstance(value, tuple):
@@ -98,6 +105,19 @@ def _plain(value: Any) -> Any:
 
 def decode_value(envelope: Any) -> Any:
     """Inverse of :func:`encode_value`, upcasting old versions."""
+    if type(envelope) is list and len(envelope) == 3:
+        tag, version, fields = envelope
+        known = _classes.get(tag) if type(tag) is str else None
+        if known is not None and type(version) is int and version == known[1] and type(fields) is dict:
+            # A current envelope, the common case: what the general path below does for it.
+            try:
+                return known[0](**fields)
+            except (TypeError, ValueError) as exc:
+                raise DecodeError(f"bad fields for {tag}: {exc}") from None
+    return _decode_any(envelope)
+
+
+def _decode_any(envelope: Any) -> Any:
     if not (isinstance(envelope, (list, tuple)) and len(envelope) == 3):
         raise DecodeError("an envelope is [tag, version, fields]")
     tag, version, fields = envelope

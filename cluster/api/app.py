@@ -186,8 +186,7 @@ class Api:
             suffix = f"#{ref.name}" if ref is not None else ""
             return f"{base}/api/{target}/{uuid}{suffix}"
 
-        # redact returns a copy this request owns: its refs are rewritten in place.
-        body = schema.rewrite_refs(obj.kind, schema.redact(obj.kind, obj.body), lambda target, value, _path: to_url(target, value))
+        body = schema.redact(obj.kind, obj.body, to_url)
         tenant = view.by_name("tenant", obj.tenant)
         out = {
             "url": f"{base}/api/{obj.kind}/{obj.uuid}",

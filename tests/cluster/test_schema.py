@@ -8,7 +8,7 @@ import string
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import HealthCheck, example, given, reject, settings
 from hypothesis import strategies as st
 
 from cluster import schema
@@ -852,3 +852,127 @@ def test_ipv4_check_agrees_with_ipaddress(text: str) -> None:
     except ValueError:
         valid = False
     assert bool(_IPV4.match(text)) == valid, text
+
+
+# -- the compiled normalizers agree with the reference walk ----------------------------------------
+
+_JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 70000),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=6),
+    st.sampled_from(["", " ", "80", " 7 ", "+3", "1.5", "127.0.0.2", "256.1.1.1", "V4", "LB_ALGORITHM_CONSISTENT_HASH",
+                     "HEALTH_MONITOR_HTTP", "CLOUD_VCENTER", "READ_ACCESS", "HA_MODE_SHARED_PAIR", "System-L4-Application"]),
+    st.sampled_from([[], {}, [None], [1, 1], ["a", "a"], {"addr": "127.0.0.2"}, 80.0, 2.5]),
+).map(copy.deepcopy)  # perturbing mutates what it inserted: never a value hypothesis holds
+
+
+@st.composite
+def _perturbed(draw: st.DrawFn) -> tuple[str, Any, Any, bool]:
+    """(kind, body, existing or None, internal): a generated body with a few fields replaced by
+    junk, removed or added at any depth, and sometimes a stored object to PUT over."""
+    kind, body = draw(_BODIES)
+    body = copy.deepcopy(body)
+    for _ in range(draw(st.integers(0, 3))):
+        holders: list[Any] = [body]
+        stack: list[Any] = [body]
+        while stack:
+            node = stack.pop()
+            children = list(node.values()) if isinstance(node, dict) else node if isinstance(node, list) else []
+            for child in children:
+                if isinstance(child, (dict, list)):
+                    holders.append(child)
+                    stack.append(child)
+        holder = draw(st.sampled_from(holders))
+        if isinstance(holder, dict):
+            keys = sorted(holder) + ["name", "port", "type", "extra", "uuid", "application_profile_name", "vip_id"]
+            key = draw(st.sampled_from(keys))
+            if draw(st.booleans()) and key in holder:
+                del holder[key]
+            else:
+                holder[key] = draw(_JUNK)
+        elif holder:
+            holder[draw(st.integers(0, len(holder) - 1))] = draw(_JUNK)
+        else:
+            holder.append(draw(_JUNK))
+    existing = None
+    if draw(st.booleans()):
+        try:
+            existing = normalize(kind, draw(_object_strategy(KINDS[kind].fields)), internal=True)
+        except ValidationError:
+            existing = None
+    return kind, body, existing, draw(st.booleans())
+
+
+_VS = {"name": "v", "vsvip_ref": "/api/vsvip?name=x", "services": [{"port": 80}], "application_profile_name": "System-L4-Application"}
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_perturbed())
+@example(("virtualservice", _VS, None, False))
+@example(("virtualservice", dict(_VS, application_profile_ref="/api/applicationprofile?name=System-HTTP"), None, True))
+@example(("vsvip", {"name": "v", "vip": [{"ip_address": {"addr": "127.1.1.1"}}, {"vip_id": "1", "ip_address": {"addr": "127.1.1.2"}}]}, None, False))
+def test_compiled_normalizer_agrees_with_the_reference(case: tuple[str, Any, Any, bool]) -> None:
+    """On plain JSON input the compiled normalizer gives up exactly when the reference walk refuses,
+    and otherwise returns the same stored body (values, types and key order), leaving its input as it was."""
+    kind, body, existing, internal = case
+    before = copy.deepcopy(body)
+    try:
+        expected: Any = schema.normalize_reference(kind, copy.deepcopy(body), existing=existing, internal=internal)
+    except ValidationError:
+        expected = None
+    try:
+        got = schema._compiled_normalizer(KINDS[kind], internal)(body, existing)
+    except schema._Fallback:
+        got = None
+    assert repr(expected) == repr(got)
+    assert before == body
+
+
+def test_the_bulk_pool_body_takes_the_compiled_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body the bulk benchmark posts, with its port as a string too, never reaches the reference walk."""
+
+    def refuse(*_args: Any, **_kw: Any) -> Any:
+        raise AssertionError("fell back to the reference walk")
+
+    monkeypatch.setattr(schema, "normalize_reference", refuse)
+    body = {"name": "bench-1", "servers": [{"ip": {"addr": "127.0.0.2", "type": "V4"}, "port": "80"}]}
+    assert 80 == normalize("pool", body)["servers"][0]["port"]
+
+
+def test_a_refusal_is_worded_by_the_reference_walk() -> None:
+    """An invalid body gets the reference walk's error, naming the field by its path."""
+    with pytest.raises(ValidationError) as err:
+        normalize("pool", {"name": "p", "servers": [{"ip": {"addr": "127.0.0.2"}, "port": 80}, {"ip": {"addr": "1.2.3.x"}}]})
+    assert ("servers[1].ip.addr", "'1.2.3.x' is not a valid IPv4 address") == (err.value.field, err.value.message)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_perturbed(), st.booleans())
+@example(("cloud", {"name": "c", "vtype": "CLOUD_VCENTER", "vcenter_configuration": {"vcenter_url": "v", "password": "pw"}}, None, False), True)
+@example(("pool", {"name": "p", "health_monitor_refs": "/api/healthmonitor?name=x", "servers": [None, {"ip": None}]}, None, False), False)
+def test_compiled_ref_walks_agree_with_the_reference(case: tuple[str, Any, Any, bool], drop_write_only: bool) -> None:
+    """On any body, valid or not, the compiled copy (map_refs, redact) and ref_fields give what the
+    schema-walking _transform and _walk_refs give, calling the ref mapping in the same order."""
+    kind, body, _existing, _internal = case
+    if not isinstance(body, dict):
+        return
+    fields = KINDS[kind].fields
+    calls: dict[str, list[tuple[str, str]]] = {"compiled": [], "reference": []}
+
+    def mapper(who: str) -> Any:
+        def on_ref(target: str, value: str) -> str:
+            calls[who].append((target, value))
+            return f"<{target}:{value}>"
+
+        return on_ref
+
+    before = copy.deepcopy(body)
+    got = schema._compiled_transform(kind, drop_write_only)(body, mapper("compiled"))
+    expected = schema._transform(schema.Field("object", fields=fields), body, mapper("reference"), drop_write_only)
+    assert repr(expected) == repr(got)
+    assert calls["reference"] == calls["compiled"]
+    assert before == body
+    walked = [ref for name, f in fields.items() if body.get(name) is not None for ref in schema._walk_refs(f, body[name], name)]
+    assert walked == ref_fields(kind, body)
