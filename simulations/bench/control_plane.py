@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent API writers (default 64)")
     parser.add_argument("--payload-bytes", type=int, default=300, help="raw baseline entry payload (default 300)")
     parser.add_argument("--max-inflight", type=int, default=2000, help="raw baseline writes in flight (default 2000)")
-    parser.add_argument("--macro-size", type=int, default=10,
-                        help="objects per POST /api/macro in the bulk phase (default 10; 0 skips the phase)")
+    parser.add_argument("--macro-size", type=int, default=100,
+                        help="objects per POST /api/macro in the bulk phase (default 100, a bulk apply of a few apps; 0 skips the phase)")
     parser.add_argument("--lone-writes", type=int, default=200, help="sequential writes for lone-write latency (default 200)")
     parser.add_argument("--lone-budget", type=float, default=None, help="max seconds per lone-write phase (default: by profile)")
     parser.add_argument("--tmp-dir", default=None, help="where the journals and cluster data go (default: system temp)")
