@@ -558,7 +558,7 @@ _TYPE_NAMES = {
     "object": "object",
     "list": "array",
 }
-_INT_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
+_INT_TEXT = re.compile(r"^\s*[+-]?\d{1,30}\s*$")  # bounded: int() refuses over 4 300 digits
 # Dotted-quad IPv4 exactly as ipaddress.IPv4Address accepts it (no leading zeros, no spaces),
 # ~10x cheaper than constructing one (it was 7 % of a controller's CPU under bulk writes).
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"

@@ -250,6 +250,8 @@ ERRORS = [
     ("pool", {"name": "p", "servers": [{"ip": {"addr": "10.0.0.1"}, "enabled": "yes"}]}, "servers[0].enabled",
      "expected boolean, got string"),
     ("pool", {"name": "p", "default_server_port": True}, "default_server_port", "expected integer, got boolean"),
+    # int() refuses text of more than 4 300 digits: refused as text, not a 500
+    ("pool", {"name": "p", "default_server_port": "1" * 5000}, "default_server_port", "expected integer, got string"),
     ("pool", {"name": "p", "servers": [None]}, "servers[0]", "got null"),
     ("pool", {"name": 5}, "name", "expected string, got integer"),
     ("virtualservice", {**VS, "pool_ref": 3}, "pool_ref", "expected string (a reference), got integer"),
