@@ -342,6 +342,11 @@ class _Pump:
         self.eof = False  # the source sent EOF and it has been passed on
 
     def on_event(self) -> None:
+        # Drains the source until EAGAIN (or _SPLICE_ROUNDS), as HAProxy does, rather than waiting
+        # for readiness again after a short read: segments that arrive while a splice holds the
+        # socket are queued to its backlog and processed here, on the proxy's CPU, instead of in
+        # the sender's transmit path (the backend's CPU). Measured: backend CPU per GB -10 %,
+        # bulk throughput +4 % (docs/performance.md).
         relay = self.relay
         if relay.closed:
             return
@@ -370,12 +375,6 @@ class _Pump:
                 else:
                     stats.bytes_out += n
                 self.queued = n
-                if n < self.size:
-                    # The socket is most likely drained: pass this on, then wait for readiness
-                    # rather than spend a splice on EAGAIN (epoll is level-triggered).
-                    self.queued -= splice(self.pr, self.dst, n, flags=_SPLICE_FLAGS)
-                    self._wait(writable=bool(self.queued))
-                    return
             self._wait(writable=bool(self.queued))  # more to do: level-triggered, so called again
         except BlockingIOError:
             self._wait(writable=True)
