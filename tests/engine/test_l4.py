@@ -316,6 +316,29 @@ async def test_splice_relays_large_transfers_both_ways() -> None:
 
 
 @both_loops
+async def test_splice_small_exchanges_after_a_bulk_one_are_not_held() -> None:
+    """Once spliced, a relay holds its pipe only while more is already readable: a few bytes
+    followed by silence go through at once, both ways (request/response after a bulk transfer)."""
+    backend = await TcpBackend(b"a").start()
+    dp, port = await _l4([("127.0.0.1", backend.port)], algorithm=LC)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        bulk = os.urandom(1 << 20)
+        writer.write(bulk)
+        relay = await _spliced(dp, port)
+        assert bulk == await asyncio.wait_for(reader.readexactly(len(bulk)), 10)
+        for i in range(20):
+            ping = b"ping %d\n" % i
+            writer.write(ping)
+            assert ping == await asyncio.wait_for(reader.readexactly(len(ping)), 2), i
+        writer.close()
+        await _closed_everywhere(dp, relay, backend.port)
+    finally:
+        await dp.close()
+        backend.close()
+
+
+@both_loops
 async def test_splice_passes_backend_half_close_while_client_still_sends() -> None:
     """The backend sends 8 MiB and half-closes; the client gets it all and EOF while its own 8 MiB
     still flow to the backend, which receives them intact."""
