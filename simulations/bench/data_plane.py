@@ -910,6 +910,15 @@ def _describe(r: dict[str, Any]) -> str:
 # -- the phases -----------------------------------------------------------------------------------
 
 
+def _run_loads(bench: _Bench, out: dict[str, Any], loads: tuple[str, ...], targets: dict[str, tuple[str, int]]) -> None:
+    """Each of ``loads`` (``l4``, ``l7``, ``bulk_l4``, ``bulk_l7``) against its proxy's ``targets``, into ``out``."""
+    for load in loads:
+        kind, _, which = load.partition("_")
+        host, port = targets[which if kind == "bulk" else load]
+        run = bench.bulk if kind == "bulk" else bench.requests
+        _attempt(out, load, lambda: run(host, port))  # noqa: B023 - called before the next iteration
+
+
 def _run_se(bench: _Bench, children: _Children, tmp: Path, proxy_cpu: int, backend_ports: list[int], loads: tuple[str, ...]) -> dict[str, Any]:
     l4_port, l7_port = _free_port(_SE_L4), _free_port(_SE_L7)
     slice_path = tmp / "slice.json"
@@ -924,15 +933,7 @@ def _run_se(bench: _Bench, children: _Children, tmp: Path, proxy_cpu: int, backe
         out["loop"] = ready["loop"]
         _wait_http(_SE_L7, l7_port, 10.0, se.proc)
         bench.groups["proxy"] = se.proc.pid
-        targets = {"l4": (_SE_L4, l4_port), "l7": (_SE_L7, l7_port)}
-        for load in loads:
-            kind, _, which = load.partition("_")
-            if kind == "bulk":
-                host, port = targets[which]
-                _attempt(out, load, lambda host=host, port=port: bench.bulk(host, port))  # type: ignore[misc]
-            else:
-                host, port = targets[load]
-                _attempt(out, load, lambda host=host, port=port: bench.requests(host, port))  # type: ignore[misc]
+        _run_loads(bench, out, loads, {"l4": (_SE_L4, l4_port), "l7": (_SE_L7, l7_port)})
         se.send("stop")
         final = se.expect("stopped", 20.0)
         out["telemetry"] = {
@@ -970,15 +971,7 @@ def _run_haproxy(
             except RuntimeError as exc:
                 raise RuntimeError(f"haproxy ({mode}) {exc}; log: {_tail(log_path)}") from None
             bench.groups["proxy"] = proc.pid
-            targets = {"l4": (_HA_L4, l4_port), "l7": (_HA_L7, l7_port)}
-            for load in loads:
-                kind, _, which = load.partition("_")
-                if kind == "bulk":
-                    host, port = targets[which]
-                    _attempt(out, load, lambda host=host, port=port: bench.bulk(host, port))  # type: ignore[misc]
-                else:
-                    host, port = targets[load]
-                    _attempt(out, load, lambda host=host, port=port: bench.requests(host, port))  # type: ignore[misc]
+            _run_loads(bench, out, loads, {"l4": (_HA_L4, l4_port), "l7": (_HA_L7, l7_port)})
             out["server_states"] = _haproxy_servers(tmp / "haproxy.sock")
         finally:
             bench.groups.pop("proxy", None)
