@@ -619,6 +619,30 @@ def test_responses_held_for_one_loop_iteration_keep_their_order() -> None:
         loop.close()
 
 
+class _Scripted(asyncio.Protocol):
+    """A backend answering each request head with the next of ``scripts`` (shared by its
+    connections), each answer a list of pieces written 10 ms apart, so the proxy most likely
+    reads them separately."""
+
+    def __init__(self, scripts: list[list[bytes]]) -> None:
+        self.scripts = scripts
+        self.buf = b""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf and self.scripts:
+            _head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            asyncio.ensure_future(self.send(self.scripts.pop(0)))
+
+    async def send(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self.transport.write(piece)
+            await asyncio.sleep(0.01)
+
+
 @both_loops
 async def test_trailer_fields_never_become_headers_of_the_next_message() -> None:
     """Trailers of a chunked request are not carried into the next request's head (no injected
@@ -651,19 +675,9 @@ async def test_trailer_fields_never_become_headers_of_the_next_message() -> None
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno",
     ]
 
-    class Trailing(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-            self.buf = b""
-
-        def data_received(self, data: bytes) -> None:
-            self.buf += data
-            while b"\r\n\r\n" in self.buf and answers:
-                _head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-                self.transport.write(answers.pop(0))
-
+    answer_scripts = [[a] for a in answers]
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Trailing, "127.0.0.1", 0)
+    server = await loop.create_server(lambda: _Scripted(answer_scripts), "127.0.0.1", 0)
     backend_port = server.sockets[0].getsockname()[1]
     dp = None
     try:
@@ -698,24 +712,8 @@ async def test_response_heads_lose_hop_by_hop_fields_however_they_arrive() -> No
         [b"HTTP/1.1 100 Continue\r\nX-C: c\r\n\r\n" + head + b"ok"],
     ]
 
-    class Scripted(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-            self.buf = b""
-
-        def data_received(self, data: bytes) -> None:
-            self.buf += data
-            while b"\r\n\r\n" in self.buf and scripts:
-                _head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-                asyncio.ensure_future(self.send(scripts.pop(0)))
-
-        async def send(self, pieces: list[bytes]) -> None:
-            for piece in pieces:
-                self.transport.write(piece)
-                await asyncio.sleep(0.01)  # separate reads on the proxy side, most of the time
-
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Scripted, "127.0.0.1", 0)
+    server = await loop.create_server(lambda: _Scripted(scripts), "127.0.0.1", 0)
     dp = stub_dataplane()
     port = free_port()
     try:
