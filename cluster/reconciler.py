@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import structlog
 
@@ -41,6 +41,7 @@ class Reconciler:
         *,
         interval: float = 0.25,
         settings: Settings = Settings(),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.node = node
         self.cloud = cloud
@@ -51,7 +52,12 @@ class Reconciler:
         self._idle_since: dict[str, float] = {}
         self._running: dict[str, int] = {}
         self._last_scaled: dict[str, float] = {}  # vs uuid -> when autoscale last acted or alerted
+        self.clock = clock
         self.rounds = 0
+        #: rounds that raised (each is a bug: the round's later commands were not proposed);
+        #: exported as ``avictl_reconcile_rounds_failed_total`` so tests and operators see them
+        self.failed_rounds = 0
+        self.last_failure: Optional[str] = None
         self._logged_failures: dict[str, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -61,6 +67,8 @@ class Reconciler:
             except Exception as exc:  # noqa: BLE001 - one bad round must not end the loop; the next one retries
                 # The same failure every 250 ms would drown the log: once per kind per minute.
                 key = f"{type(exc).__name__}: {exc}"
+                self.failed_rounds += 1
+                self.last_failure = key
                 now = time.monotonic()
                 if now - self._logged_failures.get(key, -60.0) >= 60.0:
                     self._logged_failures[key] = now
@@ -77,7 +85,7 @@ class Reconciler:
             self._idle_since.clear()
             self._last_scaled.clear()
             return
-        now = time.time()
+        now = self.clock()
         if self._leader_since is None:
             self._leader_since = now
             self.log.info("reconciler_leading")
@@ -142,7 +150,7 @@ class Reconciler:
             self.log.info("reconcile_command_refused", events=[type(e).__name__ for e in command.events], error=exc.message)
             return False
         for event in command.events:
-            self.log.info("reconciled", event=type(event).__name__, **_describe(event))
+            self.log.info("reconciled", event_type=type(event).__name__, **_describe(event))
         return True
 
     def _note_idle(self, now: float) -> None:

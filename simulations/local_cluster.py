@@ -16,12 +16,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from pathlib import Path
 from typing import Any, Optional
 
 from cluster.config import NodeConfig, PeerConfig, hash_password, hash_token
 
-__all__ = ["LocalCluster", "die_with_parent", "free_port", "wait_until"]
+__all__ = ["INTERNAL_ERRORS", "LocalCluster", "die_with_parent", "free_port", "wait_until"]
+
+# Log events that are bugs wherever they appear: a reconcile round that raised, a request that
+# reached the API's last line of defence. Tests fail when a controller logs one.
+INTERNAL_ERRORS = ("reconcile_round_failed", "api_unhandled")
 
 
 def die_with_parent() -> None:
@@ -57,6 +62,9 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str
 
 
 class LocalCluster:
+    #: every cluster made in this process, so a test harness can check their logs
+    instances: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
+
     def __init__(
         self,
         base_dir: str | Path,
@@ -99,6 +107,29 @@ class LocalCluster:
                 local_cloud_home=str(self.cloud_home) if local_cloud else "",
             )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._log_checked: dict[Path, int] = {}
+        LocalCluster.instances.add(self)
+
+    def log_path(self, node_id: str) -> Path:
+        return self.base_dir / node_id / "controller.log"
+
+    def new_internal_errors(self) -> list[str]:
+        """Log lines naming one of :data:`INTERNAL_ERRORS` written since the last call."""
+        found: list[str] = []
+        for node_id in self.ids:
+            path = self.log_path(node_id)
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self._log_checked.get(path, 0))
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            complete = data[: data.rfind(b"\n") + 1]
+            self._log_checked[path] = self._log_checked.get(path, 0) + len(complete)
+            for line in complete.decode("utf-8", "replace").splitlines():
+                if any(f'"{name}"' in line or f" {name} " in line for name in INTERNAL_ERRORS):
+                    found.append(f"{node_id}: {line[:2000]}")
+        return found
 
     @property
     def ids(self) -> list[str]:
@@ -126,7 +157,7 @@ class LocalCluster:
         path = self.config_path(node_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         config.save(path)
-        logf = open(self.base_dir / node_id / "controller.log", "ab")
+        logf = open(self.log_path(node_id), "ab")
         self.procs[node_id] = subprocess.Popen(
             [*self.command_prefix(node_id), sys.executable, "-m", self.controller_module, "--config", str(path)],
             stdout=logf,

@@ -11,7 +11,7 @@ import asyncio
 import collections
 import json
 import time
-from typing import Any, Awaitable, Callable, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 from urllib.parse import urlencode
 
 import msgpack
@@ -39,6 +39,9 @@ from cluster.node import Controller, NoQuorum, OutcomeUnknown
 from cluster.views import StoredObject, ref_uuid
 from storage import codec
 from storage.events import ObjectCreated
+
+if TYPE_CHECKING:
+    from cluster.reconciler import Reconciler
 
 __all__ = ["make_app", "API_VERSION"]
 
@@ -74,8 +77,9 @@ def error_response(status: int, message: str, field: Optional[str] = None, **ext
 
 
 class Api:
-    def __init__(self, node: Controller) -> None:
+    def __init__(self, node: Controller, reconciler: Optional["Reconciler"] = None) -> None:
         self.node = node
+        self.reconciler = reconciler
         self.auth = Authenticator(node.config)
         self.closing = asyncio.Event()
         self.registry = CollectorRegistry()
@@ -91,6 +95,9 @@ class Api:
         g("avictl_applied_revision", "Last revision applied to this node's view", lambda: self.node.view.revision)
         g("avictl_applied_raft_index", "Last raft index applied and synced", lambda: self.node._applied_raft_index)
         g("avictl_objects", "Objects in the config view", lambda: len(self.node.view))
+        if reconciler is not None:
+            g("avictl_reconcile_rounds", "Reconcile rounds completed while leading", lambda: reconciler.rounds)
+            g("avictl_reconcile_rounds_failed", "Reconcile rounds that raised (a bug: see the log)", lambda: reconciler.failed_rounds)
 
     # -- middleware ----------------------------------------------------------------------------
 
@@ -699,8 +706,8 @@ def _revision_of(value: Any) -> Optional[int]:
         raise CommandError(422, "_last_modified must be the revision string this API returned", "_last_modified") from None
 
 
-def make_app(node: Controller) -> web.Application:
-    api = Api(node)
+def make_app(node: Controller, *, reconciler: Optional["Reconciler"] = None) -> web.Application:
+    api = Api(node, reconciler)
     app = web.Application(middlewares=[api.middleware], client_max_size=MAX_BODY_BYTES)
     app["api"] = api
 
