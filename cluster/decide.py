@@ -153,6 +153,10 @@ def _normalize(
         return resolve_ref(view, target, value, tenant, field or target) if value else value
 
     stored = schema.rewrite_refs(kind, stored, canonical)
+    try:
+        schema.check_unique_refs(kind, stored)
+    except schema.ValidationError as exc:
+        raise CommandError(422, exc.message, exc.field) from None
     if kind == "vsvip":
         cloud = _cloud_of(view, stored)
         if cloud is None or cloud.body.get("vtype", "CLOUD_NONE") == "CLOUD_NONE":

@@ -1241,6 +1241,35 @@ def rewrite_refs(kind: str, body: dict[str, Any], fn: Callable[[str, str, str], 
     return body
 
 
+def check_unique_refs(kind: str, body: dict[str, Any]) -> None:
+    """ValidationError naming the item when a list of refs that must be unique names one object
+    twice. Run on refs made canonical: two spellings of one ref (by name, by URL) are the same."""
+    for name, f in _ref_holding_fields(kind):
+        value = body.get(name)
+        if value is not None:
+            _check_unique_refs(f, value, name)
+
+
+def _check_unique_refs(f: Field, value: Any, path: str) -> None:
+    if f.type == "object" and isinstance(value, dict):
+        assert f.fields is not None
+        for name, sub in f.fields.items():
+            item = value.get(name)
+            if item is not None and _holds_refs(sub):
+                _check_unique_refs(sub, item, _join(path, name))
+    elif f.type == "list" and isinstance(value, list):
+        assert f.item is not None
+        if f.item.type == "ref" and f.unique_by == ("",):
+            seen: dict[Any, int] = {}
+            for i, item in enumerate(value):
+                if item in seen:
+                    raise ValidationError(f"{path}[{i}]", f"duplicate of {path}[{seen[item]}] (both refer to the same {f.item.ref})")
+                seen[item] = i
+        elif _holds_refs(f.item):
+            for i, item in enumerate(value):
+                _check_unique_refs(f.item, item, f"{path}[{i}]")
+
+
 def _rewrite(f: Field, value: Any, path: str, fn: Callable[[str, str, str], Any]) -> Any:
     if f.type == "ref":
         assert f.ref is not None

@@ -295,3 +295,23 @@ def test_macro_creates_a_hierarchy_in_one_revision_range_and_deletes_it(cluster3
         assert listed["count"] == 0, kind
     code, spec = cluster3.request("n1", "GET", "/api/openapi.json")
     assert set(spec["paths"]["/api/macro"]) == {"post", "delete"}
+
+
+def test_one_monitor_named_twice_in_two_spellings_is_refused_and_get_put_round_trips(cluster3: LocalCluster) -> None:
+    """A pool naming System-HTTP once by name and once by URL is refused (422 naming the second
+    item): refs are made canonical before uniqueness is checked. A pool that was accepted can be
+    sent back by PUT exactly as GET returned it."""
+    _, hm = cluster3.request("n1", "GET", "/api/healthmonitor?name=System-HTTP")
+    url = hm["results"][0]["url"]
+    code, body = cluster3.request("n1", "POST", "/api/pool", dict(POOL, name="twice-hm", health_monitor_refs=[
+        "/api/healthmonitor?name=System-HTTP", url]))
+    assert code == 422, body
+    assert body["error"]["field"] == "health_monitor_refs[1]"
+    code, listed = cluster3.request("n1", "GET", "/api/pool?name=twice-hm")
+    assert listed["count"] == 0
+    code, pool = cluster3.request("n1", "POST", "/api/pool", dict(POOL, name="once-hm", health_monitor_refs=[url]))
+    assert code == 201, pool
+    code, got = cluster3.request("n2", "GET", f"/api/pool/{pool['uuid']}")
+    code, put = cluster3.request("n3", "PUT", f"/api/pool/{pool['uuid']}", got)
+    assert code == 200, put
+    assert put["_last_modified"] == got["_last_modified"], "an unchanged PUT writes nothing"
