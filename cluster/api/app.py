@@ -38,7 +38,7 @@ from cluster.macro import decide_macro_create, decide_macro_delete
 from cluster.node import Controller, NoQuorum, OutcomeUnknown
 from cluster.views import StoredObject, ref_uuid
 from storage import codec
-from storage.events import ObjectCreated
+from storage.events import ObjectCreated, ObjectUpdated
 
 if TYPE_CHECKING:
     from cluster.reconciler import Reconciler
@@ -352,7 +352,7 @@ class Api:
             objects = [o for o in objects if o.uuid in wanted]
         search = q.get("search")
         if search:
-            objects = [o for o in objects if search.strip("()").split(",")[-1] in json.dumps(o.body)]
+            objects = [o for o in objects if search.strip("()").split(",")[-1] in json.dumps(schema.redact(o.kind, o.body))]
         sort = q.get("sort", "name")
         reverse = sort.startswith("-")
         key = sort.lstrip("-")
@@ -630,6 +630,9 @@ class Api:
                 for event in command.events:
                     if revision >= since:
                         tag, _version, data = codec.encode_value(event)
+                        if isinstance(event, (ObjectCreated, ObjectUpdated)):
+                            # Secrets (write-only fields) leave the cluster in no output, events included.
+                            data = dict(data, body=schema.redact(event.kind, event.body))
                         out.append({"revision": revision, "type": tag, "time": command.time, "command_id": command.command_id, "data": data})
                         if len(out) >= limit:
                             return out
