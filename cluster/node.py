@@ -125,6 +125,8 @@ class Controller:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The event store holds secrets in clear until they are encrypted at rest: owner only.
+        os.chmod(self.data_dir, 0o700)
         self.store = FileLog(self.data_dir / "events")
         self.snapshots = SnapshotStore(self.data_dir / "snapshots")
         self.view = self._load_view()
