@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +16,7 @@ _ERROR = {
     "properties": {
         "error": {
             "type": "object",
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": ["string", "null"]}},
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string", "nullable": True}},
             "required": ["code", "message"],
         }
     },
@@ -41,6 +42,17 @@ _DESCRIPTIONS = {
 }
 
 
+def _path_parameter(route: web.AbstractRoute, name: str) -> dict[str, Any]:
+    """A path parameter's schema: the values its route's pattern allows, when it lists them."""
+    if name == "kind":
+        return {"type": "string", "enum": sorted(schema.KINDS)}
+    pattern = route.resource.get_info().get("pattern") if route.resource else None
+    found = re.search(rf"\(\?P<{name}>((?:\w+\|)+\w+)\)", pattern.pattern) if pattern is not None else None
+    if found:
+        return {"type": "string", "enum": found.group(1).split("|")}
+    return {"type": "string"}
+
+
 def build_openapi(router: web.UrlDispatcher, version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in router.routes():
@@ -56,9 +68,8 @@ def build_openapi(router: web.UrlDispatcher, version: str) -> dict[str, Any]:
             },
         }
         params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in ("kind", "uuid")
-            if "{" + name + "}" in path
+            {"name": name, "in": "path", "required": True, "schema": _path_parameter(route, name)}
+            for name in re.findall(r"\{(\w+)\}", path)
         ]
         if params:
             op["parameters"] = params

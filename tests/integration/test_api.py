@@ -315,3 +315,18 @@ def test_one_monitor_named_twice_in_two_spellings_is_refused_and_get_put_round_t
     code, put = cluster3.request("n3", "PUT", f"/api/pool/{pool['uuid']}", got)
     assert code == 200, put
     assert put["_last_modified"] == got["_last_modified"], "an unchanged PUT writes nothing"
+
+
+def test_openapi_document_is_valid_openapi_3_0_3(cluster3: LocalCluster) -> None:
+    """/api/openapi.json passes openapi-spec-validator as OpenAPI 3.0.3, and names every path parameter."""
+    from openapi_spec_validator import validate
+    from openapi_spec_validator.validation import OpenAPIV30SpecValidator
+
+    code, spec = cluster3.request("n1", "GET", "/api/openapi.json")
+    assert code == 200
+    assert spec["openapi"] == "3.0.3"
+    errors = [str(e).splitlines()[0] for e in OpenAPIV30SpecValidator(spec).iter_errors()]
+    assert errors == []
+    validate(spec)
+    action = spec["paths"]["/api/virtualservice/{uuid}/{action}"]["post"]["parameters"]
+    assert {p["name"]: p["schema"].get("enum") for p in action} == {"uuid": None, "action": ["scaleout", "scalein", "migrate", "switchover"]}
