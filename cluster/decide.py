@@ -19,7 +19,7 @@ import attrs
 
 from cluster import schema
 from cluster.views import ConfigView, StoredObject, ref_uuid
-from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Precondition, VirtualServicePlaced
+from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Precondition, SessionEnded, VirtualServicePlaced
 
 __all__ = [
     "BUILTIN_NAMESPACE",
@@ -29,6 +29,7 @@ __all__ = [
     "builtin_events",
     "decide_create",
     "decide_delete",
+    "decide_end_session",
     "decide_patch",
     "decide_update",
     "decide_vs_action",
@@ -257,6 +258,13 @@ def decide_delete(view: ConfigView, obj: StoredObject) -> Decision:
         raise CommandError(409, f"{obj.kind} {obj.name!r} is in use by {', '.join(names)}", None)
     event = ObjectDeleted(kind=obj.kind, uuid=obj.uuid, name=obj.name, tenant=obj.tenant)
     return Decision((event,), (Precondition(obj.uuid, obj.modified),), obj.uuid)
+
+
+def decide_end_session(view: ConfigView, session_id: str, user: str, expires: int, at: float) -> Decision:
+    """``/logout``: the session ends on every node (ending it twice changes nothing)."""
+    if view.session_ended(session_id):
+        return Decision((), (), "")
+    return Decision((SessionEnded(session_id=session_id, user=user, expires=expires, at=at),), (), "")
 
 
 def _ref_preconditions(view: ConfigView, kind: str, body: dict[str, Any]) -> tuple[Precondition, ...]:

@@ -27,6 +27,7 @@ from storage.events import (
     ServiceEngineReleased,
     ServiceEngineRequested,
     ServiceEngineStatusChanged,
+    SessionEnded,
     VirtualServicePlaced,
 )
 
@@ -106,6 +107,7 @@ class ConfigView:
         self._se_requested: dict[str, tuple[str, int]] = {}  # SE name -> (group uuid, revision requested)
         self._se_down: dict[str, str] = {}  # se uuid -> why the leader declared it down
         self._se_ready: set[str] = set()  # se uuids the leader has declared up at least once
+        self._sessions_ended: dict[str, int] = {}  # session id -> when its cookie expires
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -159,6 +161,10 @@ class ConfigView:
         """Why the SE was declared down, or None while it is up."""
         return self._se_down.get(se_uuid)
 
+    def session_ended(self, session_id: str) -> bool:
+        """The login session was ended (logged out) and its cookie must be refused."""
+        return session_id in self._sessions_ended
+
     def accepted_command(self, command_id: str) -> Optional[Accepted]:
         seen = self._commands.get(command_id)
         return None if seen is None else Accepted(*seen)
@@ -189,8 +195,8 @@ class ConfigView:
                 if bad:
                     return bad
                 continue
-            if isinstance(event, AutoscaleAlerted):
-                continue  # a record for operators: it changes no state
+            if isinstance(event, (AutoscaleAlerted, SessionEnded)):
+                continue  # always valid: a record for operators, a session that may end at any time
             if isinstance(event, (ServiceEngineRequested, ServiceEngineStatusChanged, ServiceEngineReleased)):
                 bad = self._check_se_event(event, deleted)
                 if bad:
@@ -337,6 +343,12 @@ class ConfigView:
             else:
                 self._se_down.pop(event.se_uuid, None)
                 self._se_ready.add(event.se_uuid)
+        elif isinstance(event, SessionEnded):
+            # Forget sessions whose cookies have expired by now: they are refused anyway.
+            for session_id in [s for s, expires in self._sessions_ended.items() if expires < event.at]:
+                del self._sessions_ended[session_id]
+            if event.expires >= event.at:
+                self._sessions_ended[event.session_id] = event.expires
         elif isinstance(event, ObjectDeleted):
             if event.kind == "serviceengine":
                 self._se_down.pop(event.uuid, None)
@@ -388,7 +400,8 @@ class ConfigView:
             {"v": 1, "revision": self.revision, "raft_index": self.raft_index, "objects": objects, "commands": commands,
              "placements": placements, "pinned": sorted(self._pinned),
              "se_requested": [[n, g, r] for n, (g, r) in sorted(self._se_requested.items())],
-             "se_down": sorted(self._se_down.items()), "se_ready": sorted(self._se_ready)},
+             "se_down": sorted(self._se_down.items()), "se_ready": sorted(self._se_ready),
+             "sessions_ended": sorted(self._sessions_ended.items())},
             use_bin_type=True,
         )
 
@@ -416,4 +429,5 @@ class ConfigView:
         view._se_requested = {n: (g, r) for n, g, r in doc.get("se_requested", [])}
         view._se_down = dict(doc.get("se_down", []))
         view._se_ready = set(doc.get("se_ready", []))
+        view._sessions_ended = dict(doc.get("sessions_ended", []))
         return view

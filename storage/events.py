@@ -27,6 +27,7 @@ __all__ = [
     "ServiceEngineReleased",
     "ServiceEngineRequested",
     "ServiceEngineStatusChanged",
+    "SessionEnded",
     "VirtualServicePlaced",
 ]
 
@@ -128,6 +129,23 @@ class AutoscaleAlerted:
     reason: str = ""
 
 
+@codec.registered("SessionEnded", 1)
+@attrs.frozen
+class SessionEnded:
+    """A login session was ended (``/logout``): every node refuses its cookie from then on.
+
+    ``session_id`` is the random id inside the signed cookie (not the cookie: without the
+    cluster's key it cannot be turned back into one); ``expires`` is when the cookie would have
+    expired anyway and ``at`` when it was ended (both Unix seconds), so views forget ended sessions
+    once they could no longer be used, the same way on every node.
+    """
+
+    session_id: str
+    user: str
+    expires: int
+    at: float
+
+
 Event = Union[
     AutoscaleAlerted,
     ObjectCreated,
@@ -137,6 +155,7 @@ Event = Union[
     ServiceEngineRequested,
     ServiceEngineStatusChanged,
     ServiceEngineReleased,
+    SessionEnded,
 ]
 
 

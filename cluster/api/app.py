@@ -27,6 +27,7 @@ from cluster.decide import (
     CommandError,
     decide_create,
     decide_delete,
+    decide_end_session,
     decide_patch,
     decide_place,
     decide_vs_action,
@@ -107,7 +108,7 @@ class Api:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         status = 500
         try:
-            denied = self._authorize(request)
+            denied = await self._authorize(request)
             if denied is not None:
                 response: web.StreamResponse = denied
             else:
@@ -140,7 +141,7 @@ class Api:
         self.latency.labels(request.method).observe(time.perf_counter() - started)
         return response
 
-    def _authorize(self, request: web.Request) -> Optional[web.Response]:
+    async def _authorize(self, request: web.Request) -> Optional[web.Response]:
         path = request.path
         if path in ("/login", "/logout", "/api/openapi.json", "/metrics", "/healthz"):
             return None
@@ -160,14 +161,23 @@ class Api:
                     return None
                 return error_response(403, "a service engine token is good only for the service engine routes")
             return error_response(401, "invalid token")
-        session = request.cookies.get("sessionid") or request.cookies.get("avi-sessionid")
-        if session and self.auth.check_session(session):
+        cookie = request.cookies.get("sessionid") or request.cookies.get("avi-sessionid")
+        session = self.auth.check_session(cookie) if cookie else None
+        if session is not None:
+            assert cookie is not None
             if request.method not in ("GET", "HEAD", "OPTIONS"):
                 csrf = request.headers.get("X-CSRFToken", "")
-                if not csrf or csrf != self.auth.csrf_for(session):
+                if not csrf or csrf != self.auth.csrf_for(cookie):
                     return error_response(401, "a session write needs a matching X-CSRFToken header", "X-CSRFToken")
                 if not request.headers.get("Referer"):
                     return error_response(401, "a session write needs a Referer header", "Referer")
+            if not _stale(request):
+                # A logout through any node must bind here at once: look it up in a view that has
+                # caught up with the leader (the read's own barrier, taken early).
+                await self.node.barrier(timeout=5.0)
+                request["caught_up"] = True
+            if self.node.view.session_ended(session.session_id):
+                return error_response(401, "this session was ended by /logout; log in again")
             return None
         return error_response(401, "authentication required: POST /login, or send Authorization: Bearer <token>")
 
@@ -274,7 +284,7 @@ class Api:
 
     async def consistent(self, request: web.Request) -> None:
         """Serve reads linearizably unless the client asked for ?stale=true."""
-        if request.query.get("stale", "").lower() in ("1", "true", "yes"):
+        if _stale(request) or request.get("caught_up"):
             return
         await self.node.barrier(timeout=5.0)
 
@@ -332,6 +342,12 @@ class Api:
         return response
 
     async def logout(self, request: web.Request) -> web.Response:
+        """End the session: its cookie is refused on every node from now on (an event in the log)."""
+        cookie = request.cookies.get("sessionid") or request.cookies.get("avi-sessionid")
+        session = self.auth.check_session(cookie) if cookie else None
+        if session is not None and not self.node.view.session_ended(session.session_id):
+            ended = (session.session_id, session.user, session.expires, time.time())
+            await self.node.write(lambda view: decide_end_session(view, *ended), command_id=self.command_id(request))
         response = web.json_response({})
         for name in ("sessionid", "avi-sessionid", "csrftoken"):
             response.del_cookie(name, path="/")
@@ -679,6 +695,10 @@ class Api:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "node": self.node.node_id})
+
+
+def _stale(request: web.Request) -> bool:
+    return request.query.get("stale", "").lower() in ("1", "true", "yes")
 
 
 def _timeout(seconds: float) -> Any:

@@ -9,14 +9,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 import time
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from cluster.config import NodeConfig, verify_password, verify_token
 
-__all__ = ["Authenticator", "SESSION_SECONDS", "se_token_for"]
+__all__ = ["Authenticator", "SESSION_SECONDS", "Session", "se_token_for"]
 
 SESSION_SECONDS = 8 * 3600
+
+
+class Session(NamedTuple):
+    user: str
+    session_id: str
+    expires: int
 
 
 def se_token_for(cluster_secret: str) -> str:
@@ -53,8 +60,10 @@ class Authenticator:
         return hmac.compare_digest(token.encode(), self.internal_token.encode())
 
     def issue_session(self, username: str, now: Optional[float] = None) -> tuple[str, str]:
+        """A new session cookie for ``username`` and its CSRF token. The cookie carries the user,
+        the expiry and a random session id (what ``/logout`` ends), signed with the session key."""
         expiry = int((now or time.time()) + SESSION_SECONDS)
-        payload = f"{username}:{expiry}".encode()
+        payload = f"{username}:{expiry}:{secrets.token_hex(16)}".encode()
         sig = hmac.new(self._key, payload, hashlib.sha256).hexdigest()
         session = base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + sig
         return session, self.csrf_for(session)
@@ -62,7 +71,9 @@ class Authenticator:
     def csrf_for(self, session: str) -> str:
         return hmac.new(self._key, b"csrf\0" + session.encode(), hashlib.sha256).hexdigest()[:32]
 
-    def check_session(self, session: str, now: Optional[float] = None) -> Optional[str]:
+    def check_session(self, session: str, now: Optional[float] = None) -> Optional[Session]:
+        """The session a cookie carries when its signature holds and it has not expired (whether it
+        was ended by ``/logout`` is the view's to say: ``ConfigView.session_ended``)."""
         try:
             encoded, sig = session.rsplit(".", 1)
             payload = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
@@ -72,9 +83,10 @@ class Authenticator:
         if not hmac.compare_digest(expected, sig):
             return None
         try:
-            username, expiry = payload.decode().rsplit(":", 1)
-            if int(expiry) < (now or time.time()):
-                return None
+            username, expiry, session_id = payload.decode().rsplit(":", 2)
+            expires = int(expiry)
         except (UnicodeDecodeError, ValueError):
             return None
-        return username
+        if expires < (now or time.time()) or not session_id:
+            return None
+        return Session(username, session_id, expires)

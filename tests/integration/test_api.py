@@ -135,8 +135,8 @@ def test_bad_input_is_refused_naming_the_field_and_changes_nothing(cluster3: Loc
     assert revision(cluster3) == before
 
 
-def _raw(cluster: LocalCluster, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
-    url = urllib.parse.urlsplit(cluster.api("n1"))
+def _raw(cluster: LocalCluster, method: str, path: str, body: bytes, headers: dict[str, str], node: str = "n1") -> tuple[int, Any]:
+    url = urllib.parse.urlsplit(cluster.api(node))
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
     try:
         conn.request(method, path, body=body, headers=headers)
@@ -330,3 +330,32 @@ def test_openapi_document_is_valid_openapi_3_0_3(cluster3: LocalCluster) -> None
     validate(spec)
     action = spec["paths"]["/api/virtualservice/{uuid}/{action}"]["post"]["parameters"]
     assert {p["name"]: p["schema"].get("enum") for p in action} == {"uuid": None, "action": ["scaleout", "scalein", "migrate", "switchover"]}
+
+
+def _login(cluster: LocalCluster, node: str) -> str:
+    form = urllib.parse.urlencode({"username": "admin", "password": cluster.password}).encode()
+    req = urllib.request.Request(cluster.api(node) + "/login", data=form, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        cookies = {c.split("=", 1)[0]: c.split("=", 1)[1].split(";", 1)[0] for c in resp.headers.get_all("Set-Cookie")}
+    return f"sessionid={cookies['sessionid']}; csrftoken={cookies['csrftoken']}"
+
+
+def test_logout_ends_the_session_on_every_node(cluster3: LocalCluster) -> None:
+    """After /logout through one node, the old session cookie is refused (401) by every node at
+    once; another session of the same user keeps working."""
+    cookie, other = _login(cluster3, "n1"), _login(cluster3, "n3")
+    for node in cluster3.ids:
+        assert _raw(cluster3, "GET", "/api/pool", b"", {"Cookie": cookie}, node)[0] == 200
+    code, _ = _raw(cluster3, "POST", "/logout", b"", {"Cookie": cookie}, "n2")
+    assert code == 200
+    for node in cluster3.ids:
+        code, body = _raw(cluster3, "GET", "/api/pool", b"", {"Cookie": cookie}, node)
+        assert code == 401, (node, body)
+        assert "logout" in body["error"]["message"]
+        assert _raw(cluster3, "GET", "/api/pool", b"", {"Cookie": other}, node)[0] == 200
+    code, _ = _raw(cluster3, "POST", "/logout", b"", {"Cookie": cookie}, "n3")
+    assert code == 200, "logging out twice is harmless"
+    code, events = cluster3.request("n1", "GET", "/api/events?since=1&limit=10000")
+    ended = [e for e in events["results"] if e["type"] == "SessionEnded"]
+    assert len(ended) == 1
+    assert cookie.split(";")[0].split("=", 1)[1] not in json.dumps(ended), "the event names the session, never the cookie"
