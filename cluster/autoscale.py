@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from cluster.reconcile import Command, new_se_names, pending_ses, placement_key
+from cluster.decide import Decision
+from cluster.reconcile import new_se_names, pending_ses, placement_key
 from cluster.views import ConfigView, StoredObject, ref_uuid
 from storage.events import AutoscaleAlerted, Precondition, ServiceEngineRequested, VirtualServicePlaced
 
@@ -87,12 +88,12 @@ def autoscale(
     last_action: Mapping[str, float],
     *,
     cloud: bool = False,
-) -> list[Command]:
+) -> list[Decision]:
     """``samples``: se uuid -> its latest report figures; ``last_action``: vs uuid -> when it was last acted on.
 
     ``cloud``: SEs can be started on demand; a VS that must scale out with no free SE asks for one.
     """
-    commands: list[Command] = []
+    commands: list[Decision] = []
     ses_by_group: dict[str, list[StoredObject]] = {}
     for se in view.list("serviceengine"):
         if view.se_down(se.uuid) is None and (se.body.get("enable_state") or "SE_STATE_ENABLED") == "SE_STATE_ENABLED":
@@ -121,9 +122,9 @@ def autoscale(
             acted.add(alert_key(se.uuid))
             if act:
                 guard = Precondition(placement_key(vs.uuid), view.placement_revision(vs.uuid))
-                commands.append(Command((VirtualServicePlaced(vs.uuid, target, f"autoscale: {reason}"),), (guard,)))
+                commands.append(Decision((VirtualServicePlaced(vs.uuid, target, f"autoscale: {reason}"),), (guard,)))
             else:
-                commands.append(Command((AutoscaleAlerted(vs.uuid, se.uuid, action, f"{reason} (auto_rebalance off: alert only)"),)))
+                commands.append(Decision((AutoscaleAlerted(vs.uuid, se.uuid, action, f"{reason} (auto_rebalance off: alert only)"),)))
 
         # Scale out or migrate away from hot SEs.
         for se in members:
@@ -147,7 +148,7 @@ def autoscale(
                         asked.add(group.uuid)
                         (name,) = new_se_names(view, group, 1)
                         acted.add(vs.uuid)
-                        commands.append(Command((ServiceEngineRequested(name, group.uuid, f"autoscale: {why}: scale-out {vs.name} needs a new SE"),)))
+                        commands.append(Decision((ServiceEngineRequested(name, group.uuid, f"autoscale: {why}: scale-out {vs.name} needs a new SE"),)))
                         break
                 if mode == "HA_MODE_LEGACY_ACTIVE_STANDBY" or not others:
                     if not act and mode == "HA_MODE_LEGACY_ACTIVE_STANDBY":

@@ -35,6 +35,7 @@ __all__ = [
     "decide_vs_action",
     "new_uuid",
     "resolve_ref",
+    "visible_in",
 ]
 
 BUILTIN_NAMESPACE = uuidlib.UUID("5b1c0e0e-7a1c-4f7e-9d1e-a71c7a11c0de")
@@ -54,9 +55,19 @@ class CommandError(Exception):
 
 @attrs.frozen
 class Decision:
+    """What a command decided: the events of one proposal, applied together or not at all, and the
+    preconditions (object or placement revisions it read) that must still hold at apply. ``uuid``
+    names the object the command was about, for the answer."""
+
     events: tuple[Any, ...]
-    preconditions: tuple[Precondition, ...]
-    uuid: str
+    preconditions: tuple[Precondition, ...] = ()
+    uuid: str = ""
+
+
+def visible_in(obj: StoredObject, tenant: str) -> bool:
+    """Whether a request in ``tenant`` may read ``obj`` or refer to it: its own tenant's objects,
+    and those of ``admin``, the provider tenant (built-ins, clouds, SE groups it shares)."""
+    return obj.tenant == tenant or obj.tenant == "admin"
 
 
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
@@ -85,7 +96,7 @@ def resolve_ref(view: ConfigView, target: str, value: Any, tenant: str, field: s
         else:
             assert uuid is not None
             obj = view.get(uuid)
-        if obj is not None and obj.kind == target:
+        if obj is not None and obj.kind == target and visible_in(obj, tenant):
             return f"/api/{target}/{obj.uuid}"
     return _resolve_ref(view, target, value, tenant, field)
 
@@ -133,6 +144,8 @@ def _resolve_ref(view: ConfigView, target: str, value: Any, tenant: str, field: 
     obj = view.get(uuid)
     if obj is None or obj.kind != target:
         raise CommandError(422, f"{target} {uuid} does not exist", field)
+    if not visible_in(obj, tenant):
+        raise CommandError(422, f"{target} {obj.name!r} belongs to tenant {obj.tenant!r}, not {tenant!r}", field)
     return f"/api/{target}/{uuid}"
 
 

@@ -222,7 +222,7 @@ def _collect(
     uuid, name = body.get("uuid"), body.get("name")
     if isinstance(uuid, str) and uuid:
         obj = view.get(uuid)
-        obj = obj if obj is not None and obj.kind == kind else None
+        obj = obj if obj is not None and obj.kind == kind and obj.tenant == tenant else None
     elif isinstance(name, str) and name:
         obj = view.by_name(kind, name, tenant)
     else:

@@ -25,6 +25,7 @@ import attrs
 import structlog
 
 from cluster import failpoints
+from cluster.commands import Command, decide
 from cluster.config import NodeConfig
 from cluster.decide import CommandError, Decision, builtin_events
 from cluster.raft import RaftError, RaftLog, RaftTuning
@@ -393,12 +394,12 @@ class Controller:
 
     async def write(
         self,
-        decide: Callable[[ConfigView], Decision],
+        command: Command,
         *,
         command_id: Optional[str] = None,
         timeout: float = 10.0,
     ) -> tuple[Decision, Accepted]:
-        """Decide against the view and commit; re-decide when a concurrent write made it stale.
+        """Decide ``command`` against the view and commit; re-decide when a concurrent write made it stale.
 
         Raises CommandError for refusals, NoQuorum or OutcomeUnknown when it could not finish.
         """
@@ -411,7 +412,7 @@ class Controller:
                 # A retry of a command that was applied (maybe after its first answer was lost).
                 return self._decision_of(command_id, earlier), earlier
             try:
-                decision = decide(self.view)
+                decision = decide(self.view, command, time.time())
             except CommandError:
                 if caught_up:
                     raise

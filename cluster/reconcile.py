@@ -1,7 +1,7 @@
 """What the leader's placement reconciler decides. Pure: views, observations and ``now`` in, events out.
 
-Level-triggered: ``reconcile`` looks at the whole state every round and returns the commands
-(each a tuple of events, proposed as one write) that move the log towards it. Running it again on
+Level-triggered: ``reconcile`` looks at the whole state every round and returns decisions
+(each the events of one proposal, with the preconditions that guard them) that move the log towards it. Running it again on
 the state those commands produce returns nothing new, so a lost round, a leader change or a
 rejected command only delays convergence. Its steps, in order:
 
@@ -32,6 +32,7 @@ from typing import Any, Optional
 import attrs
 
 from cluster import placement as pl
+from cluster.decide import Decision
 from cluster.views import ConfigView, StoredObject, ref_uuid
 from storage.events import (
     ObjectDeleted,
@@ -42,7 +43,7 @@ from storage.events import (
     VirtualServicePlaced,
 )
 
-__all__ = ["Command", "Observed", "SeObservation", "Settings", "new_se_names", "pending_ses", "placement_inputs", "placement_key", "reconcile"]
+__all__ = ["Observed", "SeObservation", "Settings", "new_se_names", "pending_ses", "placement_inputs", "placement_key", "reconcile"]
 
 
 def placement_key(vs_uuid: str) -> str:
@@ -84,16 +85,8 @@ class Settings:
     default_report_interval: float = 5.0
 
 
-@attrs.frozen
-class Command:
-    """One proposal: its events apply together or not at all."""
-
-    events: tuple[Any, ...]
-    preconditions: tuple[Precondition, ...] = ()
-
-
-def reconcile(view: ConfigView, observed: Observed, settings: Settings = Settings()) -> list[Command]:
-    commands: list[Command] = []
+def reconcile(view: ConfigView, observed: Observed, settings: Settings = Settings()) -> list[Decision]:
+    commands: list[Decision] = []
     ses = view.list("serviceengine")
     down = {se.uuid: reason for se in ses if (reason := view.se_down(se.uuid)) is not None}
 
@@ -102,13 +95,13 @@ def reconcile(view: ConfigView, observed: Observed, settings: Settings = Setting
         obs = observed.ses.get(se.uuid, SeObservation())
         verdict = _liveness(se, obs, observed, settings)
         if verdict is not None and se.uuid not in down:
-            commands.append(Command((ServiceEngineStatusChanged(se.uuid, se.name, "down", verdict),)))
+            commands.append(Decision((ServiceEngineStatusChanged(se.uuid, se.name, "down", verdict),)))
             down[se.uuid] = verdict
         elif verdict is None and se.uuid in down and obs.last_report is not None:
-            commands.append(Command((ServiceEngineStatusChanged(se.uuid, se.name, "up", "reporting again"),)))
+            commands.append(Decision((ServiceEngineStatusChanged(se.uuid, se.name, "up", "reporting again"),)))
             del down[se.uuid]
         elif verdict is None and not view.se_ready(se.uuid) and obs.last_report is not None:
-            commands.append(Command((ServiceEngineStatusChanged(se.uuid, se.name, "up", "ready: registered and reporting"),)))
+            commands.append(Decision((ServiceEngineStatusChanged(se.uuid, se.name, "up", "ready: registered and reporting"),)))
 
     # 2. Takeovers the data plane made on its own.
     current: dict[str, tuple[str, ...]] = {}
@@ -192,9 +185,9 @@ def _takeover(view: ConfigView, vs: StoredObject, placed: tuple[str, ...], obser
     return None
 
 
-def _placed(view: ConfigView, vs_uuid: str, se_uuids: tuple[str, ...], reason: str) -> Command:
+def _placed(view: ConfigView, vs_uuid: str, se_uuids: tuple[str, ...], reason: str) -> Decision:
     guard = Precondition(placement_key(vs_uuid), view.placement_revision(vs_uuid))
-    return Command((VirtualServicePlaced(vs_uuid, se_uuids, reason),), (guard,))
+    return Decision((VirtualServicePlaced(vs_uuid, se_uuids, reason),), (guard,))
 
 
 def _policy(group: StoredObject) -> pl.SeGroupPolicy:
@@ -270,7 +263,7 @@ def new_se_names(view: ConfigView, group: StoredObject, count: int) -> list[str]
     return names
 
 
-def _requests(view: ConfigView, plan: pl.PlacementPlan, groups: list[StoredObject], down: Mapping[str, str]) -> list[Command]:
+def _requests(view: ConfigView, plan: pl.PlacementPlan, groups: list[StoredObject], down: Mapping[str, str]) -> list[Decision]:
     by_uuid = {g.uuid: g for g in groups}
     commands = []
     for request in plan.se_requests:
@@ -279,13 +272,13 @@ def _requests(view: ConfigView, plan: pl.PlacementPlan, groups: list[StoredObjec
             continue
         missing = request.count - len(pending_ses(view, group.uuid, down))
         for name in new_se_names(view, group, max(0, missing)):
-            commands.append(Command((ServiceEngineRequested(name, group.uuid, f"{group.name}: {request.reason}"),)))
+            commands.append(Decision((ServiceEngineRequested(name, group.uuid, f"{group.name}: {request.reason}"),)))
     return commands
 
 
 def _releases(
     view: ConfigView, observed: Observed, groups: list[StoredObject], ses: list[StoredObject], plan: pl.PlacementPlan
-) -> list[Command]:
+) -> list[Decision]:
     requested = view.se_requested()
     by_uuid = {g.uuid: g for g in groups}
     wanted_groups = {r.group for r in plan.se_requests}
@@ -307,7 +300,7 @@ def _releases(
                 continue
             reason = f"idle for {observed.now - since:.0f} s (se_deprovision_delay {delay / 60:g} min)"
             commands.append(
-                Command(
+                Decision(
                     (ServiceEngineReleased(se.name, reason), ObjectDeleted("serviceengine", se.uuid, se.name, se.tenant)),
                     (Precondition(se.uuid, se.modified),),
                 )

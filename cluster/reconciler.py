@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import structlog
 
 from cluster.autoscale import alert_key, autoscale
+from cluster.commands import CommitDecision
 from cluster.decide import CommandError, Decision
-from cluster.reconcile import Command, Observed, SeObservation, Settings, reconcile
+from cluster.reconcile import Observed, SeObservation, Settings, reconcile
 from storage.events import AutoscaleAlerted
 
 from cluster.node import NoQuorum, OutcomeUnknown
@@ -137,12 +138,9 @@ class Reconciler:
             idle_since=dict(self._idle_since),
         )
 
-    async def _propose(self, command: Command) -> bool:
-        def decide(_view: Any) -> Decision:
-            return Decision(command.events, command.preconditions, "")
-
+    async def _propose(self, command: Decision) -> bool:
         try:
-            await self.node.write(decide, timeout=5.0)
+            await self.node.write(CommitDecision(command), timeout=5.0)
         except (NoQuorum, OutcomeUnknown) as exc:
             self.log.warning("reconcile_command_unfinished", events=[type(e).__name__ for e in command.events], error=type(exc).__name__)
             return False

@@ -1779,7 +1779,7 @@ def openapi_schemas() -> dict[str, Any]:
             server["tenant_ref"] = {
                 "type": "string",
                 "x-avi-ref": "tenant",
-                "description": "Set from X-Avi-Tenant (default admin); accepted and ignored in bodies.",
+                "description": "The object's tenant: from X-Avi-Tenant, X-Avi-Tenant-UUID or this field (they must agree; an unknown tenant is 404); default admin. Objects do not move between tenants.",
             }
         obj["properties"] = {**server, **obj["properties"]}
         desc = ks.description

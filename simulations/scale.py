@@ -66,7 +66,7 @@ from cluster.placement import (
 )
 from cluster import decide as d
 from cluster.autoscale import autoscale
-from cluster.reconcile import Command, Observed, SeObservation, Settings, placement_inputs, reconcile
+from cluster.reconcile import Observed, SeObservation, Settings, placement_inputs, reconcile
 from cluster.views import ConfigView, ref_uuid
 from simulations.clock import FakeClock
 from storage.events import AutoscaleAlerted, Proposal, ServiceEngineRequested, ServiceEngineStatusChanged, VirtualServicePlaced
@@ -540,7 +540,7 @@ def _vips(view: ConfigView, vs_uuid: str, vip: Mapping[str, str] | None) -> list
 
 @attrs.define
 class RoundResult:
-    commands: list[Command]
+    commands: list[d.Decision]
     reconcile_s: float
     commit_s: float
 
@@ -642,7 +642,7 @@ def run_reconcile(n_vss: int = 10000, n_ses: int = 1000, steps: int = 1000, seed
         if se is not None:
             world.apply(d.decide_patch(view, se, {"replace": {"enable_state": state}}))
 
-    def count(commands: list[Command]) -> None:
+    def count(commands: list[d.Decision]) -> None:
         for command in commands:
             counters["commands"] += 1
             for event in command.events:
@@ -801,7 +801,7 @@ def run_reconcile(n_vss: int = 10000, n_ses: int = 1000, steps: int = 1000, seed
     return summary
 
 
-def _summary(commands: list[Command]) -> str:
+def _summary(commands: list[d.Decision]) -> str:
     kinds: dict[str, int] = {}
     for command in commands:
         for event in command.events:

@@ -23,19 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from cluster import schema
 from cluster.api.auth import Authenticator
 from cluster.api.openapi import build_openapi
-from cluster.decide import (
-    CommandError,
-    decide_create,
-    decide_delete,
-    decide_end_session,
-    decide_patch,
-    decide_place,
-    decide_vs_action,
-    decide_register_se,
-    decide_update,
-    new_uuid,
-)
-from cluster.macro import decide_macro_create, decide_macro_delete
+from cluster import commands as c
+from cluster.decide import CommandError, new_uuid, resolve_ref, visible_in
 from cluster.node import Controller, NoQuorum, OutcomeUnknown
 from cluster.views import StoredObject, ref_uuid
 from storage import codec
@@ -133,6 +122,10 @@ class Api:
             response = error_response(exc.status, text)
         except asyncio.CancelledError:
             raise
+        except ConnectionResetError:
+            # The client went away mid-answer (a watcher or SE stream closing): nothing to answer.
+            log.debug("api_client_left", path=request.path, node_id=self.node.node_id)
+            response = web.Response(status=499)
         except Exception:  # noqa: BLE001 - the last line of defence: log it, answer 500 without a traceback
             log.exception("api_unhandled", path=request.path, node_id=self.node.node_id)
             response = error_response(500, "internal error; see the controller log")
@@ -187,9 +180,45 @@ class Api:
     def base_url(request: web.Request) -> str:
         return f"{request.scheme}://{request.host}"
 
-    @staticmethod
-    def tenant(request: web.Request) -> str:
-        return request.headers.get("X-Avi-Tenant") or "admin"
+    async def tenant(self, request: web.Request, body: Any = None) -> str:
+        """The tenant a request acts in: ``X-Avi-Tenant`` (a name) or ``X-Avi-Tenant-UUID``, or the
+        body's ``tenant_ref``; ``admin`` when none is given. An unknown tenant is 404 naming it;
+        two of these naming different tenants is 400."""
+        chosen: Optional[tuple[StoredObject, str]] = None  # (tenant, where it was named)
+        name, uuid = request.headers.get("X-Avi-Tenant"), request.headers.get("X-Avi-Tenant-UUID")
+        ref = body.get("tenant_ref") if isinstance(body, dict) else None
+        for value, where in ((name, "X-Avi-Tenant"), (uuid, "X-Avi-Tenant-UUID"), (ref, "tenant_ref")):
+            if value is None:
+                continue
+            tenant = await self._find_tenant(value, where)
+            if chosen is not None and chosen[0].uuid != tenant.uuid:
+                raise CommandError(400, f"{where} names tenant {tenant.name!r} but {chosen[1]} names {chosen[0].name!r}", where)
+            chosen = (tenant, where)
+        return chosen[0].name if chosen is not None else "admin"
+
+    async def _find_tenant(self, value: Any, where: str) -> StoredObject:
+        def find() -> Optional[StoredObject]:
+            view = self.node.view
+            if where == "X-Avi-Tenant":
+                return view.by_name("tenant", value)
+            if where == "X-Avi-Tenant-UUID":
+                obj = view.get(value)
+                return obj if obj is not None and obj.kind == "tenant" else None
+            try:
+                return view.get(resolve_ref(view, "tenant", value, "admin", where).rsplit("/", 1)[-1])
+            except CommandError:
+                return None
+
+        if not isinstance(value, str) or not value:
+            raise CommandError(400, f"{where} must name a tenant", where)
+        found = find()
+        if found is None:
+            # Created through another node a moment ago, not applied here yet: catch up first.
+            await self.node.barrier(timeout=5.0)
+            found = find()
+        if found is None:
+            raise CommandError(404, f"tenant {value!r} ({where}) does not exist", where)
+        return found
 
     def render(self, request: web.Request, obj: StoredObject) -> dict[str, Any]:
         base = self.base_url(request)
@@ -294,10 +323,10 @@ class Api:
             raise CommandError(404, f"unknown object kind {kind!r}; known: {', '.join(sorted(schema.KINDS))}")
         return kind
 
-    def object_of(self, request: web.Request, kind: str) -> StoredObject:
+    def object_of(self, request: web.Request, kind: str, tenant: str) -> StoredObject:
         uuid = request.match_info["uuid"]
         obj = self.node.view.get(uuid)
-        if obj is None or obj.kind != kind:
+        if obj is None or obj.kind != kind or not visible_in(obj, tenant):
             raise CommandError(404, f"{kind} {uuid} does not exist")
         return obj
 
@@ -346,8 +375,7 @@ class Api:
         cookie = request.cookies.get("sessionid") or request.cookies.get("avi-sessionid")
         session = self.auth.check_session(cookie) if cookie else None
         if session is not None and not self.node.view.session_ended(session.session_id):
-            ended = (session.session_id, session.user, session.expires, time.time())
-            await self.node.write(lambda view: decide_end_session(view, *ended), command_id=self.command_id(request))
+            await self.node.write(c.EndSession(session.session_id, session.user, session.expires), command_id=self.command_id(request))
         response = web.json_response({})
         for name in ("sessionid", "avi-sessionid", "csrftoken"):
             response.del_cookie(name, path="/")
@@ -359,7 +387,7 @@ class Api:
         kind = self.kind_of(request)
         await self.consistent(request)
         q = request.query
-        tenant = self.tenant(request)
+        tenant = await self.tenant(request)
         objects = [o for o in self.node.view.list(kind) if o.tenant == tenant or o.created == 0]
         if "name" in q:
             objects = [o for o in objects if o.name == q["name"]]
@@ -391,19 +419,17 @@ class Api:
     async def get_object(self, request: web.Request) -> web.Response:
         kind = self.kind_of(request)
         await self.consistent(request)
-        obj = self.object_of(request, kind)
+        obj = self.object_of(request, kind, await self.tenant(request))
         return web.json_response(self.render(request, obj))
 
     async def create_object(self, request: web.Request) -> web.Response:
         kind = self.kind_of(request)
         body = await self.read_json(request)
-        tenant = self.tenant(request)
+        tenant = await self.tenant(request, body)
         uuid = request.headers.get("Slug") or new_uuid(kind)
         if not uuid.startswith(f"{kind}-") or len(uuid) > 128:
             raise CommandError(400, f"Slug must be a uuid starting with {kind}-", "Slug")
-        decision, _ = await self.node.write(
-            lambda view: decide_create(view, kind, body, tenant=tenant, uuid=uuid), command_id=self.command_id(request)
-        )
+        decision, _ = await self.node.write(c.CreateObject(kind, body, tenant, uuid), command_id=self.command_id(request))
         obj = self.node.view.get(decision.uuid)
         if obj is None:
             raise CommandError(409, f"{kind} was created and deleted again before it could be shown")
@@ -414,43 +440,22 @@ class Api:
         body = await self.read_json(request)
         if not isinstance(body, dict):
             raise CommandError(400, "the request body must be a JSON object", "body")
-        uuid = request.match_info["uuid"]
-        if_revision = _revision_of(body.get("_last_modified"))
-
-        def decide(view: Any) -> Any:
-            obj = view.get(uuid)
-            if obj is None or obj.kind != kind:
-                raise CommandError(404, f"{kind} {uuid} does not exist")
-            return decide_update(view, obj, body, if_revision=if_revision)
-
-        await self.node.write(decide, command_id=self.command_id(request))
-        return web.json_response(self.render(request, self.object_of(request, kind)))
+        tenant = await self.tenant(request, body)
+        command = c.UpdateObject(kind, request.match_info["uuid"], body, tenant, _revision_of(body.get("_last_modified")))
+        await self.node.write(command, command_id=self.command_id(request))
+        return web.json_response(self.render(request, self.object_of(request, kind, tenant)))
 
     async def patch_object(self, request: web.Request) -> web.Response:
         kind = self.kind_of(request)
         body = await self.read_json(request)
-        uuid = request.match_info["uuid"]
-
-        def decide(view: Any) -> Any:
-            obj = view.get(uuid)
-            if obj is None or obj.kind != kind:
-                raise CommandError(404, f"{kind} {uuid} does not exist")
-            return decide_patch(view, obj, body)
-
-        await self.node.write(decide, command_id=self.command_id(request))
-        return web.json_response(self.render(request, self.object_of(request, kind)))
+        tenant = await self.tenant(request)
+        await self.node.write(c.PatchObject(kind, request.match_info["uuid"], body, tenant), command_id=self.command_id(request))
+        return web.json_response(self.render(request, self.object_of(request, kind, tenant)))
 
     async def delete_object(self, request: web.Request) -> web.Response:
         kind = self.kind_of(request)
-        uuid = request.match_info["uuid"]
-
-        def decide(view: Any) -> Any:
-            obj = view.get(uuid)
-            if obj is None or obj.kind != kind:
-                raise CommandError(404, f"{kind} {uuid} does not exist")
-            return decide_delete(view, obj)
-
-        await self.node.write(decide, command_id=self.command_id(request))
+        tenant = await self.tenant(request)
+        await self.node.write(c.DeleteObject(kind, request.match_info["uuid"], tenant), command_id=self.command_id(request))
         return web.Response(status=204)
 
     # -- macro ---------------------------------------------------------------------------------
@@ -466,25 +471,22 @@ class Api:
 
     async def macro_create(self, request: web.Request) -> web.Response:
         model_name, data = await self._macro_body(request)
-        tenant = self.tenant(request)
-        decision, _ = await self.node.write(
-            lambda view: decide_macro_create(view, model_name, data, tenant=tenant), command_id=self.command_id(request)
-        )
+        tenant = await self.tenant(request)
+        decision, _ = await self.node.write(c.CreateHierarchy(model_name, data, tenant), command_id=self.command_id(request))
         created = [self.node.view.get(e.uuid) for e in decision.events if isinstance(e, ObjectCreated)]
         return web.json_response([self.render(request, obj) for obj in created if obj is not None], status=201)
 
     async def macro_delete(self, request: web.Request) -> web.Response:
         model_name, data = await self._macro_body(request)
-        tenant = self.tenant(request)
-        await self.node.write(lambda view: decide_macro_delete(view, model_name, data, tenant=tenant), command_id=self.command_id(request))
+        tenant = await self.tenant(request)
+        await self.node.write(c.DeleteHierarchy(model_name, data, tenant), command_id=self.command_id(request))
         return web.Response(status=204)
 
     # -- service engines -----------------------------------------------------------------------
 
     async def register_se(self, request: web.Request) -> web.Response:
         body = await self.read_json(request)
-        uuid = new_uuid("serviceengine")
-        decision, _ = await self.node.write(lambda view: decide_register_se(view, body, uuid=uuid), command_id=self.command_id(request))
+        decision, _ = await self.node.write(c.RegisterServiceEngine(body, new_uuid("serviceengine")), command_id=self.command_id(request))
         obj = self.node.view.get(decision.uuid)
         if obj is None:
             raise CommandError(409, "the service engine was deleted while registering")
@@ -516,21 +518,24 @@ class Api:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
         await response.prepare(request)
         quiet_since = time.monotonic()
-        while not self.closing.is_set():
-            current = await self.node.wait_for_slice(se.uuid, version, timeout=1.0)
-            if current is None:
-                if self.node.view.get(se.uuid) is None:
+        try:
+            while not self.closing.is_set():
+                current = await self.node.wait_for_slice(se.uuid, version, timeout=1.0)
+                if current is None:
+                    if self.node.view.get(se.uuid) is None:
+                        break
+                    if time.monotonic() - quiet_since >= 5.0:
+                        await response.write(b"{\"heartbeat\": true}\n")
+                        quiet_since = time.monotonic()
+                    continue
+                encoded = self.node.slices.encoded(se.uuid)
+                if encoded is None:
                     break
-                if time.monotonic() - quiet_since >= 5.0:
-                    await response.write(b"{\"heartbeat\": true}\n")
-                    quiet_since = time.monotonic()
-                continue
-            encoded = self.node.slices.encoded(se.uuid)
-            if encoded is None:
-                break
-            version, line = encoded
-            await response.write(line)
-            quiet_since = time.monotonic()
+                version, line = encoded
+                await response.write(line)
+                quiet_since = time.monotonic()
+        except ConnectionResetError:
+            log.debug("slice_watch_client_left", se=se.name, version=version, node_id=self.node.node_id)
         return response
 
     async def se_status(self, request: web.Request) -> web.Response:
@@ -558,7 +563,7 @@ class Api:
 
     async def vs_logs(self, request: web.Request) -> web.Response:
         """The newest client request logs of a VS (from every SE serving it), newest last."""
-        vs = self.object_of(request, "virtualservice")
+        vs = self.object_of(request, "virtualservice", await self.tenant(request))
         limit = _int_param(request.query, "limit", 50, 1, REQUEST_LOGS_KEPT)
         logs = list(self.node.request_logs.get(vs.uuid, ()))[-limit:]
         return web.json_response({"count": len(logs), "results": logs})
@@ -567,16 +572,10 @@ class Api:
         body = await self.read_json(request)
         if not isinstance(body, dict) or "serviceengine_refs" not in body:
             raise CommandError(422, "the body names serviceengine_refs", "serviceengine_refs")
-        uuid = request.match_info["uuid"]
-
-        def decide(view: Any) -> Any:
-            obj = view.get(uuid)
-            if obj is None or obj.kind != "virtualservice":
-                raise CommandError(404, f"virtualservice {uuid} does not exist")
-            return decide_place(view, obj, body["serviceengine_refs"])
-
-        await self.node.write(decide, command_id=self.command_id(request))
-        return web.json_response(self.render(request, self.object_of(request, "virtualservice")))
+        tenant = await self.tenant(request)
+        command = c.PlaceVirtualService(request.match_info["uuid"], body["serviceengine_refs"], tenant)
+        await self.node.write(command, command_id=self.command_id(request))
+        return web.json_response(self.render(request, self.object_of(request, "virtualservice", tenant)))
 
     async def vs_action(self, request: web.Request) -> web.Response:
         """``POST /api/virtualservice/{uuid}/scaleout|scalein|migrate|switchover``, as the real product names them."""
@@ -585,17 +584,10 @@ class Api:
             body = json.loads(raw) if raw.strip() else {}
         except (ValueError, UnicodeDecodeError) as exc:
             raise CommandError(400, f"the body is not valid JSON: {exc}", "body") from None
-        uuid = request.match_info["uuid"]
-        action = request.match_info["action"]
-
-        def decide(view: Any) -> Any:
-            obj = view.get(uuid)
-            if obj is None or obj.kind != "virtualservice":
-                raise CommandError(404, f"virtualservice {uuid} does not exist")
-            return decide_vs_action(view, obj, action, body)
-
-        await self.node.write(decide, command_id=self.command_id(request))
-        return web.json_response(self.render(request, self.object_of(request, "virtualservice")))
+        tenant = await self.tenant(request)
+        command = c.ActOnVirtualService(request.match_info["uuid"], request.match_info["action"], body, tenant)
+        await self.node.write(command, command_id=self.command_id(request))
+        return web.json_response(self.render(request, self.object_of(request, "virtualservice", tenant)))
 
     # -- cluster, events, watch ----------------------------------------------------------------
 
@@ -672,19 +664,22 @@ class Api:
         await response.prepare(request)
         next_revision = max(since, 1)
         quiet_since = time.monotonic()
-        # Ends when the server shuts down, so a connected watcher never delays a stop.
-        while not self.closing.is_set():
-            events = self._events_since(next_revision, 1000)
-            for event in events:
-                await response.write(json.dumps(event).encode() + b"\n")
-                next_revision = event["revision"] + 1
-            if events:
-                quiet_since = time.monotonic()
-                continue
-            if not await self.node.wait_for_revision(next_revision, timeout=1.0):
-                if time.monotonic() - quiet_since >= 15.0:
-                    await response.write(b"{\"heartbeat\": true}\n")
+        try:
+            # Ends when the server shuts down, so a connected watcher never delays a stop.
+            while not self.closing.is_set():
+                events = self._events_since(next_revision, 1000)
+                for event in events:
+                    await response.write(json.dumps(event).encode() + b"\n")
+                    next_revision = event["revision"] + 1
+                if events:
                     quiet_since = time.monotonic()
+                    continue
+                if not await self.node.wait_for_revision(next_revision, timeout=1.0):
+                    if time.monotonic() - quiet_since >= 15.0:
+                        await response.write(b"{\"heartbeat\": true}\n")
+                        quiet_since = time.monotonic()
+        except ConnectionResetError:
+            log.debug("watch_client_left", next_revision=next_revision, node_id=self.node.node_id)
         return response
 
     async def openapi(self, request: web.Request) -> web.Response:

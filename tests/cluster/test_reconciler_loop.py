@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
+from cluster import commands as c
 from cluster import decide as d
 from cluster.config import NodeConfig, hash_password, hash_token
 from cluster.node import Controller
@@ -52,9 +53,17 @@ async def node(tmp_path: Path) -> AsyncIterator[Controller]:
         await controller.stop()
 
 
-async def write(node: Controller, decide: Any) -> str:
-    decision, _ = await node.write(decide)
+async def write(node: Controller, command: Any) -> str:
+    decision, _ = await node.write(command)
     return decision.uuid
+
+
+def create(kind: str, body: dict[str, Any]) -> c.CreateObject:
+    return c.CreateObject(kind, body, "admin", d.new_uuid(kind))
+
+
+def register(name: str, group: str) -> c.RegisterServiceEngine:
+    return c.RegisterServiceEngine({"name": name, "se_group_ref": f"/api/serviceenginegroup/{group}"}, d.new_uuid("serviceengine"))
 
 
 def events_of(node: Controller, kind: type) -> list[Any]:
@@ -68,24 +77,22 @@ def events_of(node: Controller, kind: type) -> list[Any]:
 async def test_a_hot_se_is_alerted_at_most_once_per_cooldown(node: Controller) -> None:
     """An SE group with a 300 s cooldown and an SE over its open-connections capacity for 20 s of
     250 ms rounds gets one AutoscaleAlerted, and a second only once the cooldown has passed."""
-    group = await write(node, lambda v: d.decide_create(v, "serviceenginegroup", {
+    group = await write(node, create("serviceenginegroup", {
         "name": "hot-group", "auto_rebalance": False, "auto_rebalance_interval": 300,
         "auto_rebalance_criteria": ["SE_AUTO_REBALANCE_OPEN_CONNS"], "auto_rebalance_capacity_per_se": [1],
-    }, tenant="admin", uuid=d.new_uuid("serviceenginegroup")))
+    }))
     ses = [
-        await write(node, lambda v, n=n: d.decide_register_se(v, {
-            "name": n, "se_group_ref": f"/api/serviceenginegroup/{group}",
-        }, uuid=d.new_uuid("serviceengine")))
+        await write(node, register(n, group))
         for n in ("se-1", "se-2")
     ]
-    pool = await write(node, lambda v: d.decide_create(v, "pool", {"name": "p"}, tenant="admin", uuid=d.new_uuid("pool")))
-    vip = await write(node, lambda v: d.decide_create(v, "vsvip", {
+    pool = await write(node, create("pool", {"name": "p"}))
+    vip = await write(node, create("vsvip", {
         "name": "vip", "vip": [{"vip_id": "1", "ip_address": {"addr": "127.10.0.9", "type": "V4"}}],
-    }, tenant="admin", uuid=d.new_uuid("vsvip")))
-    await write(node, lambda v: d.decide_create(v, "virtualservice", {
+    }))
+    await write(node, create("virtualservice", {
         "name": "vs", "vsvip_ref": f"/api/vsvip/{vip}", "pool_ref": f"/api/pool/{pool}",
         "services": [{"port": 8080}], "se_group_ref": f"/api/serviceenginegroup/{group}",
-    }, tenant="admin", uuid=d.new_uuid("virtualservice")))
+    }))
 
     clock = FakeClock(1_000_000.0)
     reconciler = Reconciler(node, None, clock=clock)
@@ -115,20 +122,19 @@ async def test_a_hot_se_is_alerted_at_most_once_per_cooldown(node: Controller) -
 
 async def test_a_round_that_proposes_many_commands_makes_them_all(node: Controller) -> None:
     """One round commits every command the cores return (the loop does not stop after the first)."""
-    group = await write(node, lambda v: d.decide_create(v, "serviceenginegroup", {
-        "name": "g", "max_vs_per_se": 10}, tenant="admin", uuid=d.new_uuid("serviceenginegroup")))
-    se = await write(node, lambda v: d.decide_register_se(v, {
-        "name": "se-1", "se_group_ref": f"/api/serviceenginegroup/{group}"}, uuid=d.new_uuid("serviceengine")))
-    pool = await write(node, lambda v: d.decide_create(v, "pool", {"name": "p"}, tenant="admin", uuid=d.new_uuid("pool")))
+    group = await write(node, create("serviceenginegroup", {
+        "name": "g", "max_vs_per_se": 10}))
+    se = await write(node, register("se-1", group))
+    pool = await write(node, create("pool", {"name": "p"}))
     vss = []
     for i in range(5):
-        vip = await write(node, lambda v, i=i: d.decide_create(v, "vsvip", {
+        vip = await write(node, create("vsvip", {
             "name": f"vip{i}", "vip": [{"vip_id": "1", "ip_address": {"addr": f"127.10.1.{i + 1}", "type": "V4"}}],
-        }, tenant="admin", uuid=d.new_uuid("vsvip")))
-        vss.append(await write(node, lambda v, i=i, vip=vip: d.decide_create(v, "virtualservice", {
+        }))
+        vss.append(await write(node, create("virtualservice", {
             "name": f"vs{i}", "vsvip_ref": f"/api/vsvip/{vip}", "pool_ref": f"/api/pool/{pool}",
             "services": [{"port": 80}], "se_group_ref": f"/api/serviceenginegroup/{group}",
-        }, tenant="admin", uuid=d.new_uuid("virtualservice"))))
+        })))
     clock = FakeClock(1_000_000.0)
     reconciler = Reconciler(node, None, clock=clock)
     node.se_status[se] = {"time": clock.now, "report_interval": 1.0, "se": {}}
