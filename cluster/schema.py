@@ -1331,6 +1331,29 @@ def redact(kind: str, body: dict[str, Any], refs: Callable[[str, str], Any] = _s
     return _compiled_transform(kind, True)(body, refs)  # type: ignore[no-any-return]
 
 
+def without_defaults(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` (as rendered) without the fields that hold their schema default, in nested objects
+    too (``?skip_default=true``). Refs are kept: their default is a name, the body holds a URL."""
+    return _without_defaults(_kind(kind).fields, body)
+
+
+def _without_defaults(fields: Mapping[str, Field], body: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        f = fields.get(key)
+        if f is None:
+            out[key] = value
+            continue
+        if f.has_default and f.type != "ref" and value == _thaw(f.default):
+            continue
+        if f.type == "object" and isinstance(value, dict) and f.fields is not None:
+            value = _without_defaults(f.fields, value)
+        elif f.type == "list" and isinstance(value, list) and f.item is not None and f.item.type == "object" and f.item.fields:
+            value = [_without_defaults(f.item.fields, v) if isinstance(v, dict) else v for v in value]
+        out[key] = value
+    return out
+
+
 # (value, on_ref) -> what _transform returns for the same field, value, on_ref and drop_write_only.
 _Transform = Callable[[Any, Callable[[str, str], Any]], Any]
 _TRANSFORMS: dict[tuple[str, bool], tuple[KindSchema, _Transform]] = {}

@@ -385,30 +385,41 @@ class Api:
 
     async def list_objects(self, request: web.Request) -> web.Response:
         kind = self.kind_of(request)
-        await self.consistent(request)
         q = request.query
+        _check_params(q, _LIST_PARAMS, _REF_FILTERS[kind])
+        await self.consistent(request)
         tenant = await self.tenant(request)
-        objects = [o for o in self.node.view.list(kind) if o.tenant == tenant or o.created == 0]
+        view = self.node.view
+        objects = [o for o in view.list(kind) if o.tenant == tenant or o.created == 0]
         if "name" in q:
             objects = [o for o in objects if o.name == q["name"]]
         if "uuid" in q:
             wanted = set(q["uuid"].split(","))
             objects = [o for o in objects if o.uuid in wanted]
+        if "refers_to" in q:
+            target = _kind_and_uuid(q, "refers_to")
+            objects = [o for o in objects if o.uuid in view.referrers(target)]
+        if "referred_by" in q:
+            source = view.get(_kind_and_uuid(q, "referred_by"))
+            used = {ref_uuid(v) for _f, _t, v in schema.ref_fields(source.kind, source.body) if v} if source else set()
+            objects = [o for o in objects if o.uuid in used]
+        for key in [k for k in q if k.endswith(".uuid")]:
+            field = key[: -len(".uuid")]
+            objects = [o for o in objects if ref_uuid(o.body.get(field) or "") == q[key]]
         search = q.get("search")
         if search:
             objects = [o for o in objects if search.strip("()").split(",")[-1] in json.dumps(schema.redact(o.kind, o.body))]
         sort = q.get("sort", "name")
         reverse = sort.startswith("-")
         key = sort.lstrip("-")
+        f = schema.KINDS[kind].fields.get(key)
+        if key not in ("name", "uuid") and (f is None or f.write_only):
+            raise CommandError(400, f"cannot sort {kind} by {key!r}: not a field of it", "sort")
         objects.sort(key=lambda o: (str(getattr(o, key, None) if key in ("name", "uuid") else o.body.get(key, "")), o.uuid), reverse=reverse)
         page_size = _int_param(q, "page_size", 25, 1, 200)
         page = _int_param(q, "page", 1, 1, 1_000_000)
         chunk = objects[(page - 1) * page_size : page * page_size]
-        results = [self.render(request, o) for o in chunk]
-        fields = q.get("fields")
-        if fields:
-            keep = set(fields.split(",")) | {"url", "uuid", "name"}
-            results = [{k: v for k, v in r.items() if k in keep} for r in results]
+        results = [self._shaped(request, o) for o in chunk]
         body: dict[str, Any] = {"count": len(objects), "results": results}
         if page * page_size < len(objects):
             params = dict(q)
@@ -416,11 +427,23 @@ class Api:
             body["next"] = f"{self.base_url(request)}{request.path}?{urlencode(params)}"
         return web.json_response(body)
 
+    def _shaped(self, request: web.Request, obj: StoredObject) -> dict[str, Any]:
+        """``render``, then the output-shaping parameters: ``skip_default``, ``fields``."""
+        out = self.render(request, obj)
+        if _bool_param(request.query, "skip_default"):
+            out = schema.without_defaults(obj.kind, out)
+        fields = request.query.get("fields")
+        if fields:
+            keep = set(fields.split(",")) | {"url", "uuid", "name"}
+            out = {k: v for k, v in out.items() if k in keep}
+        return out
+
     async def get_object(self, request: web.Request) -> web.Response:
         kind = self.kind_of(request)
+        _check_params(request.query, _OBJECT_PARAMS)
         await self.consistent(request)
         obj = self.object_of(request, kind, await self.tenant(request))
-        return web.json_response(self.render(request, obj))
+        return web.json_response(self._shaped(request, obj))
 
     async def create_object(self, request: web.Request) -> web.Response:
         kind = self.kind_of(request)
@@ -648,6 +671,7 @@ class Api:
         return out
 
     async def events(self, request: web.Request) -> web.Response:
+        _check_params(request.query, frozenset({"since", "limit", "stale"}))
         since = _int_param(request.query, "since", 1, 0, 2**62)
         limit = _int_param(request.query, "limit", 100, 1, 10_000)
         if since and since < self.node.store.first_revision:
@@ -657,6 +681,7 @@ class Api:
         return web.json_response({"count": len(events), "results": events, "revision": self.node.view.revision})
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
+        _check_params(request.query, frozenset({"since"}))
         since = _int_param(request.query, "since", self.node.view.revision + 1, 0, 2**62)
         if since and since < self.node.store.first_revision:
             raise CommandError(410, f"revision {since} was compacted; the log starts at {self.node.store.first_revision}", "since")
@@ -693,7 +718,58 @@ class Api:
 
 
 def _stale(request: web.Request) -> bool:
-    return request.query.get("stale", "").lower() in ("1", "true", "yes")
+    return _bool_param(request.query, "stale")
+
+
+# Query parameters GET accepts; anything else is refused by name (400), never ignored: a filter
+# silently dropped would return the whole collection to, say, a cleanup script. include_name and
+# join_subresources are accepted because what they ask for is always done (refs carry #name,
+# objects carry their runtime); docs/operations.md lists them.
+_OBJECT_PARAMS = frozenset({"stale", "fields", "skip_default", "include_name", "join_subresources"})
+_LIST_PARAMS = _OBJECT_PARAMS | {"name", "uuid", "search", "sort", "page", "page_size", "refers_to", "referred_by"}
+
+
+def _check_params(query: Any, allowed: frozenset[str], ref_filters: frozenset[str] = frozenset()) -> None:
+    """400 naming the first query parameter that is neither in ``allowed`` nor a ``<ref>.uuid`` filter in ``ref_filters``."""
+    for key in query:
+        if key in allowed or key in ref_filters:
+            continue
+        if key.endswith(".uuid"):
+            offered = ", ".join(sorted(ref_filters)) or "none"
+            raise CommandError(400, f"cannot filter on {key}: not a ref field here (ref filters: {offered})", key)
+        raise CommandError(400, f"unknown query parameter {key!r}; accepted here: {', '.join(sorted(allowed))}", key)
+    if query.get("join_subresources", "runtime") != "runtime":
+        raise CommandError(400, "join_subresources supports runtime only", "join_subresources")
+    for key in ("stale", "skip_default", "include_name"):
+        if key in query:
+            _bool_param(query, key)
+
+
+# kind -> the "<ref field>.uuid" filters it offers: one per top-level ref field.
+_REF_FILTERS = {
+    kind: frozenset(f"{name}.uuid" for name, f in spec.fields.items() if f.type == "ref")
+    for kind, spec in schema.KINDS.items()
+}
+
+
+def _bool_param(query: Any, name: str) -> bool:
+    raw = query.get(name)
+    if raw is None:
+        return False
+    value = raw.lower()
+    if value in ("", "1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise CommandError(400, f"{name} must be true or false", name)
+
+
+def _kind_and_uuid(query: Any, name: str) -> str:
+    """``kind:uuid`` (the real product's form of refers_to / referred_by) -> the uuid; 400 when malformed."""
+    kind, sep, uuid = query[name].partition(":")
+    if not sep or kind not in schema.KINDS or not uuid:
+        raise CommandError(400, f"{name} must be <kind>:<uuid>, e.g. pool:pool-…; kinds: {', '.join(sorted(schema.KINDS))}", name)
+    return uuid
 
 
 def _timeout(seconds: float) -> Any:
