@@ -220,6 +220,8 @@ def decide_create(view: ConfigView, kind: str, body: Any, *, tenant: str, uuid: 
     if view.by_name(kind, name, tenant) is not None:
         raise CommandError(409, f"{kind} named {name!r} already exists", "name")
     stored = _normalize(view, kind, client, tenant, None)
+    if kind == "virtualservice":
+        _check_endpoints(view, kind, uuid, stored)
     event = ObjectCreated(kind=kind, uuid=uuid, name=name, tenant=tenant, body=stored)
     return Decision((event,), _ref_preconditions(view, kind, stored), uuid)
 
@@ -239,6 +241,7 @@ def decide_update(view: ConfigView, obj: StoredObject, body: Any, *, if_revision
     stored = _normalize(view, obj.kind, client, obj.tenant, obj.body)
     if stored == obj.body and name == obj.name:
         return Decision((), (), obj.uuid)
+    _check_endpoints(view, obj.kind, obj.uuid, stored)
     event = ObjectUpdated(kind=obj.kind, uuid=obj.uuid, name=name, tenant=obj.tenant, body=stored)
     pre = (Precondition(obj.uuid, obj.modified),) + _ref_preconditions(view, obj.kind, stored)
     return Decision((event,), pre, obj.uuid)
@@ -278,6 +281,23 @@ def decide_end_session(view: ConfigView, session_id: str, user: str, expires: in
     if view.session_ended(session_id):
         return Decision((), (), "")
     return Decision((SessionEnded(session_id=session_id, user=user, expires=expires, at=at),), (), "")
+
+
+def _check_endpoints(view: ConfigView, kind: str, uuid: str, stored: dict[str, Any]) -> None:
+    """409 naming the VIP, the port and the VS that holds it, when a VS (or a vsvip's VSs) would
+    listen where another VS does. Apply checks the same (a decision may read a stale view)."""
+    if kind not in ("virtualservice", "vsvip"):
+        return
+    if kind == "virtualservice":
+        vsvip = view.get(ref_uuid(stored.get("vsvip_ref") or ""))
+        pairs = [(uuid, stored, vsvip.body if vsvip else None)]
+    else:
+        pairs = [(u, vs.body, stored) for u in sorted(view.referrers(uuid)) if (vs := view.get(u)) is not None and vs.kind == "virtualservice"]
+    for vs_uuid, vs_body, vsvip_body in pairs:
+        conflict = view.endpoint_conflict(vs_uuid, vs_body, vsvip_body)
+        if conflict is not None:
+            field = conflict.field if kind == "virtualservice" else "vip"
+            raise CommandError(conflict.code, conflict.message, field)
 
 
 def _ref_preconditions(view: ConfigView, kind: str, body: dict[str, Any]) -> tuple[Precondition, ...]:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from cluster import schema
 from cluster.decide import CommandError, Decision, decide_create, new_uuid
-from cluster.views import ConfigView, StoredObject
+from cluster.views import ConfigView, Endpoint, Rejected, StoredObject, ref_uuid, vs_endpoints
 from storage.events import ObjectCreated, ObjectDeleted, Precondition
 
 __all__ = ["MAX_MACRO_OBJECTS", "decide_macro_create", "decide_macro_delete", "macro_kind"]
@@ -76,6 +76,7 @@ class _PendingView:
         self._view = view
         self._by_uuid: dict[str, StoredObject] = {}
         self._by_name: dict[tuple[str, str, str], str] = {}
+        self._endpoints: dict[Endpoint, StoredObject] = {}  # VIP address and port -> pending VS
 
     def add(self, event: ObjectCreated) -> None:
         # created/modified 0 would read as "built in"; a pending object is newer than the view.
@@ -83,6 +84,18 @@ class _PendingView:
         obj = StoredObject(event.kind, event.uuid, event.name, event.tenant, event.body, pending, pending)
         self._by_uuid[event.uuid] = obj
         self._by_name[(event.kind, event.tenant, event.name)] = event.uuid
+        if event.kind == "virtualservice":
+            vsvip = self.get(ref_uuid(event.body.get("vsvip_ref") or ""))
+            for endpoint in vs_endpoints(event.body, vsvip.body if vsvip else None):
+                self._endpoints[endpoint] = obj
+
+    def endpoint_conflict(self, vs_uuid: str, vs_body: dict[str, Any], vsvip_body: Optional[dict[str, Any]]) -> Optional[Rejected]:
+        """:meth:`ConfigView.endpoint_conflict`, counting the VSs created earlier in this macro."""
+        for (addr, port), field in vs_endpoints(vs_body, vsvip_body).items():
+            other = self._endpoints.get((addr, port))
+            if other is not None and other.uuid != vs_uuid:
+                return Rejected(409, f"{addr}:{port} is already served by virtualservice {other.name!r}", field)
+        return self._view.endpoint_conflict(vs_uuid, vs_body, vsvip_body)
 
     def get(self, uuid: str) -> Optional[StoredObject]:
         return self._by_uuid.get(uuid) or self._view.get(uuid)

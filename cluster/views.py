@@ -33,12 +33,14 @@ from storage.events import (
 
 __all__ = [
     "Accepted",
+    "Endpoint",
     "ConfigView",
     "Duplicate",
     "Outcome",
     "Rejected",
     "StoredObject",
     "ref_uuid",
+    "vs_endpoints",
 ]
 
 # How many accepted command ids a view remembers for duplicate detection (evicted oldest first,
@@ -91,6 +93,21 @@ def _refs(kind: str, body: dict[str, Any]) -> set[str]:
     return {ref_uuid(value) for _field, _target, value in schema.ref_fields(kind, body) if value}
 
 
+Endpoint = tuple[str, int]
+
+
+def vs_endpoints(vs_body: dict[str, Any], vsvip_body: Optional[dict[str, Any]]) -> dict[Endpoint, str]:
+    """Every (VIP address, port) a virtual service listens on -> the field that names its port."""
+    addrs = [((vip or {}).get("ip_address") or {}).get("addr") for vip in ((vsvip_body or {}).get("vip") or [])]
+    out: dict[Endpoint, str] = {}
+    for i, service in enumerate(vs_body.get("services") or []):
+        port = (service or {}).get("port")
+        for addr in addrs:
+            if isinstance(addr, str) and isinstance(port, int):
+                out.setdefault((addr, port), f"services[{i}].port")
+    return out
+
+
 class ConfigView:
     def __init__(self) -> None:
         self.revision = 0
@@ -108,6 +125,9 @@ class ConfigView:
         self._se_down: dict[str, str] = {}  # se uuid -> why the leader declared it down
         self._se_ready: set[str] = set()  # se uuids the leader has declared up at least once
         self._sessions_ended: dict[str, int] = {}  # session id -> when its cookie expires
+        # Derived (rebuilt from the objects on snapshot load): which VS serves each VIP address and port.
+        self._vs_endpoints: dict[str, frozenset[Endpoint]] = {}  # vs uuid -> its (addr, port)s
+        self._endpoint_holders: dict[Endpoint, set[str]] = {}  # (addr, port) -> vs uuids
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -161,6 +181,16 @@ class ConfigView:
         """Why the SE was declared down, or None while it is up."""
         return self._se_down.get(se_uuid)
 
+    def endpoint_holders(self, addr: str, port: int) -> set[str]:
+        """The virtual services that listen on ``addr:port`` (at most one in a log written since
+        the invariant existed)."""
+        return set(self._endpoint_holders.get((addr, port), ()))
+
+    def endpoint_conflict(self, vs_uuid: str, vs_body: dict[str, Any], vsvip_body: Optional[dict[str, Any]]) -> Rejected | None:
+        """409 when another virtual service already listens on one of the VIP addresses and ports
+        this VS body (with that vsvip) would take. For decisions; apply checks the same."""
+        return self._endpoints_taken(vs_uuid, vs_body, vsvip_body, {}, set())
+
     def session_ended(self, session_id: str) -> bool:
         """The login session was ended (logged out) and its cookie must be refused."""
         return session_id in self._sessions_ended
@@ -189,6 +219,8 @@ class ConfigView:
         created: dict[str, str] = {}  # uuid -> kind, made earlier in this proposal
         deleted: set[str] = set()
         names: dict[tuple[str, str, str], Optional[str]] = {}
+        bodies: dict[str, dict[str, Any]] = {}  # uuid -> body, as earlier events of this proposal left it
+        claimed: dict[Endpoint, str] = {}  # VIP address and port -> the VS that took it earlier in this proposal
         for event in events:
             if isinstance(event, VirtualServicePlaced):
                 bad = self._check_placement(event, created, deleted)
@@ -240,6 +272,11 @@ class ConfigView:
                 names[key] = None
             else:
                 return Rejected(400, f"unknown event {type(event).__name__}", None)
+            if isinstance(event, (ObjectCreated, ObjectUpdated)) and event.kind in ("virtualservice", "vsvip"):
+                bodies[event.uuid] = event.body
+                bad = self._check_endpoints(event, bodies, claimed, deleted)
+                if bad:
+                    return bad
         return None
 
     def _check_placement(self, event: VirtualServicePlaced, created: dict[str, str], deleted: set[str]) -> Rejected | None:
@@ -269,6 +306,40 @@ class ConfigView:
                 return Rejected(404, f"serviceengine {event.se_uuid} does not exist", "uuid")
             if event.status not in ("up", "down"):
                 return Rejected(422, f"unknown SE status {event.status!r}", "status")
+        return None
+
+    def _check_endpoints(
+        self, event: Any, bodies: dict[str, dict[str, Any]], claimed: dict[Endpoint, str], deleted: set[str]
+    ) -> Rejected | None:
+        """One VIP address and port is served by one virtual service."""
+        if event.kind == "virtualservice":
+            vs_list = [(event.uuid, event.body)]
+        else:
+            vs_list = [(u, bodies.get(u) or self._by_uuid[u].body) for u in sorted(self._referrers.get(event.uuid, ()))
+                       if u not in deleted and u in self._by_uuid and self._by_uuid[u].kind == "virtualservice"]
+        for vs_uuid, vs_body in vs_list:
+            vsvip_uuid = ref_uuid(vs_body.get("vsvip_ref") or "")
+            vsvip_body = bodies.get(vsvip_uuid) or (self._by_uuid[vsvip_uuid].body if vsvip_uuid in self._by_uuid else None)
+            bad = self._endpoints_taken(vs_uuid, vs_body, vsvip_body, claimed, deleted | set(bodies))
+            if bad:
+                return bad
+        return None
+
+    def _endpoints_taken(
+        self, vs_uuid: str, vs_body: dict[str, Any], vsvip_body: Optional[dict[str, Any]],
+        claimed: dict[Endpoint, str], changed: set[str],
+    ) -> Rejected | None:
+        # ``changed``: VSs deleted or rewritten earlier in the proposal, whose committed endpoints
+        # no longer count (what they took anew is in ``claimed``).
+        for (addr, port), field in vs_endpoints(vs_body, vsvip_body).items():
+            holders = {u for u in self._endpoint_holders.get((addr, port), ()) if u != vs_uuid and u not in changed}
+            other = claimed.get((addr, port))
+            if other is not None and other != vs_uuid:
+                holders.add(other)
+            if holders:
+                names = ", ".join(sorted(repr(self._by_uuid[u].name) if u in self._by_uuid else u for u in holders))
+                return Rejected(409, f"{addr}:{port} is already served by virtualservice {names}", field)
+            claimed[(addr, port)] = vs_uuid
         return None
 
     def _dangling(self, kind: str, body: dict[str, Any], created: dict[str, str], deleted: set[str]) -> Rejected | None:
@@ -319,6 +390,7 @@ class ConfigView:
             self._by_uuid[event.uuid] = obj
             self._by_name[(event.kind, event.tenant, event.name)] = event.uuid
             self._link(event.uuid, _refs(event.kind, event.body))
+            self._index_endpoints(obj)
         elif isinstance(event, ObjectUpdated):
             obj = self._by_uuid[event.uuid]
             self._unlink(obj.uuid, _refs(obj.kind, obj.body))
@@ -327,6 +399,7 @@ class ConfigView:
                 self._by_name[(obj.kind, event.tenant, event.name)] = obj.uuid
             obj.name, obj.tenant, obj.body, obj.modified = event.name, event.tenant, event.body, revision
             self._link(obj.uuid, _refs(obj.kind, obj.body))
+            self._index_endpoints(obj)
         elif isinstance(event, VirtualServicePlaced):
             self._place(event.vs_uuid, tuple(event.se_uuids), revision)
             if event.pinned:
@@ -358,10 +431,34 @@ class ConfigView:
                 self._placement_revision.pop(event.uuid, None)
                 self._pinned.discard(event.uuid)
             obj = self._by_uuid.pop(event.uuid)
+            if obj.kind == "virtualservice":
+                self._set_endpoints(obj.uuid, frozenset())
             self._objects[obj.kind].pop(obj.uuid, None)
             self._by_name.pop((obj.kind, obj.tenant, obj.name), None)
             self._unlink(obj.uuid, _refs(obj.kind, obj.body))
             self._referrers.pop(obj.uuid, None)
+
+    def _index_endpoints(self, obj: StoredObject) -> None:
+        if obj.kind == "virtualservice":
+            vsvip = self._by_uuid.get(ref_uuid(obj.body.get("vsvip_ref") or ""))
+            self._set_endpoints(obj.uuid, frozenset(vs_endpoints(obj.body, vsvip.body if vsvip else None)))
+        elif obj.kind == "vsvip":
+            for user in self._referrers.get(obj.uuid, ()):
+                vs = self._by_uuid.get(user)
+                if vs is not None and vs.kind == "virtualservice":
+                    self._set_endpoints(vs.uuid, frozenset(vs_endpoints(vs.body, obj.body)))
+
+    def _set_endpoints(self, vs_uuid: str, endpoints: frozenset[Endpoint]) -> None:
+        for endpoint in self._vs_endpoints.pop(vs_uuid, frozenset()):
+            holders = self._endpoint_holders.get(endpoint)
+            if holders is not None:
+                holders.discard(vs_uuid)
+                if not holders:
+                    del self._endpoint_holders[endpoint]
+        if endpoints:
+            self._vs_endpoints[vs_uuid] = endpoints
+            for endpoint in endpoints:
+                self._endpoint_holders.setdefault(endpoint, set()).add(vs_uuid)
 
     def _place(self, vs_uuid: str, se_uuids: tuple[str, ...], revision: int) -> None:
         for se in self._placements.pop(vs_uuid, ()):
@@ -420,6 +517,8 @@ class ConfigView:
             view._by_name[(kind, tenant, name)] = uuid
         for obj in view._by_uuid.values():
             view._link(obj.uuid, _refs(obj.kind, obj.body))
+        for obj in view._objects.get("virtualservice", {}).values():
+            view._index_endpoints(obj)
         for command_id, first, last in doc["commands"]:
             view._commands[command_id] = (first, last)
         for vs, ses, revision in doc.get("placements", []):

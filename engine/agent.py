@@ -21,7 +21,7 @@ from typing import Any, Optional
 import aiohttp
 import structlog
 
-from engine.config import SliceConfig, SliceError
+from engine.config import SliceConfig, SliceError, read_slice
 from engine.dataplane import DataPlane
 
 __all__ = ["ServiceEngineAgent"]
@@ -114,14 +114,14 @@ class ServiceEngineAgent:
     async def apply(self, doc: Any, *, persist: bool = True) -> bool:
         """Validate and apply one slice; True when it was applied (maybe with per-VS errors)."""
         try:
-            config = SliceConfig.from_dict(doc)
+            config, refused = read_slice(doc, self.applied)
         except SliceError as exc:
             revision = doc.get("revision") if isinstance(doc, dict) else None
             self.nack = {"revision": revision, "error": str(exc)}
             self.log.warning("slice_nacked", revision=revision, error=str(exc))
             self._report_now.set()
             return False
-        errors = await self.dataplane.apply(config)
+        errors = {**refused, **await self.dataplane.apply(config)}
         self.applied = config
         self.applied_revision = config.revision
         self.applied_at = time.time()

@@ -23,6 +23,7 @@ __all__ = [
     "SliceConfig",
     "SliceError",
     "VirtualServiceConfig",
+    "read_slice",
 ]
 
 ALGORITHMS = ("LB_ALGORITHM_ROUND_ROBIN", "LB_ALGORITHM_LEAST_CONNECTIONS", "LB_ALGORITHM_CONSISTENT_HASH")
@@ -150,6 +151,55 @@ class SliceConfig:
                     raise SliceError(f"virtual_services[{vs.name}].services", f"{listener[0]}:{listener[1]} is also used by {seen[listener]}")
                 seen[listener] = vs.name
         return cls(revision=revision, se_name=se_name, virtual_services=tuple(vss))
+
+
+def read_slice(doc: Any, previous: Optional[SliceConfig] = None) -> tuple[SliceConfig, dict[str, str]]:
+    """A slice read per virtual service, as xDS applies per resource: ``(what to serve, {vs name:
+    why it is not served as sent})``.
+
+    A VS that does not validate, or that would listen where another VS of the slice already does,
+    is refused alone: the SE keeps serving its last good version (from ``previous``), or does not
+    serve it at all; every other VS is served as sent. A VS served before claims its listeners
+    first. Only a slice whose own fields are wrong (revision, se_name, the list itself) raises
+    ``SliceError``: that is a NACK of the whole slice, and the last good slice stays.
+    """
+    if not isinstance(doc, dict):
+        raise SliceError("slice", "must be an object")
+    revision = _get(doc, "revision", "", int)
+    se_name = _get(doc, "se_name", "", str)
+    raws = _get(doc, "virtual_services", "", list)
+    last_good = {vs.uuid: vs for vs in previous.virtual_services} if previous is not None else {}
+    refused: dict[str, str] = {}
+    candidates: list[tuple[int, VirtualServiceConfig, Optional[VirtualServiceConfig]]] = []  # (order, as sent, last good)
+    for i, raw in enumerate(raws):
+        name = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else f"virtual_services[{i}]"
+        uuid = raw.get("uuid") if isinstance(raw, dict) else None
+        try:
+            vs = _vs(raw, f"virtual_services[{i}].")
+        except SliceError as exc:
+            refused[name] = str(exc)
+            kept = last_good.get(uuid) if isinstance(uuid, str) else None
+            if kept is not None:
+                candidates.append((i, kept, None))
+            continue
+        candidates.append((i, vs, last_good.get(vs.uuid)))
+    # Listeners go to VSs served before first (so a newcomer cannot take a VS's port away), then in slice order.
+    candidates.sort(key=lambda c: (c[1].uuid not in last_good, c[0]))
+    claimed: dict[tuple[str, int], str] = {}
+    served: list[tuple[int, VirtualServiceConfig]] = []
+    for order, vs, fallback in candidates:
+        for version in (vs, fallback):
+            if version is None:
+                continue
+            clash = next((listener for listener in version.listeners if listener in claimed), None)
+            if clash is None:
+                for listener in version.listeners:
+                    claimed[listener] = version.name
+                served.append((order, version))
+                break
+            refused.setdefault(vs.name, f"{clash[0]}:{clash[1]} is also served by {claimed[clash]}")
+    served.sort(key=lambda item: item[0])
+    return SliceConfig(revision=revision, se_name=se_name, virtual_services=tuple(vs for _order, vs in served)), refused
 
 
 def _vs(raw: Any, path: str) -> VirtualServiceConfig:

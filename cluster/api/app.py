@@ -278,12 +278,15 @@ class Api:
             for i, se in enumerate(placed):
                 if se is None:
                     continue
-                ha = ((self.node.se_status.get(se.uuid) or {}).get("ha") or {}).get(obj.uuid) or {}
+                status = self.node.se_status.get(se.uuid) or {}
+                ha = (status.get("ha") or {}).get(obj.uuid) or {}
                 roles.append({
                     "se": se.name,
                     "role": "primary" if i == 0 else "secondary",
                     "reported_role": ha.get("role"),
                     "down": view.se_down(se.uuid),
+                    # Why this SE does not serve the VS as configured (it NACKed this VS alone).
+                    "error": (status.get("vs_errors") or {}).get(obj.name),
                 })
             return {
                 "serviceengines": ses,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import copy
 from typing import Any
 
@@ -17,11 +19,13 @@ from tests.cluster.test_views import commit, fresh_view, proposal_of
 
 
 def vs_hierarchy(name: str, hm_names: tuple[str, ...] = ("hm",)) -> dict[str, Any]:
-    """The real product's documented macro example, on loopback addresses."""
+    """The real product's documented macro example, on a loopback address of its own (one VIP
+    address and port is one VS's)."""
+    n = zlib.crc32(name.encode()) % 65000 + 1
     return {
         "name": name,
         "services": [{"port": 80}],
-        "vsvip_ref_data": {"name": f"{name}-vip", "vip": [{"ip_address": {"addr": "127.10.0.9", "type": "V4"}}]},
+        "vsvip_ref_data": {"name": f"{name}-vip", "vip": [{"ip_address": {"addr": f"127.11.{n // 256}.{n % 256}", "type": "V4"}}]},
         "pool_ref_data": {
             "name": f"{name}-pool",
             "servers": [{"ip": {"addr": "127.0.0.2", "type": "V4"}, "port": 8080}],
@@ -238,3 +242,24 @@ def test_a_name_alias_beside_ref_data_is_refused() -> None:
     with pytest.raises(d.CommandError) as info:
         decide_macro_create(view, "VirtualService", data, tenant="admin")
     assert info.value.code == 422 and info.value.field == "data.application_profile_ref_data"
+
+
+def test_two_virtual_services_on_one_vip_and_port_are_refused_in_a_macro_and_across_macros() -> None:
+    """A macro whose VSs (or whose VS and an existing one) would listen on the same VIP address and
+    port is refused (409 naming the address, the port and the VS holding it) before anything applies."""
+    view = fresh_view()
+    create(view, vs_hierarchy("web"))
+    clash = vs_hierarchy("web-too")
+    clash["vsvip_ref_data"]["vip"] = vs_hierarchy("web")["vsvip_ref_data"]["vip"]
+    with pytest.raises(d.CommandError) as info:
+        decide_macro_create(view, "VirtualService", clash, tenant="admin")
+    addr = clash["vsvip_ref_data"]["vip"][0]["ip_address"]["addr"]
+    assert (info.value.code, info.value.field) == (409, "data.services[0].port")
+    assert info.value.message == f"{addr}:80 is already served by virtualservice 'web'"
+    first, second = vs_hierarchy("x1"), vs_hierarchy("x2")
+    second["vsvip_ref_data"]["vip"] = first["vsvip_ref_data"]["vip"]
+    with pytest.raises(d.CommandError) as info:
+        decide_macro_create(view, "VirtualService", [first, second], tenant="admin")
+    assert (info.value.code, info.value.field) == (409, "data[1].services[0].port")
+    second["services"] = [{"port": 81}]
+    assert isinstance(create(view, [first, second]), Accepted), "another port on the same address is fine"

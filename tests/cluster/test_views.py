@@ -37,10 +37,10 @@ def pool_body(name: str) -> dict[str, Any]:
     return {"name": name, "servers": [{"ip": {"addr": "127.0.0.2", "type": "V4"}, "port": 80}]}
 
 
-def make_vs(view: ConfigView, name: str, pool_uuid: str) -> d.Decision:
-    vip = d.decide_create(view, "vsvip", {"name": f"{name}-vip", "vip": [{"ip_address": {"addr": "127.10.0.1", "type": "V4"}}]}, tenant="admin", uuid=d.new_uuid("vsvip"))
+def make_vs(view: ConfigView, name: str, pool_uuid: str, addr: str = "127.10.0.1", port: int = 80) -> d.Decision:
+    vip = d.decide_create(view, "vsvip", {"name": f"{name}-vip", "vip": [{"ip_address": {"addr": addr, "type": "V4"}}]}, tenant="admin", uuid=d.new_uuid("vsvip"))
     commit(view, proposal_of(view, vip))
-    body = {"name": name, "services": [{"port": 80}], "pool_ref": f"/api/pool/{pool_uuid}", "vsvip_ref": f"/api/vsvip/{vip.uuid}"}
+    body = {"name": name, "services": [{"port": port}], "pool_ref": f"/api/pool/{pool_uuid}", "vsvip_ref": f"/api/vsvip/{vip.uuid}"}
     return d.decide_create(view, "virtualservice", body, tenant="admin", uuid=d.new_uuid("virtualservice"))
 
 
@@ -62,6 +62,36 @@ def test_duplicate_command_id_applies_once() -> None:
     assert first == Accepted(1, 1)
     assert second == Duplicate(Accepted(1, 1))
     assert view.revision == 1
+
+
+def test_two_virtual_services_on_one_vip_address_and_port_are_refused_at_decide_and_at_apply() -> None:
+    """A second VS on a VIP address and port is refused when decided (409 naming the address, the
+    port and the VS that holds it); decided on a view that did not have the first yet, it is
+    refused at apply. Another port, or the same port on another address, is fine; so is a vsvip
+    change, unless it moves a VS onto a taken address and port."""
+    view = fresh_view()
+    pool = d.decide_create(view, "pool", pool_body("p"), tenant="admin", uuid=d.new_uuid("pool"))
+    commit(view, proposal_of(view, pool))
+    first, stale_second = make_vs(view, "first", pool.uuid), make_vs(view, "second", pool.uuid, addr="127.10.0.1")
+    assert isinstance(commit(view, proposal_of(view, first)), Accepted)
+    outcome = commit(view, proposal_of(view, stale_second))
+    assert outcome == Rejected(409, "127.10.0.1:80 is already served by virtualservice 'first'", "services[0].port")
+    with pytest.raises(d.CommandError) as info:
+        make_vs(view, "third", pool.uuid, addr="127.10.0.1")
+    assert (info.value.code, info.value.field, info.value.message) == (409, "services[0].port", "127.10.0.1:80 is already served by virtualservice 'first'")
+    assert isinstance(commit(view, proposal_of(view, make_vs(view, "fourth", pool.uuid, addr="127.10.0.1", port=81))), Accepted)
+    other = make_vs(view, "fifth", pool.uuid, addr="127.10.0.2")
+    assert isinstance(commit(view, proposal_of(view, other)), Accepted)
+    fifth = view.by_name("virtualservice", "fifth")
+    vip = view.get(ref_uuid(fifth.body["vsvip_ref"]))  # type: ignore[union-attr]
+    assert vip is not None
+    with pytest.raises(d.CommandError) as info:
+        d.decide_update(view, vip, {"name": vip.name, "vip": [{"ip_address": {"addr": "127.10.0.1", "type": "V4"}}]}, if_revision=None)
+    assert (info.value.code, info.value.field) == (409, "vip")
+    moved = d.decide_update(view, vip, {"name": vip.name, "vip": [{"ip_address": {"addr": "127.10.0.3", "type": "V4"}}]}, if_revision=None)
+    assert isinstance(commit(view, proposal_of(view, moved)), Accepted)
+    assert view.endpoint_holders("127.10.0.3", 80) == {fifth.uuid}  # type: ignore[union-attr]
+    assert view.endpoint_holders("127.10.0.2", 80) == set()
 
 
 def test_stale_precondition_is_rejected_412() -> None:
@@ -174,14 +204,14 @@ class ViewMachine(RuleBasedStateMachine):
         if decision.events:
             self._commit(proposal_of(view, decision))
 
-    @rule(pool=st.sampled_from(["a", "b", "c"]), on_stale=st.booleans())
-    def create_vs(self, pool: str, on_stale: bool) -> None:
+    @rule(pool=st.sampled_from(["a", "b", "c"]), port=st.sampled_from([80, 81]), on_stale=st.booleans())
+    def create_vs(self, pool: str, port: int, on_stale: bool) -> None:
         view = self.stale if on_stale else self.view
         obj = view.by_name("pool", pool)
         if obj is None:
             return
         name = f"vs{next(_ids)}"
-        body = {"name": name, "services": [{"port": 80}], "pool_ref": f"/api/pool/{obj.uuid}",
+        body = {"name": name, "services": [{"port": port}], "pool_ref": f"/api/pool/{obj.uuid}",
                 "vsvip_ref": f"/api/vsvip/{self._vip(view)}"}
         try:
             decision = d.decide_create(view, "virtualservice", body, tenant="admin", uuid=d.new_uuid("virtualservice"))
@@ -216,6 +246,21 @@ class ViewMachine(RuleBasedStateMachine):
                     if value:
                         ref = self.view.get(ref_uuid(value))
                         assert ref is not None and ref.kind == target, f"{obj.name}.{field} dangles"
+
+    @invariant()
+    def one_virtual_service_per_vip_address_and_port(self) -> None:
+        from cluster.views import vs_endpoints
+
+        seen: dict[Any, str] = {}
+        for vs in self.view.list("virtualservice"):
+            vsvip = self.view.get(ref_uuid(vs.body["vsvip_ref"]))
+            assert vsvip is not None
+            for endpoint in vs_endpoints(vs.body, vsvip.body):
+                assert endpoint not in seen, f"{endpoint} served by {seen[endpoint]} and {vs.name}"
+                seen[endpoint] = vs.name
+                assert self.view.endpoint_holders(*endpoint) == {vs.uuid}
+        rebuilt = ConfigView.from_snapshot(self.view.to_snapshot())
+        assert all(rebuilt.endpoint_holders(*e) == self.view.endpoint_holders(*e) for e in seen)
 
     @invariant()
     def replay_from_any_snapshot_equals_the_whole_fold(self) -> None:

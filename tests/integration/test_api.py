@@ -250,7 +250,7 @@ def _refer_to_fresh_objects(cluster3: LocalCluster) -> None:
     for i in range(50):
         code, pool = cluster3.request("n1", "POST", "/api/pool", dict(POOL, name=f"ryw-{i}"))
         assert code == 201
-        code, vip = cluster3.request("n2", "POST", "/api/vsvip", {"name": f"ryw-vip-{i}", "vip": [{"ip_address": {"addr": "127.10.3.1", "type": "V4"}}]})
+        code, vip = cluster3.request("n2", "POST", "/api/vsvip", {"name": f"ryw-vip-{i}", "vip": [{"ip_address": {"addr": f"127.10.3.{i + 1}", "type": "V4"}}]})
         assert code == 201
         code, vs = cluster3.request("n3", "POST", "/api/virtualservice", {"name": f"ryw-vs-{i}", "services": [{"port": 80}], "pool_ref": pool["url"], "vsvip_ref": vip["url"]})
         assert code == 201, vs
@@ -464,3 +464,24 @@ def test_list_filters_select_what_they_name_and_unknown_ones_are_refused(cluster
                         ("/api/events?sincee=3", "sincee")):
         code, body = cluster3.request("n3", "GET", path)
         assert (code, body["error"]["field"]) == (400, field), (path, body)
+
+
+def test_a_second_virtual_service_on_a_vip_and_port_is_409_naming_both(cluster3: LocalCluster) -> None:
+    """A VS on a VIP address and port another VS serves is refused with 409 naming the address,
+    the port and the VS that holds it, whether it shares the vsvip or has its own on that address;
+    nothing is written. Another port on that address is accepted."""
+    _, pool = cluster3.request("n1", "POST", "/api/pool", dict(POOL, name="vip-clash-pool"))
+    _, vip = cluster3.request("n1", "POST", "/api/vsvip", {"name": "clash-vip", "vip": [{"vip_id": "1", "ip_address": {"addr": "127.10.8.1", "type": "V4"}}]})
+    _, twin = cluster3.request("n1", "POST", "/api/vsvip", {"name": "clash-vip-twin", "vip": [{"vip_id": "1", "ip_address": {"addr": "127.10.8.1", "type": "V4"}}]})
+    body = {"services": [{"port": 8443}], "pool_ref": pool["url"]}
+    code, first = cluster3.request("n1", "POST", "/api/virtualservice", dict(body, name="clash-first", vsvip_ref=vip["url"]))
+    assert code == 201, first
+    before = revision(cluster3)
+    for node, ref in (("n2", vip["url"]), ("n3", twin["url"])):
+        code, refused = cluster3.request(node, "POST", "/api/virtualservice", dict(body, name="clash-second", vsvip_ref=ref))
+        assert code == 409, refused
+        assert refused["error"]["message"] == "127.10.8.1:8443 is already served by virtualservice 'clash-first'"
+        assert refused["error"]["field"] == "services[0].port"
+    assert revision(cluster3) == before
+    code, other = cluster3.request("n2", "POST", "/api/virtualservice", dict(body, name="clash-other-port", vsvip_ref=twin["url"], services=[{"port": 8444}]))
+    assert code == 201, other
