@@ -788,8 +788,11 @@ def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_di
         digest = hashlib.sha1(os.fsencode(str(run))).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"avictl-run-{digest}"
 
-    run_service_engine(name, urls, str(token), state_dir or avictl_home() / "se" / name, report_interval=report_interval,
-                       metrics_listen=listen, ha_dir=ha_dir or _default_ha_dir(), scaleout_mode=scaleout_mode)
+    status = run_service_engine(name, urls, str(token), state_dir or avictl_home() / "se" / name, report_interval=report_interval,
+                                metrics_listen=listen, ha_dir=ha_dir or _default_ha_dir(), scaleout_mode=scaleout_mode)
+    if status:
+        click.echo(f"error: service engine {name} was deleted by the cluster; it stopped serving (exit {status})", err=True)
+        sys.exit(status)
 
 
 @cli.commands["virtualservice"].command("place")  # type: ignore[attr-defined]

@@ -330,6 +330,13 @@ def decide_register_se(view: ConfigView, body: Any, *, uuid: str) -> Decision:
     if not isinstance(body, dict):
         raise CommandError(400, "the request body must be a JSON object", None)
     name = _name_of(body)
+    previous = body.get("uuid")
+    if previous is not None and not isinstance(previous, str):
+        raise CommandError(422, "uuid must be the uuid this SE was registered with", "uuid")
+    if previous is not None and view.se_deleted(previous) is not None:
+        # The record was deleted (by an operator, or the cloud released the SE): a process still
+        # running under that identity is fenced, never let back in as a new SE.
+        raise CommandError(410, f"serviceengine {view.se_deleted(previous)!r} ({previous}) was deleted; this SE process must stop", "uuid")
     existing = view.by_name("serviceengine", name)
     if existing is not None:
         return Decision((), (), existing.uuid)

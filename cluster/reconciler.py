@@ -21,7 +21,7 @@ from cluster.autoscale import alert_key, autoscale
 from cluster.commands import CommitDecision
 from cluster.decide import CommandError, Decision
 from cluster.reconcile import Observed, SeObservation, Settings, reconcile
-from storage.events import AutoscaleAlerted
+from storage.events import AutoscaleAlerted, ServiceEngineReleased
 
 from cluster.node import NoQuorum, OutcomeUnknown
 
@@ -95,6 +95,7 @@ class Reconciler:
             self._running = await loop.run_in_executor(None, self.cloud.running)
         observed = self._observe(now)
         for command in reconcile(node.view, observed, self.settings):
+            await self._fence_released(command, loop)
             await self._propose(command)
         samples = {uuid: status.get("se") or {} for uuid, status in node.se_status.items() if now - (status.get("time") or 0) < 30}
         for command in autoscale(node.view, samples, now, self._last_scaled, cloud=self.cloud is not None):
@@ -150,6 +151,16 @@ class Reconciler:
         for event in command.events:
             self.log.info("reconciled", event_type=type(event).__name__, **_describe(event))
         return True
+
+    async def _fence_released(self, command: Decision, loop: asyncio.AbstractEventLoop) -> None:
+        """An SE the cloud started is stopped before its release (and the deletion of its record)
+        is proposed: a process that outlived its record would register again as a new SE."""
+        if self.cloud is None:
+            return
+        for event in command.events:
+            if isinstance(event, ServiceEngineReleased):
+                stopped = await loop.run_in_executor(None, self.cloud.stop, event.name)
+                self.log.info("se_fenced_before_release", se=event.name, stopped=stopped)
 
     def _note_idle(self, now: float) -> None:
         view = self.node.view

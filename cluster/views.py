@@ -125,6 +125,7 @@ class ConfigView:
         self._se_down: dict[str, str] = {}  # se uuid -> why the leader declared it down
         self._se_ready: set[str] = set()  # se uuids the leader has declared up at least once
         self._sessions_ended: dict[str, int] = {}  # session id -> when its cookie expires
+        self._se_deleted: dict[str, str] = {}  # se uuid -> its name, for every SE object deleted
         # Derived (rebuilt from the objects on snapshot load): which VS serves each VIP address and port.
         self._vs_endpoints: dict[str, frozenset[Endpoint]] = {}  # vs uuid -> its (addr, port)s
         self._endpoint_holders: dict[Endpoint, set[str]] = {}  # (addr, port) -> vs uuids
@@ -190,6 +191,11 @@ class ConfigView:
         """409 when another virtual service already listens on one of the VIP addresses and ports
         this VS body (with that vsvip) would take. For decisions; apply checks the same."""
         return self._endpoints_taken(vs_uuid, vs_body, vsvip_body, {}, set())
+
+    def se_deleted(self, se_uuid: str) -> Optional[str]:
+        """The name of the SE that had this uuid and was deleted (None: never deleted). A deleted SE's
+        process may not register again under that identity."""
+        return self._se_deleted.get(se_uuid)
 
     def session_ended(self, session_id: str) -> bool:
         """The login session was ended (logged out) and its cookie must be refused."""
@@ -426,6 +432,7 @@ class ConfigView:
             if event.kind == "serviceengine":
                 self._se_down.pop(event.uuid, None)
                 self._se_ready.discard(event.uuid)
+                self._se_deleted[event.uuid] = event.name
             if event.kind == "virtualservice":
                 self._place(event.uuid, (), revision)
                 self._placement_revision.pop(event.uuid, None)
@@ -498,7 +505,7 @@ class ConfigView:
              "placements": placements, "pinned": sorted(self._pinned),
              "se_requested": [[n, g, r] for n, (g, r) in sorted(self._se_requested.items())],
              "se_down": sorted(self._se_down.items()), "se_ready": sorted(self._se_ready),
-             "sessions_ended": sorted(self._sessions_ended.items())},
+             "sessions_ended": sorted(self._sessions_ended.items()), "se_deleted": sorted(self._se_deleted.items())},
             use_bin_type=True,
         )
 
@@ -529,4 +536,5 @@ class ConfigView:
         view._se_down = dict(doc.get("se_down", []))
         view._se_ready = set(doc.get("se_ready", []))
         view._sessions_ended = dict(doc.get("sessions_ended", []))
+        view._se_deleted = dict(doc.get("se_deleted", []))
         return view

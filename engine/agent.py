@@ -52,6 +52,8 @@ class ServiceEngineAgent:
         self.report_interval = report_interval
         self.dataplane = dataplane or DataPlane(se_name=name, ha_dir=ha_dir, scaleout_mode=scaleout_mode)
         self.uuid: Optional[str] = None
+        #: why the cluster refused this SE's identity (it was deleted): the process stops serving
+        self.retired: Optional[str] = None
         self.applied: Optional[SliceConfig] = None
         self.applied_revision = -1
         self.nack: Optional[dict[str, Any]] = None
@@ -145,9 +147,11 @@ class ServiceEngineAgent:
         while not stop.is_set():
             for url in self.controllers:
                 try:
+                    # The uuid it had, if any: a deleted SE's identity is refused (410), not renewed.
+                    identity = {"name": self.name, **({"uuid": self.uuid} if self.uuid else {})}
                     async with self._session.post(
                         f"{url}/api/serviceengine/register",
-                        json={"name": self.name},
+                        json=identity,
                         headers=self._headers,
                         timeout=aiohttp.ClientTimeout(total=5),
                     ) as resp:
@@ -155,6 +159,11 @@ class ServiceEngineAgent:
                         if resp.status == 200:
                             self.uuid = body["uuid"]
                             self.log.info("se_registered", uuid=self.uuid, controller=url)
+                            return
+                        if resp.status == 410:
+                            self.retired = str(((body or {}).get("error") or {}).get("message") or "deleted by the cluster")
+                            self.log.critical("se_retired", uuid=self.uuid, controller=url, reason=self.retired)
+                            stop.set()
                             return
                         self.log.warning("se_register_refused", status=resp.status, body=body)
                 except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:

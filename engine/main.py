@@ -7,7 +7,11 @@ import signal
 from pathlib import Path
 from typing import Callable, Optional
 
-__all__ = ["run_service_engine"]
+__all__ = ["EXIT_RETIRED", "run_service_engine"]
+
+#: the exit status of an SE whose record the cluster deleted: a service manager must not restart
+#: it under the same identity (EX_CONFIG; e.g. systemd's RestartPreventExitStatus=78)
+EXIT_RETIRED = 78
 
 
 def run_service_engine(
@@ -20,10 +24,11 @@ def run_service_engine(
     metrics_listen: Optional[tuple[str, int]] = None,
     ha_dir: Optional[str | Path] = None,
     scaleout_mode: str = "auto",
-) -> None:
+) -> int:
+    """Serve until stopped; the exit status: 0, or :data:`EXIT_RETIRED` when the cluster deleted this SE."""
     from engine.agent import ServiceEngineAgent
 
-    async def main() -> None:
+    async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -31,9 +36,10 @@ def run_service_engine(
         agent = ServiceEngineAgent(name, controllers, token, state_dir, report_interval=report_interval, metrics_listen=metrics_listen,
                                    ha_dir=ha_dir, scaleout_mode=scaleout_mode)
         await agent.run(stop)
+        return EXIT_RETIRED if agent.retired else 0
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(main())
+        return runner.run(main())
 
 
 def _loop_factory() -> Optional[Callable[[], asyncio.AbstractEventLoop]]:

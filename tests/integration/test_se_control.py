@@ -108,3 +108,38 @@ def test_registering_on_every_node_at_once_is_idempotent(cluster3: LocalCluster)
             answers = list(pool.map(lambda node: cluster3.request(node, "POST", "/api/serviceengine/register", {"name": f"twice-{i}"}), cluster3.ids))
         assert [code for code, _ in answers] == [200, 200, 200], answers
         assert len({body["uuid"] for _, body in answers}) == 1
+
+
+def test_a_deleted_se_is_fenced_its_process_stops_and_cannot_register_again(cluster3: LocalCluster, tmp_path: Any) -> None:
+    """Delete a running SE's record: its process learns it (slice 404, then registration with its
+    old uuid refused with 410), stops serving and exits 78; no ghost record appears."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AVICTL_HOME": str(tmp_path / "home"), "AVICTL_TOKEN": cluster3.token, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avictl", "se", "run", "--name", "se-doomed", "--controller", cluster3.api("n1"),
+         "--state-dir", str(tmp_path / "state")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        def registered() -> Any:
+            code, body = cluster3.request("n2", "GET", "/api/serviceengine?name=se-doomed")
+            return body["results"][0] if code == 200 and body["results"] else None
+
+        se = wait_until(registered, 20, what="se-doomed to register")
+        code, _ = cluster3.request("n3", "DELETE", f"/api/serviceengine/{se['uuid']}")
+        assert code == 204
+        assert proc.wait(30) == 78
+        assert b"was deleted" in proc.stderr.read()  # type: ignore[union-attr]
+        code, again = cluster3.request("n1", "POST", "/api/serviceengine/register", {"name": "se-doomed", "uuid": se["uuid"]})
+        assert (code, again["error"]["field"]) == (410, "uuid"), again
+        code, listed = cluster3.request("n1", "GET", "/api/serviceengine?name=se-doomed")
+        assert listed["count"] == 0
+        code, fresh = cluster3.request("n1", "POST", "/api/serviceengine/register", {"name": "se-doomed"})
+        assert code == 200 and fresh["uuid"] != se["uuid"], "a new SE (no old identity) may take the name"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
