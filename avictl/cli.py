@@ -898,31 +898,14 @@ def load_documents(streams: Iterable[Any]) -> list[tuple[str, str, dict[str, Any
     return out
 
 
-def apply_one(client: Client, kind: str, name: str, desired: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
-    """Create ``desired`` if absent; PUT it only if a field it names differs from the stored object."""
-    stored = client.find(kind, name)
-    if stored is None:
-        obj = desired if dry_run else create_object(client, kind, desired)
-        return {"action": "created", "kind": kind, "name": name, "uuid": obj.get("uuid")}
-    if dry_run:
-        changed = differences(desired, stored, kind)
-        action = "updated" if changed else "unchanged"
-    else:
-        action, _obj, changed = update_object(client, kind, name, desired, stored)
-    result = {"action": action, "kind": kind, "name": name, "uuid": stored.get("uuid")}
-    if action == "updated":
-        result["fields"] = changed
-    return result
-
-
 @cli.command("apply")
 @click.option("-f", "--filename", "files", multiple=True, required=True, type=click.File("r"),
               help="A YAML file ('-' for stdin); repeatable.")
-@click.option("--dry-run", is_flag=True, help="Say what would change; write nothing.")
+@click.option("--dry-run", is_flag=True, help="Check everything on the server and show what would change; write nothing.")
 @output_option
 @click.pass_context
 def apply_cmd(ctx: click.Context, files: tuple[Any, ...], dry_run: bool, fmt: str) -> None:
-    """Create or update the objects of YAML files, in order.
+    """Create or update the objects of YAML files: all of them, or none.
 
     \b
     Each YAML document is one object in the API's wire format, with its kind beside its fields:
@@ -931,27 +914,50 @@ def apply_cmd(ctx: click.Context, files: tuple[Any, ...], dry_run: bool, fmt: st
       lb_algorithm: round_robin        # CLI aliases are expanded
       servers: [{ip: {addr: 127.0.0.1, type: V4}, port: 9001}]
       health_monitor_refs: [System-TCP] # refs may be bare names
-    Separate objects with '---'; an object may refer to one made earlier in the same file.
+    Separate objects with '---'; an object may refer to one made earlier in the same files.
 
-    An absent object is created. A present one is updated only when a field the document
-    names differs from the stored value (fields the document leaves out are kept as stored),
-    so re-applying an unchanged file writes nothing. Prints 'created|updated|unchanged KIND NAME'.
+    Every document goes to the cluster in one transaction (PUT /api/macro): an absent object is
+    created; a present one gets the fields the document names laid over its stored fields (fields
+    the document leaves out are kept) and is updated only if that changes it, so re-applying an
+    unchanged file writes nothing. One refused document refuses them all, and the error names it.
+    --dry-run runs the same checks on the server, commits nothing, and shows each change.
+    Prints 'created|updated|unchanged KIND NAME'.
     """
     documents = load_documents(files)
+    if not documents:
+        note("nothing to apply: the files hold no object")
+        return
     client = client_of(ctx)
-    results = []
+    data = [{"model_name": kind, **desired} for kind, _name, desired in documents]
     try:
-        for kind, name, desired in documents:
-            try:
-                result = apply_one(client, kind, name, desired, dry_run)
-            except ApiError as exc:
-                raise _prefixed(exc, f"{kind} {name}") from None
-            results.append(result)
-            if fmt == "table":
-                emit(render.render_apply([result], fmt) + (" (dry run)" if dry_run and result["action"] != "unchanged" else ""))
-    finally:
-        if fmt != "table" and results:
-            emit(render.dump(results, fmt))
+        answer = client.request("PUT", "/api/macro", {"data": data}, query={"dry_run": "true"} if dry_run else None)
+    except ApiError as exc:
+        raise _located(exc, documents) from None
+    results = (answer or {}).get("results") or []
+    if fmt != "table":
+        emit(render.dump(results, fmt))
+        return
+    suffix = " (dry run)" if dry_run else ""
+    lines = []
+    for result in results:
+        lines.append(f"{result['action']} {result['kind']} {result['name']}" + (suffix if result["action"] != "unchanged" else ""))
+        if dry_run:
+            for field, change in (result.get("changes") or {}).items():
+                lines.append(f"    {field}: {render.inline(change.get('from'))} -> {render.inline(change.get('to'))}")
+    emit("\n".join(lines))
+
+
+def _located(exc: ApiError, documents: list[tuple[str, str, dict[str, Any]]]) -> ApiError:
+    """The server names a refused field by its place in the transaction (``data[3].services[0].port``):
+    say which document that is."""
+    import re
+
+    match = re.match(r"^data\[(\d+)\]\.?(.*)$", exc.field or "")
+    if match is None or int(match.group(1)) >= len(documents):
+        return exc
+    kind, name, _ = documents[int(match.group(1))]
+    return ApiError(exc.status, f"{kind} {name}: {exc.message}; nothing was applied", code=exc.code,
+                    field=match.group(2) or None, command_id=exc.command_id)
 
 
 # -- events ------------------------------------------------------------------------------------

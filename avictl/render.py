@@ -17,6 +17,7 @@ __all__ = [
     "cell",
     "dump",
     "event_row",
+    "inline",
     "ref_name",
     "render_apply",
     "render_cluster",
@@ -30,6 +31,13 @@ __all__ = [
 FORMATS = ("table", "json", "yaml")
 
 Column = tuple[str, Callable[[dict[str, Any]], Any]]
+
+
+def inline(value: Any) -> str:
+    """A value on one line: text as it is, anything else as compact JSON (``null`` when absent)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(", ", ": "), sort_keys=False)
 
 
 def dump(data: Any, fmt: str) -> str:

@@ -24,6 +24,7 @@ from cluster.views import ConfigView, StoredObject
 
 __all__ = [
     "ActOnVirtualService",
+    "ApplyHierarchy",
     "Command",
     "CommitDecision",
     "CreateHierarchy",
@@ -84,6 +85,16 @@ class CreateHierarchy:
 
 
 @attrs.frozen
+class ApplyHierarchy:
+    """``PUT /api/macro``: each object of the hierarchy created when absent, or updated by the
+    fields given (merged over the stored ones) when present — all or nothing; ``avictl apply``."""
+
+    model_name: Any
+    data: Any
+    tenant: str
+
+
+@attrs.frozen
 class DeleteHierarchy:
     """``DELETE /api/macro``: an object and what its ``*_data`` fields name that nothing else uses."""
 
@@ -137,6 +148,7 @@ class CommitDecision:
 
 Command = Union[
     ActOnVirtualService,
+    ApplyHierarchy,
     CommitDecision,
     CreateHierarchy,
     CreateObject,
@@ -162,6 +174,8 @@ def decide(view: ConfigView, command: Command, now: float) -> d.Decision:
         return d.decide_delete(view, _target(view, command.kind, command.uuid, command.tenant))
     if isinstance(command, CreateHierarchy):
         return macro.decide_macro_create(view, command.model_name, command.data, tenant=command.tenant)
+    if isinstance(command, ApplyHierarchy):
+        return macro.decide_macro_apply(view, command.model_name, command.data, tenant=command.tenant)
     if isinstance(command, DeleteHierarchy):
         return macro.decide_macro_delete(view, command.model_name, command.data, tenant=command.tenant)
     if isinstance(command, RegisterServiceEngine):

@@ -62,6 +62,9 @@ class Decision:
     events: tuple[Any, ...]
     preconditions: tuple[Precondition, ...] = ()
     uuid: str = ""
+    #: what the answer to the command shows beyond the events (a macro's per-object outcome);
+    #: never proposed, never in the log
+    report: tuple[Any, ...] = attrs.field(default=(), eq=False)
 
 
 def visible_in(obj: StoredObject, tenant: str) -> bool:

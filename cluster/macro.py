@@ -19,11 +19,11 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from cluster import schema
-from cluster.decide import CommandError, Decision, decide_create, new_uuid
+from cluster.decide import SERVER_FIELDS, CommandError, Decision, decide_create, decide_update, new_uuid
 from cluster.views import ConfigView, Endpoint, Rejected, StoredObject, ref_uuid, vs_endpoints
-from storage.events import ObjectCreated, ObjectDeleted, Precondition
+from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Precondition
 
-__all__ = ["MAX_MACRO_OBJECTS", "decide_macro_create", "decide_macro_delete", "macro_kind"]
+__all__ = ["MAX_MACRO_OBJECTS", "decide_macro_apply", "decide_macro_create", "decide_macro_delete", "macro_kind"]
 
 # Bounds the work and the log entry of one request (a bulk import splits into several requests).
 MAX_MACRO_OBJECTS = 1000
@@ -44,14 +44,29 @@ def macro_kind(model_name: Any) -> str:
     return kind
 
 
-def _items(data: Any) -> tuple[list[Any], Callable[[int], str]]:
-    if isinstance(data, list):
-        if not data:
-            raise CommandError(422, "data must hold at least one object", "data")
-        return data, lambda i: f"data[{i}]"
+def _items(model_name: Any, data: Any) -> list[tuple[str, Any, str]]:
+    """``(kind, object, request path)`` of each top object. In a list, an item may name its own
+    ``model_name`` (an avictl extension: ``avictl apply`` sends objects of several kinds at once);
+    the request's ``model_name`` is the default."""
     if data is None:
         raise CommandError(422, "data is required: the top object, with *_ref_data for the objects it creates", "data")
-    return [data], lambda _i: "data"
+    if not isinstance(data, list):
+        return [(macro_kind(model_name), data, "data")]
+    if not data:
+        raise CommandError(422, "data must hold at least one object", "data")
+    out = []
+    for i, item in enumerate(data):
+        own = item.get("model_name") if isinstance(item, dict) else None
+        if own is not None:
+            try:
+                kind = macro_kind(own)
+            except CommandError as exc:
+                raise CommandError(exc.code, exc.message, f"data[{i}].model_name") from None
+            item = {k: v for k, v in item.items() if k != "model_name"}
+        else:
+            kind = macro_kind(model_name)
+        out.append((kind, item, f"data[{i}]"))
+    return out
 
 
 def _join(path: str, name: Optional[str]) -> str:
@@ -78,10 +93,14 @@ class _PendingView:
         self._by_name: dict[tuple[str, str, str], str] = {}
         self._endpoints: dict[Endpoint, StoredObject] = {}  # VIP address and port -> pending VS
 
-    def add(self, event: ObjectCreated) -> None:
+    def add(self, event: ObjectCreated | ObjectUpdated) -> None:
         # created/modified 0 would read as "built in"; a pending object is newer than the view.
         pending = self._view.revision + 1
-        obj = StoredObject(event.kind, event.uuid, event.name, event.tenant, event.body, pending, pending)
+        before = self.get(event.uuid)
+        if before is not None:
+            self._by_name.pop((before.kind, before.tenant, before.name), None)
+        created = before.created if before is not None else pending
+        obj = StoredObject(event.kind, event.uuid, event.name, event.tenant, event.body, created, pending)
         self._by_uuid[event.uuid] = obj
         self._by_name[(event.kind, event.tenant, event.name)] = event.uuid
         if event.kind == "virtualservice":
@@ -102,7 +121,16 @@ class _PendingView:
 
     def by_name(self, kind: str, name: str, tenant: str = "admin") -> Optional[StoredObject]:
         uuid = self._by_name.get((kind, tenant, name))
-        return self._by_uuid[uuid] if uuid is not None else self._view.by_name(kind, name, tenant)
+        if uuid is not None:
+            return self._by_uuid[uuid]
+        found = self._view.by_name(kind, name, tenant)
+        # An object renamed earlier in this macro no longer answers to its old name.
+        return None if found is not None and found.uuid in self._by_uuid else found
+
+    def referrers(self, uuid: str) -> set[str]:
+        """The committed view's referrers (what this macro adds refers through its own events,
+        checked as each is decided)."""
+        return self._view.referrers(uuid)
 
     def __getattr__(self, name: str) -> Any:
         # Only lookups are answered with the pending objects; anything else would silently see the
@@ -114,73 +142,118 @@ def decide_macro_create(
     view: ConfigView, model_name: Any, data: Any, *, tenant: str, make_uuid: Callable[[str], str] = new_uuid
 ) -> Decision:
     """Create a hierarchy (or a list of them): one decision holding every ``ObjectCreated``, children first."""
-    kind = macro_kind(model_name)
-    items, path_of = _items(data)
-    pending = _PendingView(view)
-    events: list[Any] = []
-    tops = [_create(pending, kind, item, tenant, path_of(i), events, make_uuid, 0) for i, item in enumerate(items)]
-    return Decision(tuple(events), (), tops[0])
+    return _decide_hierarchy(view, model_name, data, tenant, make_uuid, update=False)
 
 
-def _create(
-    pending: _PendingView,
-    kind: str,
-    body: Any,
-    tenant: str,
-    path: str,
-    events: list[Any],
-    make_uuid: Callable[[str], str],
-    depth: int,
-) -> str:
-    if depth > _MAX_DEPTH:
-        raise CommandError(422, f"objects nested more than {_MAX_DEPTH} levels deep", path)
-    if not isinstance(body, dict):
-        raise CommandError(422, f"expected a {kind} object", path)
-    body = dict(body)
-    for key in [k for k in body if isinstance(k, str) and k.endswith(_DATA_SUFFIX)]:
-        nested = body.pop(key)
-        if nested is None:
-            continue
-        f = _nested_ref(kind, key, path)
-        field_name = key[: -len(_DATA_SUFFIX)]
-        given = [field_name] + [n for n, a in schema.KINDS[kind].fields.items() if a.alias_for == field_name]
-        for other in given:
-            if body.get(other) not in (None, [], ""):
-                raise CommandError(422, f"give either {other} or {key}, not both", _join(path, key))
-        if f.type == "ref":
-            assert f.ref is not None
-            uuid = _create(pending, f.ref, nested, tenant, _join(path, key), events, make_uuid, depth + 1)
-            body[field_name] = f"/api/{f.ref}/{uuid}"
+def decide_macro_apply(
+    view: ConfigView, model_name: Any, data: Any, *, tenant: str, make_uuid: Callable[[str], str] = new_uuid
+) -> Decision:
+    """``PUT /api/macro``: make a hierarchy (or a list of them) so, in one decision. Each object,
+    found by name in the tenant, is created when absent; when present, the fields given are laid
+    over the stored ones (objects merge key by key, lists and scalars replace; fields not given
+    are kept), and it is updated only if that changes it. The decision's ``report`` lists every
+    object named, in request order (children first), as created, updated (with the fields that
+    change, as stored) or unchanged."""
+    return _decide_hierarchy(view, model_name, data, tenant, make_uuid, update=True)
+
+
+def _decide_hierarchy(
+    view: ConfigView, model_name: Any, data: Any, tenant: str, make_uuid: Callable[[str], str], *, update: bool
+) -> Decision:
+    work = _Work(_PendingView(view), tenant, make_uuid, update)
+    tops = [work.place(kind, item, path, 0) for kind, item, path in _items(model_name, data)]
+    return Decision(tuple(work.events), tuple(work.preconditions), tops[0], report=tuple(work.report))
+
+
+class _Work:
+    """One hierarchy decision in progress: the events so far, and what each named object became."""
+
+    def __init__(self, pending: _PendingView, tenant: str, make_uuid: Callable[[str], str], update: bool) -> None:
+        self.pending = pending
+        self.tenant = tenant
+        self.make_uuid = make_uuid
+        self.update = update
+        self.events: list[Any] = []
+        self.preconditions: list[Precondition] = []
+        self.report: list[dict[str, Any]] = []
+
+    def place(self, kind: str, body: Any, path: str, depth: int) -> str:
+        """Decide one object, its ``*_data`` children first; returns its uuid."""
+        if depth > _MAX_DEPTH:
+            raise CommandError(422, f"objects nested more than {_MAX_DEPTH} levels deep", path)
+        if not isinstance(body, dict):
+            raise CommandError(422, f"expected a {kind} object", path)
+        body = dict(body)
+        for key in [k for k in body if isinstance(k, str) and k.endswith(_DATA_SUFFIX)]:
+            nested = body.pop(key)
+            if nested is None:
+                continue
+            f = _nested_ref(kind, key, path)
+            field_name = key[: -len(_DATA_SUFFIX)]
+            given = [field_name] + [n for n, a in schema.KINDS[kind].fields.items() if a.alias_for == field_name]
+            for other in given:
+                if body.get(other) not in (None, [], ""):
+                    raise CommandError(422, f"give either {other} or {key}, not both", _join(path, key))
+            if f.type == "ref":
+                assert f.ref is not None
+                body[field_name] = f"/api/{f.ref}/{self.place(f.ref, nested, _join(path, key), depth + 1)}"
+            else:
+                assert f.item is not None and f.item.ref is not None
+                if not isinstance(nested, list):
+                    raise CommandError(422, f"expected a list of {f.item.ref} objects", _join(path, key))
+                target = f.item.ref
+                body[field_name] = [
+                    f"/api/{target}/{self.place(target, sub, f'{_join(path, key)}[{j}]', depth + 1)}" for j, sub in enumerate(nested)
+                ]
+        name = body.get("name")
+        existing = self.pending.by_name(kind, name, self.tenant) if self.update and isinstance(name, str) else None
+        if existing is not None and (existing.tenant != self.tenant or existing.created == 0):
+            existing = None  # admin's object or a built-in of that name is not the tenant's to change: create says why
+        try:
+            if existing is None:
+                decision = decide_create(self.pending, kind, body, tenant=self.tenant, uuid=self.make_uuid(kind))  # type: ignore[arg-type]
+            else:
+                given = {k: v for k, v in body.items() if k not in SERVER_FIELDS}
+                decision = decide_update(self.pending, existing, _merge(existing.body, given), if_revision=None)  # type: ignore[arg-type]
+        except CommandError as exc:
+            raise CommandError(exc.code, exc.message, _join(path, exc.field)) from None
+        for event in decision.events:
+            self.pending.add(event)
+        self.events.extend(decision.events)
+        self.preconditions.extend(decision.preconditions)
+        if len(self.events) > MAX_MACRO_OBJECTS:
+            raise CommandError(413, f"a macro may change at most {MAX_MACRO_OBJECTS} objects; split the request", "data")
+        entry: dict[str, Any] = {"kind": kind, "name": name, "uuid": decision.uuid}
+        if existing is None:
+            entry["action"] = "created"
+        elif decision.events:
+            new = decision.events[0].body
+            entry["action"] = "updated"
+            entry["changes"] = {
+                field: {"from": existing.body.get(field), "to": new.get(field)}
+                for field in sorted(set(existing.body) | set(new)) if existing.body.get(field) != new.get(field)
+            }
         else:
-            assert f.item is not None and f.item.ref is not None
-            if not isinstance(nested, list):
-                raise CommandError(422, f"expected a list of {f.item.ref} objects", _join(path, key))
-            target = f.item.ref
-            body[field_name] = [
-                f"/api/{target}/{_create(pending, target, sub, tenant, f'{_join(path, key)}[{j}]', events, make_uuid, depth + 1)}"
-                for j, sub in enumerate(nested)
-            ]
-    uuid = make_uuid(kind)
-    try:
-        decision = decide_create(pending, kind, body, tenant=tenant, uuid=uuid)  # type: ignore[arg-type]
-    except CommandError as exc:
-        raise CommandError(exc.code, exc.message, _join(path, exc.field)) from None
-    for event in decision.events:
-        pending.add(event)
-    events.extend(decision.events)
-    if len(events) > MAX_MACRO_OBJECTS:
-        raise CommandError(413, f"a macro may create at most {MAX_MACRO_OBJECTS} objects; split the request", "data")
-    return uuid
+            entry["action"] = "unchanged"
+        self.report.append(entry)
+        return decision.uuid
+
+
+def _merge(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` with ``given`` laid over it: objects merge key by key, lists and scalars replace."""
+    out = dict(stored)
+    for key, value in given.items():
+        current = out.get(key)
+        out[key] = _merge(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
+    return out
 
 
 def decide_macro_delete(view: ConfigView, model_name: Any, data: Any, *, tenant: str) -> Decision:
     """Delete a hierarchy: the top objects (404 when absent, 409 when used from outside) and the
     objects named in their ``*_data`` fields that are neither built in nor used from outside."""
-    kind = macro_kind(model_name)
-    items, path_of = _items(data)
     found: list[tuple[StoredObject, bool, str]] = []  # (object, is top, request path), parents first
-    for i, item in enumerate(items):
-        _collect(view, kind, item, tenant, path_of(i), True, found, 0)
+    for kind, item, path in _items(model_name, data):
+        _collect(view, kind, item, tenant, path, True, found, 0)
     named: dict[str, tuple[StoredObject, bool, str]] = {}
     for obj, top, path in found:
         if obj.uuid not in named or top:

@@ -28,7 +28,7 @@ from cluster.decide import CommandError, new_uuid, resolve_ref, visible_in
 from cluster.node import Controller, NoQuorum, OutcomeUnknown
 from cluster.views import StoredObject, ref_uuid
 from storage import codec
-from storage.events import ObjectCreated, ObjectUpdated
+from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated
 
 if TYPE_CHECKING:
     from cluster.reconciler import Reconciler
@@ -487,6 +487,7 @@ class Api:
     # -- macro ---------------------------------------------------------------------------------
 
     async def _macro_body(self, request: web.Request) -> tuple[Any, Any]:
+        _check_params(request.query, frozenset({"dry_run"}))
         body = await self.read_json(request)
         if not isinstance(body, dict):
             raise CommandError(400, "the request body must be a JSON object: {model_name, data}", "body")
@@ -495,17 +496,72 @@ class Api:
             raise CommandError(422, f"unknown field {extra[0]!r}: a macro body holds model_name and data", extra[0])
         return body.get("model_name"), body.get("data")
 
+    async def _macro(self, request: web.Request, command: c.Command) -> Optional[tuple[Any, Any]]:
+        """Commit ``command``, or with ``?dry_run=true`` decide it on a caught-up view and commit
+        nothing (the same checks, so the same refusals); None for a dry run, after answering it."""
+        if _bool_param(request.query, "dry_run"):
+            await self.consistent(request)
+            decision = c.decide(self.node.view, command, time.time())
+            request["dry_run_answer"] = web.json_response({"dry_run": True, "results": self._report(request, decision)})
+            return None
+        return await self.node.write(command, command_id=self.command_id(request))
+
+    def _report(self, request: web.Request, decision: Any) -> list[dict[str, Any]]:
+        """A macro decision's per-object outcome, refs as URLs and secrets left out."""
+        entries = list(decision.report) or [
+            {"action": {"ObjectCreated": "created", "ObjectUpdated": "updated", "ObjectDeleted": "deleted"}[type(e).__name__],
+             "kind": e.kind, "name": e.name, "uuid": e.uuid}
+            for e in decision.events if isinstance(e, (ObjectCreated, ObjectUpdated, ObjectDeleted))
+        ]
+        base = self.base_url(request)
+        out = []
+        for entry in entries:
+            kind = entry["kind"]
+            shown = {k: entry[k] for k in ("action", "kind", "name", "uuid")}
+            shown["url"] = f"{base}/api/{kind}/{entry['uuid']}"
+            changes = {}
+            for field, change in (entry.get("changes") or {}).items():
+                sides = {side: schema.redact(kind, {field: value}, self._ref_url(request)).get(field, _SECRET) for side, value in change.items()}
+                changes[field] = sides
+            if changes:
+                shown["changes"] = changes
+            out.append(shown)
+        return out
+
+    def _ref_url(self, request: web.Request) -> Callable[[str, Any], Any]:
+        base, view = self.base_url(request), self.node.view
+
+        def to_url(target: str, value: Any) -> Any:
+            if not value:
+                return value
+            ref = view.get(ref_uuid(value))
+            return f"{base}/api/{target}/{ref_uuid(value)}" + (f"#{ref.name}" if ref is not None else "")
+
+        return to_url
+
     async def macro_create(self, request: web.Request) -> web.Response:
         model_name, data = await self._macro_body(request)
-        tenant = await self.tenant(request)
-        decision, _ = await self.node.write(c.CreateHierarchy(model_name, data, tenant), command_id=self.command_id(request))
+        done = await self._macro(request, c.CreateHierarchy(model_name, data, await self.tenant(request)))
+        if done is None:
+            return request["dry_run_answer"]
+        decision, _ = done
         created = [self.node.view.get(e.uuid) for e in decision.events if isinstance(e, ObjectCreated)]
         return web.json_response([self.render(request, obj) for obj in created if obj is not None], status=201)
 
+    async def macro_apply(self, request: web.Request) -> web.Response:
+        """``PUT /api/macro``: create what is absent, update what differs, all or nothing."""
+        model_name, data = await self._macro_body(request)
+        done = await self._macro(request, c.ApplyHierarchy(model_name, data, await self.tenant(request)))
+        if done is None:
+            return request["dry_run_answer"]
+        decision, accepted = done
+        return web.json_response({"results": self._report(request, decision), "revision": accepted.last_revision})
+
     async def macro_delete(self, request: web.Request) -> web.Response:
         model_name, data = await self._macro_body(request)
-        tenant = await self.tenant(request)
-        await self.node.write(c.DeleteHierarchy(model_name, data, tenant), command_id=self.command_id(request))
+        done = await self._macro(request, c.DeleteHierarchy(model_name, data, await self.tenant(request)))
+        if done is None:
+            return request["dry_run_answer"]
         return web.Response(status=204)
 
     # -- service engines -----------------------------------------------------------------------
@@ -724,6 +780,9 @@ def _stale(request: web.Request) -> bool:
     return _bool_param(request.query, "stale")
 
 
+# A write-only value in a change report: it changed, or may have; its value is never shown.
+_SECRET = "(write-only: not shown)"
+
 # Query parameters GET accepts; anything else is refused by name (400), never ignored: a filter
 # silently dropped would return the whole collection to, say, a cleanup script. include_name and
 # join_subresources are accepted because what they ask for is always done (refs carry #name,
@@ -830,6 +889,7 @@ def make_app(node: Controller, *, reconciler: Optional["Reconciler"] = None) -> 
     r.add_post("/api/virtualservice/{uuid}/{action:scaleout|scalein|migrate|switchover}", api.vs_action)
     r.add_get("/api/virtualservice/{uuid}/logs", api.vs_logs)
     r.add_post("/api/macro", api.macro_create)
+    r.add_put("/api/macro", api.macro_apply)
     r.add_delete("/api/macro", api.macro_delete)
     r.add_get("/api/{kind}", api.list_objects)
     r.add_post("/api/{kind}", api.create_object)

@@ -27,9 +27,13 @@ _DESCRIPTIONS = {
     "/logout": "Clear the session cookies.",
     "/api/macro": (
         "POST: create an object hierarchy in one transaction, {model_name, data}, where x_ref_data / "
-        "x_refs_data create the referred objects (data may be a list); 201 with the created objects, "
-        "children first. DELETE: delete the top object and the objects named in its *_data fields "
-        "that are neither built in nor used elsewhere (204)."
+        "x_refs_data create the referred objects (data may be a list, each item with its own "
+        "model_name); 201 with the created objects, children first. PUT: the same hierarchy, each "
+        "object created when absent or updated by the fields given (merged over the stored ones), "
+        "all or nothing; 200 with results [{action: created|updated|unchanged, kind, name, uuid, "
+        "changes}]. DELETE: delete the top object and the objects named in its *_data fields that "
+        "are neither built in nor used elsewhere (204). ?dry_run=true: the same checks and results, "
+        "nothing written."
     ),
     "/healthz": "Liveness of this node.",
     "/metrics": "Prometheus metrics of this node.",

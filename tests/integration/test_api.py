@@ -294,7 +294,7 @@ def test_macro_creates_a_hierarchy_in_one_revision_range_and_deletes_it(cluster3
         code, listed = cluster3.request("n3", "GET", f"/api/{kind}?name={name}")
         assert listed["count"] == 0, kind
     code, spec = cluster3.request("n1", "GET", "/api/openapi.json")
-    assert set(spec["paths"]["/api/macro"]) == {"post", "delete"}
+    assert set(spec["paths"]["/api/macro"]) == {"post", "put", "delete"}
 
 
 def test_one_monitor_named_twice_in_two_spellings_is_refused_and_get_put_round_trips(cluster3: LocalCluster) -> None:
@@ -485,3 +485,37 @@ def test_a_second_virtual_service_on_a_vip_and_port_is_409_naming_both(cluster3:
     assert revision(cluster3) == before
     code, other = cluster3.request("n2", "POST", "/api/virtualservice", dict(body, name="clash-other-port", vsvip_ref=twin["url"], services=[{"port": 8444}]))
     assert code == 201, other
+
+
+def test_macro_put_creates_updates_and_reports_all_or_nothing(cluster3: LocalCluster) -> None:
+    """PUT /api/macro creates what is absent and updates what differs (fields merged over the
+    stored ones), in one transaction; ?dry_run=true answers the same report and writes nothing;
+    one refused object refuses the whole request; secrets never appear in the report."""
+    data = [{"model_name": "HealthMonitor", "name": "put-hm", "type": "HEALTH_MONITOR_TCP"},
+            {"model_name": "Pool", "name": "put-pool", "health_monitor_refs": ["/api/healthmonitor?name=put-hm"], **{k: v for k, v in POOL.items() if k != "name"}}]
+    before = revision(cluster3)
+    code, dry = cluster3.request("n2", "PUT", "/api/macro?dry_run=true", {"data": data})
+    assert code == 200, dry
+    assert [(r["action"], r["kind"], r["name"]) for r in dry["results"]] == [("created", "healthmonitor", "put-hm"), ("created", "pool", "put-pool")]
+    assert revision(cluster3) == before
+    code, done = cluster3.request("n2", "PUT", "/api/macro", {"data": data})
+    assert code == 200, done
+    assert done["revision"] == before + 2
+    data[1]["default_server_port"] = 8081
+    code, dry = cluster3.request("n3", "PUT", "/api/macro?dry_run=true", {"data": data})
+    assert [(r["action"], r.get("changes")) for r in dry["results"]] == [
+        ("unchanged", None), ("updated", {"default_server_port": {"from": 80, "to": 8081}})]
+    code, done = cluster3.request("n3", "PUT", "/api/macro", {"data": data + [{"model_name": "Pool", "name": "put-bad", "bogus": 1}]})
+    assert (code, done["error"]["field"]) == (422, "data[2].bogus"), done
+    code, got = cluster3.request("n1", "GET", "/api/pool?name=put-pool")
+    assert got["results"][0]["default_server_port"] == 80, "nothing of a refused request applies"
+
+    secret = "macro-secret-0b5e"
+    cloud = {"model_name": "Cloud", "name": "put-vc", "vtype": "CLOUD_VCENTER", "vcenter_configuration": {
+        "vcenter_url": "https://vc/sdk", "username": "u", "password": secret, "privilege": "READ_ACCESS"}}
+    code, done = cluster3.request("n1", "PUT", "/api/macro", {"data": [cloud]})
+    assert code == 200, done
+    cloud["vcenter_configuration"] = dict(cloud["vcenter_configuration"], password=secret + "-2")  # type: ignore[arg-type]
+    code, dry = cluster3.request("n1", "PUT", "/api/macro?dry_run=true", {"data": [cloud]})
+    assert dry["results"][0]["action"] == "updated"
+    assert secret not in json.dumps(dry) and secret not in json.dumps(done)
