@@ -88,10 +88,21 @@ class Settings:
             context = load_context() if not (self.api and self.token) else None
             endpoints = [u for value in self.api for u in value.split(",") if u.strip()]
             if not endpoints and context is not None:
+                _fail_if_cluster_stopped(context)
                 endpoints = context.api_urls
             token = self.token or (context.token if context else None)
             self._client = Client([e.strip() for e in endpoints], token, deadline=self.deadline, tenant=self.tenant)
         return self._client
+
+
+def _fail_if_cluster_stopped(context: Context) -> None:
+    """Say at once that a local cluster is down, instead of retrying for the deadline: every node
+    of the context was started here (it has a pid) and none of those processes runs."""
+    local = [n for n in context.nodes if n.pid]
+    if not local or len(local) != len(context.nodes) or any(pid_alive(n.pid, n.config) for n in local):
+        return
+    raise Refused(f"the cluster in {context_path()} is not running (no controller process of {', '.join(n.id for n in local)} is alive); "
+                  "start it with 'avictl cluster up'")
 
 
 def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:

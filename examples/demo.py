@@ -79,6 +79,34 @@ def wait_pair(seconds: float, not_active: str | None = None) -> tuple[str, str]:
     )
 
 
+def wait_servers_up(se: str, seconds: float) -> None:
+    """Until the health monitor on ``se`` has marked every server of web-pool UP (traffic before
+    that finds no server up: a fresh SE counts a server down until its first successful checks)."""
+    deadline = time.monotonic() + seconds
+    servers: dict[str, dict[str, str]] = {}
+    while time.monotonic() < deadline:
+        pool = json.loads(run("pool", "show", "web-pool", "-o", "json", quiet=True))
+        servers = (pool.get("runtime") or {}).get("servers") or {}
+        if len(servers) == 2 and all(states.get(se) == "UP" for states in servers.values()):
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"demo: the servers of web-pool are not all UP on {se} after {seconds:.0f} s (now: {servers or 'no report'}); "
+                     f"are the demo servers running? (logs under {HOME})")
+
+
+def wait_requests(se: str, at_least: int, seconds: float) -> dict[str, int]:
+    """The live stats of VS web on ``se`` once its reports count ``at_least`` requests."""
+    deadline = time.monotonic() + seconds
+    stats: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        shown = json.loads(run("se", "show", se, "-o", "json", quiet=True))
+        stats = (shown.get("runtime", {}).get("telemetry") or {}).get("web") or {}
+        if stats.get("requests", 0) >= at_least:
+            break
+        time.sleep(0.3)
+    return {k: v for k, v in stats.items() if k in ("open_connections", "total_connections", "requests", "responses", "bytes_in", "bytes_out")}
+
+
 def traffic(count: int) -> None:
     for i in range(count):
         with urllib.request.urlopen(VIP_URL + f"req-{i}", timeout=5) as resp:
@@ -96,15 +124,14 @@ def up() -> None:
     print("\n# SE group web-group is active/standby: the leader starts two Service Engines and places web on them", flush=True)
     active, standby = wait_pair(60)
     run("vs", "show", "web")
+    print(f"\n# the health monitor web-http checks both servers from {active} before traffic is sent", flush=True)
+    wait_servers_up(active, 30)
     wait_for(VIP_URL, 20)
+    before = wait_requests(active, 0, 5).get("requests", 0)
     print(f"\n# 12 requests to {VIP_URL} through {active} (pool web-pool: round robin, server-b has ratio 2)", flush=True)
     traffic(12)
-    time.sleep(1.5)  # one status report interval, so the stats below include these requests
+    stats = wait_requests(active, before + 12, 10)
     run("se", "list")
-    se = json.loads(run("se", "show", active, "-o", "json", quiet=True))
-    stats = (se.get("runtime", {}).get("telemetry") or {}).get("web")
-    if stats:
-        stats = {k: v for k, v in stats.items() if k in ("open_connections", "total_connections", "requests", "responses", "bytes_in", "bytes_out")}
     print(f"\n# live stats of virtual service 'web' on {active}:")
     print(json.dumps(stats, indent=2) if stats else "  (not reported yet)")
 

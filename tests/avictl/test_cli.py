@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -272,6 +273,27 @@ def test_cluster_down_without_context(home: Path) -> None:
     result = CliRunner().invoke(cli, ["cluster", "down"])
     assert 0 == result.exit_code
     assert "nothing to stop" in result.stderr
+
+
+def test_a_stopped_local_cluster_is_reported_at_once(home: Path, dead_url: str) -> None:
+    """With every controller process of the context gone, a command says so at once (exit 1)
+    instead of retrying for its 15 s deadline; a context whose nodes were not started here
+    (no pid) is still tried as usual."""
+    import subprocess
+    import time
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    nodes = tuple(NodeEntry(f"n{i}", dead_url, "r", gone.pid, "d", f"/nonexistent/n{i}/node.json", "l") for i in (1, 2, 3))
+    save_context(Context("c", "admin", "pw", "t", nodes), home)
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["pool", "list"])
+    assert time.monotonic() - started < 2.0
+    assert 1 == result.exit_code
+    assert "is not running" in result.stderr and "avictl cluster up" in result.stderr
+    save_context(Context("c", "admin", "pw", "t", tuple(attrs.evolve(n, pid=None) for n in nodes)), home)
+    result = CliRunner().invoke(cli, ["--deadline", "0.3", "pool", "list"])
+    assert 1 == result.exit_code and "no controller answered" in result.stderr
 
 
 def test_cluster_down_purge_removes_context_and_nodes(home: Path) -> None:
