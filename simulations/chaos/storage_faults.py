@@ -1,7 +1,7 @@
 """Storage faults for the chaos harness: crash points (failpoints) and power loss of a minority.
 
 ``crash-points``: every ~8 s one failpoint (name and hit count drawn from the seed, see
-:mod:`cluster.failpoints`) is armed on a node, which then dies there by itself (exit 137,
+:mod:`storage.failpoints`) is armed on a node, which then dies there by itself (exit 137,
 ``failpoint ... fired`` in its log). The steps cycle through four kinds:
 
 1. a follower, armed *live*: the node keeps running and dies at the Nth hit from then on, in the
@@ -49,13 +49,13 @@ from typing import Any, Callable, Optional
 
 import attrs
 
-from cluster.failpoints import ENV as FAILPOINTS_ENV
-from cluster.failpoints import TRACE_ENV
 from simulations.chaos._armed_node import ARM_FILE_ENV, ARMED_SUFFIX, REFUSED_SUFFIX
 from simulations.chaos.checkers import CheckResult, Violation
 from simulations.chaos.nemesis import Fault, FaultStep, Nemesis
 from simulations.chaos.power import lose_power, unsynced
 from simulations.local_cluster import LocalCluster
+from storage.failpoints import ENV as FAILPOINTS_ENV
+from storage.failpoints import TRACE_ENV
 
 __all__ = ["ARMINGS", "ArmableCluster", "CRASH_POINTS", "MODES", "StorageFault", "StorageNemesis", "StorageStep",
            "TRACE_CLUSTER_ENV", "check_restarts", "crash_points_schedule", "power_loss_schedule"]

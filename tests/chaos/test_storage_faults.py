@@ -1,4 +1,4 @@
-"""Power-loss simulation (cluster.failpoints trace + simulations.chaos.power) on a real FileLog and
+"""Power-loss simulation (storage.failpoints trace + simulations.chaos.power) on a real FileLog and
 a real DurableFileJournal in child processes, the storage-fault schedules, and a CI smoke of
 ``crash-points`` (slow, about 30 s)."""
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import failpoints
 from simulations.chaos import storage_faults
 from simulations.chaos.power import lose_power, unsynced
+from storage import failpoints
 from storage.file import FileLog
 
 ROOT = Path(__file__).resolve().parents[2]
