@@ -1108,7 +1108,8 @@ def chaos_run(scenario: str, duration: float, seed: Optional[int], fmt: str) -> 
     Network scenarios (partition-*, clock-skew) need root; a scenario this machine cannot run
     (clock-skew without faketime) reports the verdict skip with the reason and exits 0.
     """
-    from simulations.chaos.runner import run_scenario, verdict_rows
+    from simulations.chaos.report import verdict_rows
+    from simulations.chaos.runner import run_scenario
     from simulations.chaos.scenarios import SCENARIOS
     from simulations.netns_cluster import NetnsUnavailable
 

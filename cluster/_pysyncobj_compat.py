@@ -87,7 +87,7 @@ from pysyncobj.journal import FileJournal, Journal, MetaStorer
 from pysyncobj.monotonic import monotonic as _monotonic
 from pysyncobj.pickle import dumps as _pysyncobj_dumps
 
-from cluster import failpoints
+from storage import failpoints
 
 __all__ = [
     "VERIFIED_VERSION",

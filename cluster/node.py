@@ -24,14 +24,13 @@ import aiohttp
 import attrs
 import structlog
 
-from cluster import failpoints
 from cluster.commands import Command, decide
 from cluster.config import NodeConfig
 from cluster.decide import CommandError, Decision, builtin_events
 from cluster.raft import RaftError, RaftLog, RaftTuning
 from cluster.slices import SliceCache
 from cluster.views import Accepted, ConfigView, Duplicate, Outcome, Rejected
-from storage import codec
+from storage import codec, failpoints
 from storage.events import Barrier, CommittedBatch, CommittedCommand, ObjectDeleted, Proposal, ProposalBatch
 from storage.file import FileLog
 from storage.log import Record

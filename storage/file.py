@@ -28,7 +28,7 @@ from typing import BinaryIO
 
 import structlog
 
-from cluster import failpoints
+from storage import failpoints
 from storage.log import (
     HEADER,
     MAX_RECORD_BYTES,

@@ -1,6 +1,6 @@
 """``python -m simulations.chaos._armed_node --config PATH``: ``cluster.main``, plus failpoints armed while it runs.
 
-:mod:`cluster.failpoints` reads ``AVICTL_FAILPOINTS`` once, at start. The ``crash-points`` scenario
+:mod:`storage.failpoints` reads ``AVICTL_FAILPOINTS`` once, at start. The ``crash-points`` scenario
 also arms a point on a node that is running (the acting leader): it writes the spec
 (``"store.after_append=3"``, as the variable takes it) to the file named by
 ``AVICTL_FAILPOINTS_ARM_FILE`` (write a temporary file, then rename it there). A daemon thread
@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Optional
 
-from cluster import failpoints
+from storage import failpoints
 
 __all__ = ["ARM_FILE_ENV", "ARMED_SUFFIX", "REFUSED_SUFFIX", "arm_once"]
 

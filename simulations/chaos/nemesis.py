@@ -8,11 +8,12 @@ the pair is settled again, active and standby both reporting, before the next st
 when (``settled``). ``controllers`` pauses all three controllers at once (SIGSTOP for ``hold``
 s, then SIGCONT): the "controllers unreachable" fault.
 
-A schedule is a list of :class:`FaultStep` (offset from the start of the run, what, whom, how long)
-made by a scenario from ``random.Random(seed)``, so the same seed gives the same schedule. Which
-node is "the leader" is only known when the step fires; the follower picked among the followers
-then is the seeded choice. Every fault that fired is a :class:`Fault` with its times
-(``time.monotonic()``) and, where asked, how long the healed node took to catch up.
+A schedule is a list of :class:`~simulations.chaos.model.FaultStep` (offset from the start of
+the run, what, whom, how long) made by a scenario from ``random.Random(seed)``, so the same seed
+gives the same schedule. Which node is "the leader" is only known when the step fires; the
+follower picked among the followers then is the seeded choice. Every fault that fired is a
+:class:`Fault` with its times (``time.monotonic()``) and, where asked, how long the healed node
+took to catch up.
 """
 
 from __future__ import annotations
@@ -26,27 +27,10 @@ from typing import Any, Optional
 
 import attrs
 
+from simulations.chaos.model import SE_TARGETS, FaultStep
 from simulations.local_cluster import LocalCluster
 
-__all__ = ["Fault", "FaultStep", "Nemesis", "SePair"]
-
-ACTIONS = ("kill", "pause")
-TARGETS = ("leader", "follower", "all", "se-active", "se-standby", "controllers")
-SE_TARGETS = ("se-active", "se-standby")
-
-
-@attrs.frozen
-class FaultStep:
-    """``action`` ("kill" | "pause") of ``target`` (see ``TARGETS``) at ``at`` s, healed ``hold`` s later."""
-
-    at: float
-    action: str = attrs.field(validator=attrs.validators.in_(ACTIONS))
-    target: str = attrs.field(validator=attrs.validators.in_(TARGETS))
-    hold: float
-    pick: float = 0.0  # in [0, 1): which follower, drawn from the seed
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"at": round(self.at, 3), "action": self.action, "target": self.target, "hold": self.hold}
+__all__ = ["Fault", "Nemesis", "SePair"]
 
 
 @attrs.define

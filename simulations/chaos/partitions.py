@@ -27,7 +27,7 @@ so every node is asked), plus an :class:`IsolationProbe`: per node, a single-att
 a linearizable read of a probe register every 0.1 s, while one sequential writer sets the probe
 register to increasing values through nodes outside the cut-off side. Every HTTP answer of the
 run (workloads and probe) is traced per node, which is what the isolated-side check reads. The
-runner's :class:`~simulations.chaos.runner.LogTailSampler` fetches every node's new log tail each
+runner's :class:`~simulations.chaos.collect.LogTailSampler` fetches every node's new log tail each
 second (the cut-off ones too: the host is never cut) for the ``log_prefixes_during_run`` check.
 
 ``avictl chaos run`` reaches :func:`run_network_scenario` through ``runner.run_scenario`` (the
@@ -51,24 +51,27 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 
+from simulations.chaos import checkers
+from simulations.chaos.checkers import CheckResult, Violation
+from simulations.chaos.collect import (REGISTER_PREFIX, WRITE_PREFIX, LogTailSampler, check_log_shape, collect_logs,
+                                       collect_present)
+from simulations.chaos.history import write_outcomes, write_samples
+from simulations.chaos.model import NetCriteria, NetFaultStep, NetScenario
 from simulations.chaos.nemesis import Fault, Nemesis
+from simulations.chaos.report import history_excerpt, report_of
+from simulations.chaos.workloads import RegisterWorkload, WriteWorkload
 
 __all__ = [
     "FAKETIME_SKIP",
     "IsolationProbe",
     "NETWORK_SCENARIOS",
-    "NetCriteria",
     "NetFault",
-    "NetFaultStep",
     "NetNemesis",
-    "NetScenario",
     "RequestTrace",
     "faketime_lib",
     "run_network_scenario",
 ]
 
-NET_ACTIONS = ("partition", "cut", "skew")
-NET_TARGETS = ("leader", "bridge", "leader-follower", "follower")
 FAKETIME_SKIP = "skipped: needs faketime (apt-get install faketime)"
 _FAKETIME_LIBS = (
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
@@ -102,58 +105,6 @@ def faketime_env(lib: str, offset: str) -> dict[str, str]:
 
 
 # -- schedule ---------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class NetFaultStep:
-    """``action`` ("partition" | "cut" | "skew") of ``target`` at ``at`` s, healed ``hold`` s later.
-
-    ``partition leader``: the leader alone vs the followers. ``partition bridge``: the leader and
-    the follower not picked cannot talk; the picked follower is the bridge. ``cut leader-follower``:
-    the leader cannot send to the picked follower. ``skew follower`` / ``skew leader``: that node
-    restarted under faketime with ``offset`` for ``hold`` s, then restarted on the real clock.
-    """
-
-    at: float
-    action: str = attrs.field(validator=attrs.validators.in_(NET_ACTIONS))
-    target: str = attrs.field(validator=attrs.validators.in_(NET_TARGETS))
-    hold: float
-    pick: float = 0.0
-    offset: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"at": round(self.at, 3), "action": self.action, "target": self.target, "hold": self.hold}
-        if self.offset:
-            out["offset"] = self.offset
-        return out
-
-
-@attrs.frozen
-class NetCriteria:
-    """Pass bounds of a network scenario besides the safety checks every run has."""
-
-    max_write_recovery: Optional[float] = None  # s from each fault to the first ack of a write sent after it
-    max_catch_up: Optional[float] = None  # s from each heal until the cut-off / restarted nodes caught up
-    min_faults: int = 0
-    isolated_side: bool = False  # the cut-off node acknowledges no write, serves no stale read
-    max_extra_leader_changes: Optional[int] = None  # leader changes beyond those the faults force (skew)
-    # (leader, term) changes seen from each cut until 2 s after its heal: a node cut off from the
-    # leader must not depose it over and over (Raft term churn; see cluster/_pysyncobj_compat.py)
-    max_elections_per_fault: Optional[int] = None
-    needs_faketime: bool = False
-
-
-@attrs.frozen
-class NetScenario:
-    name: str
-    description: str
-    schedule: Callable[[random.Random, float], list[NetFaultStep]]
-    criteria: NetCriteria
-    data_plane: bool = False
-    network: bool = True
-
-    def faults(self, seed: int, duration: float) -> list[NetFaultStep]:
-        return self.schedule(random.Random(seed), duration)
 
 
 def _periodic(action: str, target: str, every: float, hold: float, first: tuple[float, float] = (3.0, 5.0),
@@ -500,11 +451,9 @@ class IsolationProbe:
 # -- checks ---------------------------------------------------------------------------------------------
 
 
-def check_stale_reads(ops: list[ProbeOp]) -> Any:
+def check_stale_reads(ops: list[ProbeOp]) -> CheckResult:
     """Every linearizable read of the probe register that answered 200 saw the latest set acknowledged
     before the read began, or a newer one, or one whose outcome is unknown; never a refused one."""
-    from simulations.chaos.checkers import CheckResult, Violation
-
     sets = sorted((o for o in ops if o.kind == "set"), key=lambda o: o.end)
     acked = [(o.end, o.value) for o in sets if o.outcome == "acked"]
     unknown = {o.value for o in sets if o.outcome == "unknown"}
@@ -527,11 +476,9 @@ def _answer(t: Traced) -> str:
     return str(t.status) if t.status is not None else (t.error or "error")
 
 
-def isolated_side(fault: NetFault, trace: list[Traced], ops: list[ProbeOp], t0: float) -> tuple[list[Any], dict[str, Any]]:
+def isolated_side(fault: NetFault, trace: list[Traced], ops: list[ProbeOp], t0: float) -> tuple[list[Violation], dict[str, Any]]:
     """What the cut-off node answered between the cut and the heal: violations (2xx to a write, a stale read)
     and a summary (answers by method and status)."""
-    from simulations.chaos.checkers import Violation
-
     lo, hi = fault.started, fault.heal_started if fault.heal_started is not None else float("inf")
     inside = [t for t in trace if t.node in fault.isolated and t.start >= lo and t.end <= hi]
     violations = []
@@ -671,13 +618,8 @@ async def _drive(cluster: Any, nemesis: NetNemesis, writes: Any, registers: Any,
 
 def run_network_scenario(scenario: NetScenario, *, duration: float, seed: int,
                          progress: Optional[Callable[[str], None]] = None, base_dir: Optional[str] = None) -> dict[str, Any]:
-    """Run a network scenario on a fresh :class:`NetnsCluster`; the report has the runner's shape plus ``network``."""
-    from simulations.chaos import checkers
-    from simulations.chaos.checkers import CheckResult, Violation
-    from simulations.chaos.history import write_outcomes, write_samples
-    from simulations.chaos.runner import (REGISTER_PREFIX, WRITE_PREFIX, LogTailSampler, _check_log_shape, _history_excerpt,
-                                          collect_logs, collect_present, report_of)
-    from simulations.chaos.workloads import RegisterWorkload, WriteWorkload
+    """Run a network scenario on a fresh :class:`NetnsCluster`; the report has the shared shape
+    (:func:`~simulations.chaos.report.report_of`) plus ``network``."""
     from simulations.netns_cluster import NetnsCluster
 
     say = progress or (lambda _msg: None)
@@ -724,11 +666,11 @@ def run_network_scenario(scenario: NetScenario, *, duration: float, seed: int,
         logs = collect_logs(cluster)
         checks.append(checkers.check_logs_identical(logs))
         checks.append(tails.check())
-        checks.append(_check_log_shape(logs[cluster.ids[0]], {r.command_id for r in writes.writer.acked}))
+        checks.append(check_log_shape(logs[cluster.ids[0]], {r.command_id for r in writes.writer.acked}))
         history = registers.operations()
         lin = checkers.check_linearizable(history)
         checks.append(lin)
-        excerpt = _history_excerpt(history, lin, t0, registers.notes)
+        excerpt = history_excerpt(history, lin, t0, registers.notes)
         checks.append(check_stale_reads(probe.ops))
 
         fired = [f for f in nemesis.faults if f.nodes]

@@ -1,6 +1,6 @@
 """Power loss of one node, simulated: after a kill -9, cut every traced file back to what it fsync'ed.
 
-The node must have run with ``AVICTL_POWER_TRACE=1`` (see :mod:`cluster.failpoints`), which
+The node must have run with ``AVICTL_POWER_TRACE=1`` (see :mod:`storage.failpoints`), which
 records after each fsync/fdatasync what it made durable. :func:`lose_power` then, on the stopped
 node's data directory:
 
@@ -29,7 +29,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from cluster.failpoints import JOURNAL_IMAGE_SUFFIX, TRACE_SUFFIX
+from storage.failpoints import JOURNAL_IMAGE_SUFFIX, TRACE_SUFFIX
 
 __all__ = ["lose_power", "unsynced"]
 

@@ -24,7 +24,12 @@ connections per fault, failures once recovered, failed requests at all, the take
 placement change around a controllers' pause, writes after it; the report's ``data_plane``
 section has the availability (successful requests / requests) and the worst gap.
 
-The report is plain data; ``verdict`` is ``pass`` only when every check passed.
+Storage scenarios (``Scenario.storage``) run on an :class:`ArmableCluster` whose nodes trace their
+syncs, with a :class:`StorageNemesis`; they add :func:`check_restarts` and the report's
+``storage_evidence`` (:mod:`simulations.chaos.storage_faults`).
+
+The report (:mod:`simulations.chaos.report`) is plain data; ``verdict`` is ``pass`` only when
+every check passed.
 """
 
 from __future__ import annotations
@@ -38,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from typing import Any, Callable, Optional
 
 import aiohttp
@@ -46,125 +50,21 @@ import attrs
 
 from simulations.chaos import checkers
 from simulations.chaos.checkers import CheckResult, Violation
+from simulations.chaos.collect import (REGISTER_PREFIX, WRITE_PREFIX, LogTailSampler, check_log_shape, collect_logs,
+                                       collect_present)
 from simulations.chaos.history import write_outcomes, write_samples
-from simulations.chaos.nemesis import SE_TARGETS, Nemesis, SePair
-from simulations.chaos.scenarios import Criteria, Scenario, get
+from simulations.chaos.model import SE_TARGETS, TAKEOVER, Criteria, Scenario
+from simulations.chaos.nemesis import Nemesis, SePair
+from simulations.chaos.partitions import run_network_scenario
+from simulations.chaos.report import history_excerpt, report_of
+from simulations.chaos.scenarios import get
 from simulations.chaos.storage_faults import TRACE_CLUSTER_ENV, ArmableCluster, StorageNemesis, check_restarts
 from simulations.chaos.workloads import DataPlaneWorkload, RegisterWorkload, WriteWorkload, no_retry_session
 from simulations.local_cluster import LocalCluster, die_with_parent, free_port, wait_until
 
-__all__ = ["LogTailSampler", "collect_present", "run_scenario", "verdict_rows"]
+__all__ = ["run_scenario"]
 
-WRITE_PREFIX = "cw"
-REGISTER_PREFIX = "creg"
 DP_VS = "chaos-web"
-TAKEOVER = "took the VIP over"
-
-
-def collect_present(cluster: LocalCluster, prefix: str = WRITE_PREFIX) -> dict[str, list[str]]:
-    """Per node, the names of the write workload's pools it holds (local view, after convergence)."""
-    out: dict[str, list[str]] = {}
-    for node in cluster.ids:
-        out[node] = [n for n in cluster.object_names(node, "pool", stale=True) if n.startswith(prefix + "-")]
-    return out
-
-
-def collect_logs(cluster: LocalCluster) -> dict[str, list[list[Any]]]:
-    return {node: cluster.raw_records(node) for node in cluster.ids}
-
-
-class LogTailSampler:
-    """Every ``interval`` s, each reachable node's records after the last raft index it returned
-    (``/internal/records``, as :meth:`LocalCluster.raw_records` reads them, one batch per node and round);
-    ``samples`` is what :func:`checkers.check_sampled_prefixes` folds. A node that does not answer within
-    ``timeout`` (killed, paused, restarting) is skipped that round."""
-
-    def __init__(self, cluster: LocalCluster, *, interval: float = 1.0, timeout: float = 1.0, limit: int = 5000) -> None:
-        self.cluster = cluster
-        self.interval = interval
-        self.timeout = timeout
-        self.limit = limit
-        self.after: dict[str, int] = {n: 0 for n in cluster.ids}
-        self.samples: list[tuple[float, str, list[list[Any]]]] = []
-        self.rounds = 0
-        self.misses: Counter[str] = Counter()
-
-    def _fetch(self, node: str) -> list[list[Any]]:
-        import urllib.request
-
-        import msgpack
-
-        req = urllib.request.Request(f"{self.cluster.api(node)}/internal/records?after_raft_index={self.after[node]}"
-                                     f"&limit={self.limit}")
-        req.add_header("Authorization", f"Bearer {self.cluster._internal_token()}")
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-            return list(msgpack.unpackb(resp.read(), raw=False))
-
-    def sample_once(self, at: float) -> None:
-        self.rounds += 1
-        for node in self.cluster.ids:
-            if not self.cluster.alive(node):
-                self.misses[node] += 1
-                continue
-            try:
-                batch = self._fetch(node)
-            except (OSError, ValueError):
-                self.misses[node] += 1
-                continue
-            if batch:
-                self.after[node] = batch[-1][0]
-            self.samples.append((at, node, batch))
-
-    async def run(self, t0: float, stop_at: float) -> None:
-        while time.monotonic() < stop_at:
-            began = time.monotonic()
-            await asyncio.to_thread(self.sample_once, round(began - t0, 3))
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - began)))
-
-    def check(self) -> CheckResult:
-        result = checkers.check_sampled_prefixes(self.samples)
-        details = {**result.details, "rounds": self.rounds, "interval_s": self.interval,
-                   "unreachable": dict(sorted(self.misses.items()))}
-        return attrs.evolve(result, details=details)
-
-
-def _check_log_shape(reference: list[list[Any]], acked_command_ids: set[str]) -> CheckResult:
-    """Revisions gapless from 1; every acked command id in exactly one committed record."""
-    from storage import codec
-    from storage import events as _events  # noqa: F401 - registers the event tags before decode
-
-    violations: list[Violation] = []
-    revisions = [r[1] + i for r in reference for i in range(r[2])]
-    if revisions != list(range(1, len(revisions) + 1)):
-        first_bad = next((i for i, rev in enumerate(revisions) if rev != i + 1), len(revisions))
-        violations.append(Violation("gap", f"revisions are not gapless near position {first_bad}", {"position": first_bad}))
-    seen: Counter[str] = Counter()
-    for r in reference:
-        for command in codec.decode(r[3]).commands:
-            seen[command.command_id] += 1
-    for cid in sorted(acked_command_ids):
-        if seen[cid] != 1:
-            violations.append(Violation("command_count", f"acked command {cid} is in {seen[cid]} records", {"id": cid, "count": seen[cid]}))
-    return CheckResult.of("log_commands_once", violations[:50], {"revisions": len(revisions), "records": len(reference),
-                                                                 "violations_total": len(violations)})
-
-
-def _history_excerpt(history: list[Any], lin: CheckResult, t0: float, notes: dict[Any, str], window: float = 1.5) -> list[dict[str, Any]]:
-    """For a linearizability violation: every op on that key within ``window`` s of the failing op (times from t0)."""
-    if not lin.violations:
-        return []
-    failing = lin.violations[0].data["op"]
-    lo, hi = failing.invoked_at - window, (failing.completed_at or failing.invoked_at) + window
-    out = []
-    for op in history:
-        if op.key == failing.key and op.invoked_at <= hi and (op.completed_at is None or op.completed_at >= lo):
-            d = op.to_dict()
-            if (op.process, op.invoked_at) in notes:
-                d["answer"] = notes[(op.process, op.invoked_at)]
-            d["invoked_at"] = round(op.invoked_at - t0, 4)
-            d["completed_at"] = None if op.completed_at is None else round(op.completed_at - t0, 4)
-            out.append(d)
-    return out
 
 
 def _check_leader_stable(nemesis: Nemesis) -> CheckResult:
@@ -430,8 +330,6 @@ def run_scenario(name: str, *, duration: float, seed: int, progress: Optional[Ca
     say = progress or (lambda _msg: None)
     scenario = get(name)
     if getattr(scenario, "network", False):
-        from simulations.chaos.partitions import run_network_scenario
-
         return run_network_scenario(scenario, duration=duration, seed=seed, progress=progress, base_dir=base_dir)
     schedule = scenario.faults(seed, duration)
     tmp = tempfile.TemporaryDirectory(prefix="avictl-chaos-", dir=base_dir)
@@ -478,13 +376,13 @@ def run_scenario(name: str, *, duration: float, seed: int, progress: Optional[Ca
         logs = collect_logs(cluster)
         checks.append(checkers.check_logs_identical(logs))
         checks.append(tails.check())
-        checks.append(_check_log_shape(logs[cluster.ids[0]], {r.command_id for r in writes.writer.acked}))
+        checks.append(check_log_shape(logs[cluster.ids[0]], {r.command_id for r in writes.writer.acked}))
         if isinstance(nemesis, StorageNemesis):
             checks.append(check_restarts(nemesis))  # reads the nodes' logs: before the cluster is closed
         history = registers.operations()
         lin = checkers.check_linearizable(history)
         checks.append(lin)
-        excerpt = _history_excerpt(history, lin, t0, registers.notes)
+        excerpt = history_excerpt(history, lin, t0, registers.notes)
 
         crit = scenario.criteria
         if crit.min_faults:
@@ -528,88 +426,3 @@ def run_scenario(name: str, *, duration: float, seed: int, progress: Optional[Ca
 
 def _check(report: dict[str, Any], name: str) -> Optional[dict[str, Any]]:
     return next((c for c in report["checks"] if c["name"] == name), None)
-
-
-def report_of(scenario: Any, seed: int, duration: float, started_wall: float, schedule: list[Any], nemesis: Nemesis,
-              t0: float, outcomes: Any, registers: RegisterWorkload, criteria: dict[str, Any], checks: list[CheckResult],
-              excerpt: list[dict[str, Any]]) -> dict[str, Any]:
-    """The report every scenario family shares; a family adds its own sections (data_plane, network)."""
-    return {
-        "verdict": "pass" if all(c.ok for c in checks) else "fail",
-        "scenario": scenario.name,
-        "description": scenario.description,
-        "seed": seed,
-        "duration_s": duration,
-        "started_at": started_wall,
-        "schedule": [s.to_dict() for s in schedule],
-        "faults": [f.to_dict(t0) for f in nemesis.faults],
-        "operations": {
-            "writes": {"acknowledged": len(outcomes.acked), "failed": len(outcomes.failed), "unknown": len(outcomes.unknown)},
-            "register": dict(registers.counts),
-        },
-        "criteria": criteria,
-        "checks": [c.to_dict() for c in checks],
-        "register_history_excerpt": excerpt,
-    }
-
-
-def verdict_rows(report: dict[str, Any]) -> list[list[Any]]:
-    """The verdict table: [CHECK, VERDICT, DETAIL] rows."""
-    rows: list[list[Any]] = []
-    if report.get("reason"):
-        rows.append(["reason", report["verdict"], report["reason"]])
-    w = report["operations"]["writes"]
-    reg = report["operations"]["register"]
-    rows.append(["operations (writes)", "-", f"acknowledged {w['acknowledged']} / failed {w['failed']} / unknown {w['unknown']}"])
-    rows.append(["operations (register)", "-", f"ok {reg['ok']} / fail {reg['fail']} / unknown {reg['unknown']}"])
-    dp = report.get("data_plane")
-    if dp is not None:
-        c = dp["counts"]
-        rows.append(["operations (data plane)", "-",
-                     f"{dp['requests']} requests to {dp['vip']}: new {c['new']['ok']}/{c['new']['requests']} ok, keep-alive "
-                     f"{c['keepalive']['ok']}/{c['keepalive']['requests']} ok ({c['keepalive']['drops']} dropped); "
-                     f"availability {dp['availability']}"])
-        rows.append(["data-plane gaps", "-", f"worst {dp['worst_gap_s']} s, median {dp['median_gap_s']} s, per fault {dp['gaps_s']}"])
-    rows.append(["faults", "-", ", ".join(f"{f['action']} {'+'.join(f['nodes']) or f['target']} @{f['at']}s" for f in report["faults"]) or "none"])
-    for c in report["checks"]:
-        d = c["details"]
-        if c["name"] == "acknowledged_writes":
-            kinds = d.get("by_kind", {})
-            detail = (f"lost {kinds.get('lost', 0)}, duplicated {kinds.get('duplicated', 0)}, failed present "
-                      f"{kinds.get('failed_present', 0)}, divergent {kinds.get('divergent', 0)}, unknown applied {d.get('unknown_applied', 0)}")
-        elif c["name"] == "logs_identical":
-            detail = f"ends {d.get('ends')}"
-        elif c["name"] == "log_prefixes_during_run":
-            detail = (f"{d.get('samples')} samples of {len(d.get('nodes') or [])} nodes, {d.get('compared')} records "
-                      f"compared at shared revisions, {d.get('violations_total')} divergent")
-        elif c["name"] == "log_commands_once":
-            detail = f"{d.get('revisions')} revisions gapless, acked commands once"
-        elif c["name"] == "linearizable":
-            detail = f"{d.get('ops')} ops on {d.get('keys')} keys, {d.get('steps')} steps"
-        elif c["name"] in ("write_recovery", "catch_up"):
-            worst = d.get("worst")
-            detail = f"worst {worst:.3f} s (limit {d.get('limit')} s) over {d.get('count')}" if isinstance(worst, float) else (
-                f"worst {worst} (limit {d.get('limit')} s) over {d.get('count')}")
-        elif c["name"] in ("write_recovery_after_heal", "pair_settled"):
-            worst = d.get("worst")
-            detail = f"worst {worst:.3f} s (limit {d.get('limit')} s) over {d.get('count')}" if isinstance(worst, float) else (
-                f"worst {worst} (limit {d.get('limit')} s) over {d.get('count')}")
-        elif c["name"] == "failover_gaps":
-            med, worst = d.get("median"), d.get("worst")
-            fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-            detail = (f"median {fmt(med)} s (limit {d.get('median_limit')}), worst {fmt(worst)} s (limit {d.get('worst_limit')}) "
-                      f"over {d.get('count')} faults")
-        elif c["name"] in ("failures_after_recovery", "no_failed_requests"):
-            detail = f"{d.get('failed')} failed"
-        elif c["name"] == "takeover_events":
-            detail = (f"{d.get('recorded')} of {d.get('faults')} takeovers recorded ({d.get('worded')} worded '{TAKEOVER}'), "
-                      f"slowest {d['worst_delay']:.3f} s after the fault" if isinstance(d.get("worst_delay"), float) else "none")
-        elif c["name"] == "no_leader_change":
-            detail = f"leaders seen {d.get('leaders')}"
-        else:
-            detail = ", ".join(f"{k} {v}" for k, v in d.items())
-        if c["violations"]:
-            detail += f"; {len(c['violations'])} violation(s), e.g. {c['violations'][0]['message']}"
-        rows.append([c["name"], c["verdict"], detail])
-    rows.append(["VERDICT", report["verdict"], f"{report['scenario']} seed {report['seed']} {report['duration_s']:g} s"])
-    return rows

@@ -1,4 +1,10 @@
-"""The chaos scenarios: a name, what it does, its fault schedule from the seed and its pass criteria.
+"""The chaos scenarios by name: what each does, its fault schedule from the seed and its pass criteria.
+
+The controller and data-plane scenarios are defined here; the storage ones
+(:data:`simulations.chaos.storage_faults.STORAGE_SCENARIOS`) and the network ones
+(:data:`simulations.chaos.partitions.NETWORK_SCENARIOS`) next to their nemeses, and registered
+here. What a scenario is made of (:class:`~simulations.chaos.model.Scenario`, its criteria and
+fault steps) is in :mod:`simulations.chaos.model`.
 
 Numbers come from ``/work/shared/design/brief.md`` §3 where it gives one: after kill -9 of the
 leader, writes succeed again within 3 s worst; a paused leader catches up within 2 s of SIGCONT
@@ -17,48 +23,13 @@ again, 15 s of quiet after the controllers resume and 5 s for writes to resume a
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-import attrs
+from simulations.chaos.model import Criteria, FaultStep, Scenario
+from simulations.chaos.partitions import NETWORK_SCENARIOS
+from simulations.chaos.storage_faults import STORAGE_SCENARIOS
 
-from simulations.chaos.nemesis import FaultStep
-from simulations.chaos.storage_faults import scenarios as storage_scenarios
-
-__all__ = ["Criteria", "SCENARIOS", "Scenario", "get", "requirements"]
-
-
-@attrs.frozen
-class Criteria:
-    """Pass bounds besides the safety checks every scenario has (acked writes, logs, linearizability)."""
-
-    max_write_recovery: Optional[float] = None  # s from each fault to the first ack of a write sent after it
-    max_catch_up: Optional[float] = None  # s from each heal until the healed nodes caught up
-    no_leader_change: bool = False
-    min_faults: int = 0  # a run too short to inject anything proves nothing
-    # Data plane (scenarios with ``data_plane``): new-connection gaps per fault, in s.
-    max_gap_median: Optional[float] = None
-    max_gap_worst: Optional[float] = None
-    no_failures_after_recovery: bool = False  # no new connection fails once one started after the fault succeeded
-    no_failed_requests: bool = False  # not one request (new or keep-alive) fails in the whole run
-    takeover_event: bool = False  # each active fault shows as a "took the VIP over" placement event
-    max_takeover_event: Optional[float] = None  # s from the fault to that event
-    no_placement_change: bool = False  # no placement / SE-down event from the fault until ``quiet_after`` s after heal
-    quiet_after: float = 15.0
-    max_write_recovery_after_heal: Optional[float] = None  # s from the heal to the first ack of a write sent after it
-    max_settle: Optional[float] = None  # s from each SE fault until the pair is active + standby again
-
-
-@attrs.frozen
-class Scenario:
-    name: str
-    description: str
-    schedule: Callable[[random.Random, float], list[FaultStep]]
-    criteria: Criteria
-    data_plane: bool = False  # local cloud, a backend, an active/standby VS and traffic through its VIP
-    storage: bool = False  # storage faults (simulations.chaos.storage_faults): nodes trace their syncs
-
-    def faults(self, seed: int, duration: float) -> list[FaultStep]:
-        return self.schedule(random.Random(seed), duration)
+__all__ = ["SCENARIOS", "get", "requirements"]
 
 
 def _periodic(action: str, target: str, every: float, hold: float, first: tuple[float, float] = (2.0, 4.0),
@@ -133,21 +104,15 @@ SCENARIOS: dict[str, Any] = {
                  Criteria(max_gap_worst=0.5, no_failed_requests=True, no_placement_change=True, quiet_after=15.0,
                           max_write_recovery_after_heal=5.0, min_faults=1),
                  data_plane=True),
-        *storage_scenarios(Scenario, Criteria),
+        *STORAGE_SCENARIOS.values(),
     ]
 }
 
 
-def _network_scenarios() -> dict[str, Any]:
-    # partitions.py imports nothing of this module (the runner only lazily), so this is no cycle.
-    from simulations.chaos.partitions import NETWORK_SCENARIOS
-
-    return dict(NETWORK_SCENARIOS)
-
-
-SCENARIOS.update(_network_scenarios())
-"""Every scenario by name: the :class:`Scenario` s above and the network ones
-(:class:`simulations.chaos.partitions.NetScenario`, ``network`` true; run on a :class:`NetnsCluster`)."""
+SCENARIOS.update(NETWORK_SCENARIOS)
+"""Every scenario by name: the :class:`~simulations.chaos.model.Scenario` s above (the storage ones
+last) and the network ones (:class:`~simulations.chaos.model.NetScenario`, ``network`` true; run on
+a :class:`~simulations.netns_cluster.NetnsCluster`)."""
 
 
 def requirements(scenario: Any) -> list[str]:

@@ -1,7 +1,7 @@
 """Storage faults for the chaos harness: crash points (failpoints) and power loss of a minority.
 
 ``crash-points``: every ~8 s one failpoint (name and hit count drawn from the seed, see
-:mod:`cluster.failpoints`) is armed on a node, which then dies there by itself (exit 137,
+:mod:`storage.failpoints`) is armed on a node, which then dies there by itself (exit 137,
 ``failpoint ... fired`` in its log). The steps cycle through four kinds:
 
 1. a follower, armed *live*: the node keeps running and dies at the Nth hit from then on, in the
@@ -31,10 +31,11 @@ unsynced tail (a partial write-back, usually half a record), which the restart m
 All nodes run with ``AVICTL_POWER_TRACE=1``.
 
 Both use :class:`StorageNemesis` (a :class:`~simulations.chaos.nemesis.Nemesis` that also knows
-:class:`StorageStep`) and add the check :func:`check_restarts`: after every storage fault the
-node came back (caught up), and no node ever refused to start (no ``CorruptLogError`` and no
-traceback at all in any controller log); failpoints must have fired (crash-points) and the power losses must have
-dropped something in at least one fault (otherwise the run proved nothing).
+:class:`~simulations.chaos.model.StorageStep`) and add the check :func:`check_restarts`: after
+every storage fault the node came back (caught up), and no node ever refused to start (no
+``CorruptLogError`` and no traceback at all in any controller log); failpoints must have fired
+(crash-points) and the power losses must have dropped something in at least one fault (otherwise
+the run proved nothing).
 """
 
 from __future__ import annotations
@@ -42,26 +43,24 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import attrs
 
-from cluster.failpoints import ENV as FAILPOINTS_ENV
-from cluster.failpoints import TRACE_ENV
 from simulations.chaos._armed_node import ARM_FILE_ENV, ARMED_SUFFIX, REFUSED_SUFFIX
 from simulations.chaos.checkers import CheckResult, Violation
-from simulations.chaos.nemesis import Fault, FaultStep, Nemesis
+from simulations.chaos.model import Criteria, FaultStep, Scenario, StorageStep
+from simulations.chaos.nemesis import Fault, Nemesis
 from simulations.chaos.power import lose_power, unsynced
 from simulations.local_cluster import LocalCluster
+from storage.failpoints import ENV as FAILPOINTS_ENV
+from storage.failpoints import TRACE_ENV
 
-__all__ = ["ARMINGS", "ArmableCluster", "CRASH_POINTS", "MODES", "StorageFault", "StorageNemesis", "StorageStep",
-           "TRACE_CLUSTER_ENV", "check_restarts", "crash_points_schedule", "power_loss_schedule"]
+__all__ = ["ArmableCluster", "CRASH_POINTS", "STORAGE_SCENARIOS", "StorageFault", "StorageNemesis", "TRACE_CLUSTER_ENV",
+           "check_restarts", "crash_points_schedule", "power_loss_schedule"]
 
-MODES = ("crash-point", "power-loss")
-ARMINGS = ("live", "restart")  # crash-point: armed on the running node, or at a restart after kill -9
 ARM_ACK_LIMIT = 2.0  # s to wait for a running node to acknowledge a live arming
 POWER_WINDOW_LIMIT = 3.0  # s to look for a moment with unsynced data before a power loss
 TRACE_CLUSTER_ENV = {TRACE_ENV: "1"}
@@ -78,28 +77,6 @@ CRASH_POINTS: dict[str, tuple[int, int]] = {
     "store.before_sync": (1, 20),
     "store.after_sync": (1, 20),
 }
-
-
-@attrs.frozen
-class StorageStep(FaultStep):
-    """A kill -9 of ``target`` with a storage twist: ``mode`` "crash-point" (restart armed with
-    ``failpoint`` = ``count``) or "power-loss" (cut back to what was fsync'ed)."""
-
-    mode: str = attrs.field(default="power-loss", validator=attrs.validators.in_(MODES))
-    failpoint: str = ""
-    count: int = 0
-    torn: float = 0.0  # power-loss: fraction of the event store's unsynced tail kept (0: exactly the synced state)
-    arm: str = attrs.field(default="restart", validator=attrs.validators.in_(ARMINGS))  # crash-point only
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["mode"] = self.mode
-        if self.mode == "crash-point":
-            out["failpoint"] = f"{self.failpoint}={self.count}"
-            out["armed"] = self.arm
-        elif self.torn:
-            out["torn"] = self.torn
-        return out
 
 
 @attrs.define
@@ -425,97 +402,23 @@ def _dropped_something(dropped: Optional[dict[str, Any]]) -> bool:
     return bool(dropped.get("segments")) or bool(journal.get("changed"))
 
 
-def scenarios(scenario_cls: Any = None, criteria_cls: Any = None) -> list[Any]:
-    """The two scenarios, built with the given ``Scenario`` / ``Criteria`` classes
-    (:mod:`simulations.chaos.scenarios` passes its own, so neither module imports the other's at import)."""
-    if scenario_cls is None or criteria_cls is None:
-        from simulations.chaos.scenarios import Criteria, Scenario
-
-        scenario_cls, criteria_cls = Scenario, Criteria
-    storage = {"storage": True} if "storage" in attrs.fields_dict(scenario_cls) else {}
-    return [
-        scenario_cls("crash-points", "every 8 s arm a failpoint from the seed on a follower, then on the acting leader "
-                     "(alternately; armed on the running node, every fourth step on a follower killed -9 and "
-                     "restarted armed); it dies there, is restarted unarmed 5 s after the step and catches up "
-                     "within 10 s; writes resume within 3 s, nothing acked lost, logs identical, no refused start.",
-                     crash_points_schedule, criteria_cls(max_write_recovery=3.0, max_catch_up=10.0, min_faults=1),
-                     **storage),
-        scenario_cls("power-loss-minority", "power loss of a follower, then of the leader (alternately), every 10 s, "
-                     "while it holds unsynced data: kill -9, every file cut back to what it fsync'ed (every second "
-                     "pair torn: part of the store's unsynced tail kept), restart 2 s later; it catches up within "
-                     "10 s, writes resume within 3 s, nothing acked lost, logs identical, no refused start.",
-                     power_loss_schedule, criteria_cls(max_write_recovery=3.0, max_catch_up=10.0, min_faults=1),
-                     **storage),
+STORAGE_SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("crash-points", "every 8 s arm a failpoint from the seed on a follower, then on the acting leader "
+                 "(alternately; armed on the running node, every fourth step on a follower killed -9 and "
+                 "restarted armed); it dies there, is restarted unarmed 5 s after the step and catches up "
+                 "within 10 s; writes resume within 3 s, nothing acked lost, logs identical, no refused start.",
+                 crash_points_schedule, Criteria(max_write_recovery=3.0, max_catch_up=10.0, min_faults=1),
+                 storage=True),
+        Scenario("power-loss-minority", "power loss of a follower, then of the leader (alternately), every 10 s, "
+                 "while it holds unsynced data: kill -9, every file cut back to what it fsync'ed (every second "
+                 "pair torn: part of the store's unsynced tail kept), restart 2 s later; it catches up within "
+                 "10 s, writes resume within 3 s, nothing acked lost, logs identical, no refused start.",
+                 power_loss_schedule, Criteria(max_write_recovery=3.0, max_catch_up=10.0, min_faults=1),
+                 storage=True),
     ]
-
-
-def run(name: str, *, duration: float, seed: int, progress: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
-    """Run ``crash-points`` or ``power-loss-minority`` with :func:`simulations.chaos.runner.run_scenario`.
-
-    When :mod:`simulations.chaos.scenarios` lists them (``storage=True``) this is
-    ``runner.run_scenario``. Otherwise (a tree without that wiring) it swaps in (for the call only) the scenario
-    lookup, the nemesis, a cluster whose nodes trace their syncs, and the evidence collection, and
-    adds :func:`check_restarts` to the report.
-    """
-    from simulations.chaos import runner
-    from simulations.chaos.scenarios import SCENARIOS
-
-    mine = {s.name: s for s in scenarios()}
-    if name not in mine or getattr(SCENARIOS.get(name), "storage", False):
-        # The runner knows the scenario (and its storage flag) itself.
-        return runner.run_scenario(name, duration=duration, seed=seed, progress=progress)
-    made: list[StorageNemesis] = []
-    saved = (runner.get, runner.Nemesis, runner.LocalCluster, runner.collect_logs)
-    real_cluster, real_collect = runner.LocalCluster, runner.collect_logs
-
-    def nemesis(*args: Any, **kwargs: Any) -> StorageNemesis:
-        made.append(StorageNemesis(*args, **kwargs))
-        return made[-1]
-
-    def cluster(*args: Any, **kwargs: Any) -> Any:
-        kwargs["env"] = {**(kwargs.get("env") or {}), **TRACE_CLUSTER_ENV}
-        return real_cluster(*args, **kwargs)
-
-    def collect_logs(c: Any) -> Any:
-        logs = real_collect(c)
-        for n in made:
-            n.collect_evidence()
-        return logs
-
-    runner.get, runner.Nemesis, runner.LocalCluster, runner.collect_logs = (
-        lambda n: mine[n], nemesis, cluster, collect_logs)
-    try:
-        report = runner.run_scenario(name, duration=duration, seed=seed, progress=progress)
-    finally:
-        runner.get, runner.Nemesis, runner.LocalCluster, runner.collect_logs = saved
-    check = check_restarts(made[0])
-    report["checks"].append(check.to_dict())
-    report["verdict"] = "pass" if all(c["ok"] for c in report["checks"]) else "fail"
-    report["storage_evidence"] = made[0].evidence
-    return report
-
-
-def main() -> None:  # pragma: no cover - a thin CLI
-    import argparse
-    import json
-    import sys
-
-    parser = argparse.ArgumentParser(description="Run a storage-fault chaos scenario.")
-    parser.add_argument("scenario", choices=["crash-points", "power-loss-minority"])
-    parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("-o", "--out", default=None)
-    args = parser.parse_args()
-    report = run(args.scenario, duration=args.duration, seed=args.seed, progress=lambda m: print(m, file=sys.stderr))
-    text = json.dumps(report, indent=2, default=str)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    from simulations.chaos.runner import verdict_rows
-
-    for row in verdict_rows(report):
-        print(" | ".join(str(x) for x in row), file=sys.stderr)
-    sys.exit(0 if report["verdict"] == "pass" else 1)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+}
+"""``crash-points`` and ``power-loss-minority`` by name (registered in :mod:`simulations.chaos.scenarios`;
+``storage`` true: :func:`simulations.chaos.runner.run_scenario` runs them with an :class:`ArmableCluster`
+whose nodes trace their syncs, a :class:`StorageNemesis` and :func:`check_restarts`)."""

@@ -1,4 +1,4 @@
-"""Power-loss simulation (cluster.failpoints trace + simulations.chaos.power) on a real FileLog and
+"""Power-loss simulation (storage.failpoints trace + simulations.chaos.power) on a real FileLog and
 a real DurableFileJournal in child processes, the storage-fault schedules, and a CI smoke of
 ``crash-points`` (slow, about 30 s)."""
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import failpoints
-from simulations.chaos import storage_faults
+from simulations.chaos import runner, storage_faults
 from simulations.chaos.power import lose_power, unsynced
+from storage import failpoints
 from storage.file import FileLog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,7 +182,7 @@ def test_schedules_alternate_follower_and_leader_and_are_seeded() -> None:
 def test_crash_points_smoke() -> None:
     """25 s of crash-points: failpoints fire, the nodes recover, every check passes."""
     started = time.monotonic()
-    report = storage_faults.run("crash-points", duration=25, seed=7)
+    report = runner.run_scenario("crash-points", duration=25, seed=7)
     failed = [f"{c['name']}: {c['violations'][:2]}" for c in report["checks"] if not c["ok"]]
     assert report["verdict"] == "pass", failed
     check = next(c for c in report["checks"] if c["name"] == "storage_fault_recovery")

@@ -1,4 +1,4 @@
-"""Failpoints (cluster.failpoints): parsing, unarmed / armed, the Nth hit, and a real child process
+"""Failpoints (storage.failpoints): parsing, unarmed / armed, the Nth hit, and a real child process
 dying at a named point in the event store's write path, the store recovering on reopen."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import failpoints
+from storage import failpoints
 from storage.file import FileLog
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -65,8 +65,8 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["POINTS", "TRACE_SUFFIX", "JOURNAL_IMAGE_SUFFIX", "arm", "armed", "hit", "journal_rewritten",
-           "journal_synced", "parse", "sync_started", "synced", "tracing"]
+__all__ = ["EIO_ENV", "ENV", "JOURNAL_IMAGE_SUFFIX", "POINTS", "TRACE_ENV", "TRACE_SUFFIX", "arm", "armed", "hit",
+           "journal_rewritten", "journal_synced", "parse", "sync_started", "synced", "tracing"]
 
 POINTS = (
     "raft.journal.after_add",
