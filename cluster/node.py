@@ -24,6 +24,7 @@ import aiohttp
 import attrs
 import structlog
 
+from cluster.apply import apply, replay
 from cluster.commands import Command, decide
 from cluster.config import NodeConfig
 from cluster.decide import CommandError, Decision, builtin_events
@@ -162,8 +163,7 @@ class Controller:
         for record in self.store.read_from_revision(view.revision + 1):
             if record.first_revision != view.revision + 1:
                 raise RuntimeError(f"event store record at revision {record.first_revision} does not follow {view.revision}")
-            for command in codec.decode(record.payload).commands:
-                view.evolve(record.raft_index, command.command_id, command.events)
+            replay(view, record.raft_index, codec.decode(record.payload))
         return view
 
     async def stop(self) -> None:
@@ -241,21 +241,11 @@ class Controller:
             self.view.note_raft_index(raft_index)
             self._schedule_flush(raft_index)
             return
-        first_revision = self.view.revision + 1
-        committed: list[tuple[int, Proposal]] = []
-        for index, item in enumerate(entry.items):
-            if isinstance(item, Barrier):
-                self._unsynced.append((item.nonce, Accepted(self.view.revision, self.view.revision)))
-            elif isinstance(item, Proposal):
-                outcome: Outcome | None = self.view.check(item)
-                if outcome is None:
-                    committed.append((index, item))
-                    outcome = self.view.evolve(raft_index, item.command_id, item.events)
-                self._unsynced.append((item.command_id, outcome))
-        count = self.view.revision - first_revision + 1
-        if committed and count > 0:
-            self.store.append([Record(raft_index, first_revision, count, committed_payload(plain, committed))])
-        self.view.note_raft_index(raft_index)
+        applied = apply(self.view, raft_index, entry)
+        self._unsynced.extend(applied.outcomes)
+        count = applied.last_revision - applied.first_revision + 1
+        if applied.committed and count > 0:
+            self.store.append([Record(raft_index, applied.first_revision, count, committed_payload(plain, list(applied.committed)))])
         self._schedule_flush(raft_index)
 
     def _schedule_flush(self, raft_index: int) -> None:
@@ -351,8 +341,7 @@ class Controller:
                     if record.raft_index > self._catchup.until_raft_index:
                         break
                     self.store.append([record])
-                    for command in codec.decode(record.payload).commands:
-                        self.view.evolve(record.raft_index, command.command_id, command.events)
+                    replay(self.view, record.raft_index, codec.decode(record.payload))
                 self.store.sync()
                 if records:
                     break

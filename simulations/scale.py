@@ -66,8 +66,9 @@ from cluster.placement import (
 )
 from cluster import decide as d
 from cluster.autoscale import autoscale
+from cluster.apply import apply
 from cluster.reconcile import Observed, SeObservation, Settings, placement_inputs, reconcile
-from cluster.views import ConfigView, ref_uuid
+from cluster.views import Accepted, ConfigView, ref_uuid
 from simulations.clock import FakeClock
 from storage.events import AutoscaleAlerted, Proposal, ServiceEngineRequested, ServiceEngineStatusChanged, VirtualServicePlaced
 
@@ -364,10 +365,8 @@ class ViewWorld:
         """Propose one command as the leader does and apply it when the view accepts it; None when applied."""
         self.next_command += 1
         proposal = Proposal(f"sim-{self.next_command}", self.view.revision, 0.0, tuple(preconditions), tuple(events))
-        outcome = self.view.check(proposal)
-        if outcome is None:
-            self.view.evolve(self.view.raft_index + 1, proposal.command_id, proposal.events)
-        return outcome
+        ((_command_id, outcome),) = apply(self.view, self.view.raft_index + 1, proposal).outcomes
+        return None if isinstance(outcome, Accepted) else outcome
 
     def apply(self, decision: d.Decision) -> str:
         outcome = self.commit(decision.events, decision.preconditions)

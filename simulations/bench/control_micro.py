@@ -57,6 +57,7 @@ def measure(existing: int, macros: int, macro_size: int, reps: int) -> dict[str,
     from cluster.decide import builtin_events
     from cluster.macro import decide_macro_create
     from cluster.node import committed_payload
+    from cluster.apply import apply
     from cluster.views import ConfigView
     from storage import codec
     from storage.events import Proposal, ProposalBatch
@@ -91,13 +92,8 @@ def measure(existing: int, macros: int, macro_size: int, reps: int) -> dict[str,
         raft_index = view.raft_index + 1
         plain = codec.unpack(payload)
         entry = codec.decode_value(plain)
-        committed = []
-        for index, item in enumerate(entry.items):
-            if view.check(item) is None:
-                committed.append((index, item))
-                view.evolve(raft_index, item.command_id, item.events)
+        committed = list(apply(view, raft_index, entry).committed)
         stored = committed_payload(plain, committed)
-        view.note_raft_index(raft_index)
         t3 = time.process_time()
         answers = [json.dumps([api.render(request, view.get(e.uuid)) for e in d.events]) for d in decisions]  # type: ignore[arg-type]
         t4 = time.process_time()

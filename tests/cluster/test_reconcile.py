@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from cluster import decide as d
+from cluster.apply import apply as apply_entry
 from cluster.reconcile import Observed, SeObservation, Settings, reconcile
-from cluster.views import ConfigView
+from cluster.views import Accepted, ConfigView
 from storage.events import (
     ObjectDeleted,
     Proposal,
@@ -24,9 +25,9 @@ _ids = itertools.count(1)
 
 def commit(view: ConfigView, events: Any, preconditions: Any = ()) -> Any:
     proposal = Proposal(f"c{next(_ids)}", view.revision, 0.0, tuple(preconditions), tuple(events))
-    outcome = view.check(proposal)
-    assert outcome is None, outcome
-    return view.evolve(view.raft_index + 1, proposal.command_id, proposal.events)
+    ((_command_id, outcome),) = apply_entry(view, view.raft_index + 1, proposal).outcomes
+    assert isinstance(outcome, Accepted), outcome
+    return outcome
 
 
 def apply(view: ConfigView, decision: d.Decision) -> str:

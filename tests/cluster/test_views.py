@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from cluster import decide as d
+from cluster.apply import apply
 from cluster.views import Accepted, ConfigView, Duplicate, Rejected, ref_uuid
 from storage.events import Proposal
 
@@ -26,10 +27,8 @@ def proposal_of(view: ConfigView, decision: d.Decision, command_id: str | None =
 
 
 def commit(view: ConfigView, proposal: Proposal) -> Any:
-    outcome = view.check(proposal)
-    if outcome is None:
-        return view.evolve(view.raft_index + 1, proposal.command_id, proposal.events)
-    view.note_raft_index(view.raft_index + 1)
+    """Apply ``proposal`` as the next Raft entry; its outcome."""
+    ((_command_id, outcome),) = apply(view, view.raft_index + 1, proposal).outcomes
     return outcome
 
 
