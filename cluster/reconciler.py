@@ -23,7 +23,7 @@ from cluster.decide import CommandError, Decision
 from cluster.reconcile import Observed, SeObservation, Settings, reconcile
 from storage.events import AutoscaleAlerted, ServiceEngineReleased
 
-from cluster.node import NoQuorum, OutcomeUnknown
+from cluster.proposer import NoQuorum, OutcomeUnknown
 
 if TYPE_CHECKING:
     from cluster.cloud import CloudDriver

@@ -25,7 +25,8 @@ from cluster.api.auth import Authenticator
 from cluster.api.openapi import build_openapi
 from cluster import commands as c
 from cluster.decide import CommandError, new_uuid, resolve_ref, visible_in
-from cluster.node import Controller, NoQuorum, OutcomeUnknown
+from cluster.node import Controller
+from cluster.proposer import NoQuorum, OutcomeUnknown
 from cluster.views import StoredObject, ref_uuid
 from storage import codec
 from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated
@@ -83,7 +84,7 @@ class Api:
         g("avictl_raft_term", "Raft term", lambda: self.node.raft.status()["term"])
         g("avictl_raft_is_leader", "1 when this node leads", lambda: 1 if self.node.raft.is_leader else 0)
         g("avictl_applied_revision", "Last revision applied to this node's view", lambda: self.node.view.revision)
-        g("avictl_applied_raft_index", "Last raft index applied and synced", lambda: self.node._applied_raft_index)
+        g("avictl_applied_raft_index", "Last raft index applied and synced", lambda: self.node.applied_raft_index)
         g("avictl_objects", "Objects in the config view", lambda: len(self.node.view))
         if reconciler is not None:
             g("avictl_reconcile_rounds", "Reconcile rounds completed while leading", lambda: reconciler.rounds)

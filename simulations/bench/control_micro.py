@@ -56,7 +56,7 @@ def measure(existing: int, macros: int, macro_size: int, reps: int) -> dict[str,
     from cluster.api.app import Api
     from cluster.decide import builtin_events
     from cluster.macro import decide_macro_create
-    from cluster.node import committed_payload
+    from cluster.pipeline import committed_payload
     from cluster.apply import apply
     from cluster.views import ConfigView
     from storage import codec

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cluster import decide as d
-from cluster.node import committed_payload
+from cluster.pipeline import committed_payload
 from storage import codec
 from storage.events import Barrier, CommittedBatch, CommittedCommand, Precondition, Proposal, ProposalBatch
 from tests.cluster.test_views import fresh_view, pool_body

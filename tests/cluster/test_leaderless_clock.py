@@ -1,4 +1,4 @@
-"""When a node says "no quorum" at once: the leaderless clock of ``Controller`` (cluster/node.py).
+"""When a node says "no quorum" at once: the leaderless clock (``cluster.proposer.LeaderWatch``).
 
 The clock only counts what the leader watcher saw continuously, restarts after a loop stall, and
 restarts when a node that was cut off regains connections to a majority (it is owed one election).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.node import LEADER_WATCH_PERIOD, Controller
+from cluster.proposer import LEADER_WATCH_PERIOD, LeaderWatch
 
 
 class _Clock:
@@ -28,14 +28,8 @@ class _Raft:
 
 
 def _controller() -> tuple[Any, _Clock, _Raft]:
-    node: Any = object.__new__(Controller)  # only the clock's state, no cluster
     clock, raft = _Clock(), _Raft()
-    node._loop = clock
-    node.raft = raft
-    node._leader_lost_at = None
-    node._leader_watched_at = clock.now
-    node._majority_connected = False
-    return node, clock, raft
+    return LeaderWatch(clock.time, raft), clock, raft
 
 
 def _watch(node: Any, clock: _Clock, seconds: float) -> None:
@@ -43,7 +37,7 @@ def _watch(node: Any, clock: _Clock, seconds: float) -> None:
     end = clock.now + seconds
     while clock.now < end:
         clock.now += LEADER_WATCH_PERIOD
-        node._note_leader()
+        node.note()
 
 
 def test_counts_continuous_time_without_a_leader_and_resets_when_one_is_seen() -> None:
