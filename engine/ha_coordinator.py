@@ -61,7 +61,8 @@ from engine.config import SliceConfig, VirtualServiceConfig
 from engine.ha import Claim
 
 if TYPE_CHECKING:
-    from engine.dataplane import DataPlane, Listener
+    from engine.dataplane import DataPlane
+    from engine.listener import Listener
 
 __all__ = ["HaCoordinator", "MAX_MESSAGE"]
 
