@@ -11,9 +11,10 @@ A listener that cannot bind is reported in the returned ``{vs_name: error}`` and
 the other VSs from being served; the caller NACKs with those messages. ``apply`` calls are
 serialised.
 
-With an ``ha_dir``, a VS placed active/standby (or as a shared pair) on several SEs of this host is
-not bound here: its listener accepts only when ``engine.ha_coordinator`` says this SE owns the VIP,
-and the listening socket itself moves between the SEs.
+With a VIP handoff (``ha``: an ``engine.handoff.VipHandoff``, in practice the
+``engine.ha_coordinator.HaCoordinator`` the agent builds), a VS placed active/standby (or as a
+shared pair) on several SEs of this host is not bound here: its listener accepts only when the
+handoff says this SE owns the VIP, and the listening socket itself moves between the SEs.
 
 The proxies (``engine.l4``, ``engine.l7``) read ``Listener.vs`` at accept time (L4) or per request
 (L7); ``engine.listener.Listener`` and ``engine.runtime``'s ``VsRuntime`` and ``PoolRuntime`` are
@@ -25,19 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 from engine.config import PoolConfig, SliceConfig
+from engine.handoff import HandoffFactory, VipHandoff
 from engine.health import HealthChecker
 from engine.l4 import L4Connection
 from engine.l7 import L7Connection
 from engine.listener import Listener
 from engine.runtime import HealthFactory, PoolRuntime, VsRuntime
 from engine.telemetry import Telemetry
-
-if TYPE_CHECKING:
-    from engine.ha_coordinator import HaCoordinator
 
 __all__ = ["DataPlane", "proxy_protocol"]
 
@@ -61,10 +59,7 @@ class DataPlane:
         backlog: int = 1024,
         keepalive_timeout: float = 60.0,
         sweep_interval: float = 5.0,
-        se_name: Optional[str] = None,
-        ha_dir: Optional[str | Path] = None,
-        peer_timeout: float = 0.5,
-        scaleout_mode: str = "auto",
+        ha: Optional[HandoffFactory] = None,
     ) -> None:
         self._health_factory: HealthFactory = health_factory or HealthChecker
         self.connect_timeout = connect_timeout
@@ -83,16 +78,9 @@ class DataPlane:
         self.bind_retry_interval = 0.2
         #: called after a retried bind succeeded (the agent re-reports its errors)
         self.on_bound: Optional[Callable[[], None]] = None
-        # Active/standby VIP handoff with the other SEs on this host; off without an ha_dir.
-        self.ha: Optional["HaCoordinator"] = None
-        if ha_dir is not None:
-            if not se_name:
-                raise ValueError("an SE with an ha_dir needs its name")
-            from engine.ha_coordinator import HaCoordinator
-
-            # scaleout_mode: how a shared pair's primary hands connections on ("auto": pass the
-            # socket, relay when that fails; "relay": always relay through the primary).
-            self.ha = HaCoordinator(self, se_name, ha_dir, peer_timeout=peer_timeout, scaleout_mode=scaleout_mode)
+        # Active/standby VIP handoff with the other SEs on this host, off without one. Built last:
+        # the factory is handed this plane.
+        self.ha: Optional[VipHandoff] = ha(self) if ha is not None else None
 
     async def apply(self, config: SliceConfig) -> dict[str, str]:
         """Serve exactly ``config``; returns ``{vs_name: error}`` for VSs that could not be (fully) served."""

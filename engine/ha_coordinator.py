@@ -52,17 +52,15 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import structlog
 
 from engine import ha
 from engine.config import SliceConfig, VirtualServiceConfig
 from engine.ha import Claim
-
-if TYPE_CHECKING:
-    from engine.dataplane import DataPlane
-    from engine.listener import Listener
+from engine.handoff import ServedListeners
+from engine.listener import Listener
 
 __all__ = ["HaCoordinator", "MAX_MESSAGE"]
 
@@ -165,7 +163,7 @@ class HaCoordinator:
 
     def __init__(
         self,
-        dataplane: "DataPlane",
+        dataplane: ServedListeners,
         se_name: str,
         ha_dir: str | Path,
         *,
@@ -176,6 +174,10 @@ class HaCoordinator:
         on_change: Optional[Callable[[], None]] = None,
         scaleout_mode: str = "auto",
     ) -> None:
+        if not se_name:
+            raise ValueError("an SE with an ha_dir needs its name")
+        # scaleout_mode: how a shared pair's primary hands connections on ("auto": pass the socket,
+        # relay when that fails; "relay": always relay through the primary).
         if scaleout_mode not in ha.SCALEOUT_MODES:
             raise ValueError(f"scaleout_mode must be one of {', '.join(ha.SCALEOUT_MODES)}, not {scaleout_mode!r}")
         self.dataplane = dataplane
@@ -330,7 +332,7 @@ class HaCoordinator:
     def manages(self, vs: VirtualServiceConfig) -> bool:
         return ha.managed(vs.placement, self.name)
 
-    def attach(self, listener: "Listener") -> None:
+    def attach(self, listener: Listener) -> None:
         listener.gate = self._admit
         listener.refused = self._refused
 
@@ -407,7 +409,7 @@ class HaCoordinator:
         confirmed = self._confirmed.get(uuid)
         return confirmed is not None and confirmed[0] == claim
 
-    def _admit(self, listener: "Listener") -> bool | str:
+    def _admit(self, listener: Listener) -> bool | str:
         """True: serve here; False: hold until confirmed; a peer's name: pass it to that peer (shared pair)."""
         # Runs before any timer after a freeze (I/O callbacks come first), so it reads the clock itself.
         self._check_clock()
@@ -434,7 +436,7 @@ class HaCoordinator:
             return True
         return target
 
-    def _refused(self, listener: "Listener", sock: socket.socket, verdict: Any) -> None:
+    def _refused(self, listener: Listener, sock: socket.socket, verdict: Any) -> None:
         if isinstance(verdict, str):
             self._give(listener, sock, verdict)
             return
@@ -445,7 +447,7 @@ class HaCoordinator:
         self._pending.append((listener.vs.config.uuid, listener.address, sock, time.monotonic()))
         self.loop.call_soon(self._reconcile)
 
-    def _give(self, listener: "Listener", sock: socket.socket, peer: str) -> None:
+    def _give(self, listener: Listener, sock: socket.socket, peer: str) -> None:
         """Shared pair: pass a new connection to secondary ``peer`` (its socket, else relayed), else serve it here."""
         uuid = listener.vs.config.uuid
         if self.scaleout_mode != "relay":
@@ -467,7 +469,7 @@ class HaCoordinator:
         self._relay_tasks.add(task)
         task.add_done_callback(self._relay_tasks.discard)
 
-    async def _relay(self, listener: "Listener", sock: socket.socket, peer: str, address: tuple[str, int]) -> None:
+    async def _relay(self, listener: Listener, sock: socket.socket, peer: str, address: tuple[str, int]) -> None:
         """Relay one client connection to ``peer``'s intake; serve it here when the relay cannot be opened."""
         uuid = listener.vs.config.uuid
         try:
@@ -796,7 +798,7 @@ class HaCoordinator:
             claim = self._claims[uuid]
             link.send({"t": "fd", "vs": uuid, "vip": item[0], "port": item[1], "epoch": claim.epoch}, [listener.held.fileno()])
 
-    def _listener_for(self, peer: str, doc: dict[str, Any]) -> Optional["Listener"]:
+    def _listener_for(self, peer: str, doc: dict[str, Any]) -> Optional[Listener]:
         vip, port, uuid = doc.get("vip"), doc.get("port"), doc.get("vs")
         if not isinstance(vip, str) or not isinstance(port, int):
             return None
@@ -824,7 +826,7 @@ class HaCoordinator:
         received["fd_passing"] = received.get("fd_passing", 0) + 1
         self._serve(listener, fds[0])
 
-    def _serve(self, listener: "Listener", sock: socket.socket) -> None:
+    def _serve(self, listener: Listener, sock: socket.socket) -> None:
         sock.setblocking(False)
 
         async def serve() -> None:

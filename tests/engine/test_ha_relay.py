@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import tempfile
+from functools import partial
 from typing import Any, Awaitable, Callable, Optional
 
 import pytest
@@ -81,9 +82,10 @@ def test_distribution_names_what_happened() -> None:
 
 def test_unknown_scaleout_mode_is_refused() -> None:
     from engine.dataplane import DataPlane
+    from engine.ha_coordinator import HaCoordinator
 
     with pytest.raises(ValueError, match="scaleout_mode"):
-        DataPlane(se_name="se-a", ha_dir="/tmp/avha-unused", scaleout_mode="splice")
+        DataPlane(ha=partial(HaCoordinator, se_name="se-a", ha_dir="/tmp/avha-unused", scaleout_mode="splice"))
 
 
 # -- two SEs in one process ----------------------------------------------------------------------
@@ -147,6 +149,7 @@ class _Pair:
 
     async def start(self, name: str, scaleout_mode: str) -> Any:
         from engine.dataplane import DataPlane
+        from engine.ha_coordinator import HaCoordinator
         from tests.engine.test_dataplane import StubChecker
 
         loop = asyncio.get_running_loop()
@@ -162,7 +165,7 @@ class _Pair:
                 "placement": {"ha_mode": SHARED, "epoch": 10, "ses": ["se-a", "se-b"]},
             }],
         }
-        plane = DataPlane(health_factory=StubChecker, se_name=name, ha_dir=self.ha_dir, peer_timeout=5.0, scaleout_mode=scaleout_mode)
+        plane = DataPlane(health_factory=StubChecker, ha=partial(HaCoordinator, se_name=name, ha_dir=self.ha_dir, peer_timeout=5.0, scaleout_mode=scaleout_mode))
         assert {} == await plane.apply(SliceConfig.from_dict(doc))
         self.planes[name] = plane
         return plane
