@@ -1,9 +1,9 @@
 """Active/standby VIP handoff between the SEs of one host, by sharing the listening socket.
 
-The decisions are in ``engine.ha`` (claims, takeover, clock checks); this is the socket side.
+The decisions are in ``engine.ha`` (claims, takeover, clock checks); this is the socket side. The
+SEs talk over pair links (``engine.ha_link``: a Unix socket per SE, JSON messages with file
+descriptors attached).
 
-Each SE listens on ``{ha_dir}/{name}.sock`` (``AF_UNIX``/``SOCK_SEQPACKET``: one JSON object per
-message, at most ``MAX_MESSAGE`` bytes, file descriptors attached to the message they belong to).
 A standby dials its active and says hello; the active answers with its claims and a dup of each
 listening socket the standby lacks (``send_fds``). Both sides send a heartbeat every
 ``heartbeat_interval``. Messages:
@@ -45,10 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import errno
-import json
 import secrets
-import os
 import socket
 import time
 from pathlib import Path
@@ -59,103 +56,19 @@ import structlog
 from engine import ha
 from engine.config import SliceConfig, VirtualServiceConfig
 from engine.ha import Claim
+from engine.ha_link import PairLink, PairLinks, close_all
 from engine.handoff import ServedListeners
 from engine.listener import Listener
 
-__all__ = ["HaCoordinator", "MAX_MESSAGE"]
+__all__ = ["HaCoordinator"]
 
 log = structlog.get_logger(__name__)
 
-MAX_MESSAGE = 65536
-MAX_FDS = 16
-SUN_PATH_MAX = 107
 MAX_PENDING = 4096
 PENDING_TTL = 3.0  # a refused connection waits this long for an owner to take it, then is closed
 RELAY_HOST = "127.0.0.1"
 RELAY_CONNECT_TIMEOUT = 1.0
 RELAY_HEADER_TIMEOUT = 5.0  # an intake connection must send its header within this
-# A send of file descriptors refused for the descriptors, not the link (an LSM, a limit): the link stays.
-_FDS_REFUSED = frozenset({errno.EPERM, errno.EACCES, errno.ETOOMANYREFS, errno.EMFILE, errno.ENFILE})
-
-
-class _Link:
-    """One connection with a peer SE (either side may have dialed)."""
-
-    def __init__(self, coordinator: "HaCoordinator", sock: socket.socket, *, peer: Optional[str] = None) -> None:
-        self.coordinator = coordinator
-        self.sock = sock
-        self.peer = peer
-        self.dialed = peer is not None
-        self.heard = False
-        self.closed = False
-        self.fds_refused = False
-        sock.setblocking(False)
-        coordinator.loop.add_reader(sock.fileno(), self._readable)
-
-    def send(self, doc: dict[str, Any], fds: list[int] | tuple[int, ...] = (), *, droppable: bool = False) -> bool:
-        if self.closed:
-            return False
-        data = json.dumps(doc, separators=(",", ":")).encode()
-        try:
-            if fds:
-                socket.send_fds(self.sock, [data], list(fds))
-            else:
-                self.sock.send(data)
-            return True
-        except BlockingIOError:
-            if droppable:
-                return False
-            self.coordinator._link_closed(self, "send buffer full")
-            return False
-        except OSError as exc:
-            if fds and exc.errno in _FDS_REFUSED:
-                if not self.fds_refused:  # said once per link: it may well refuse every one
-                    self.fds_refused = True
-                    self.coordinator.log.warning("ha_fd_send_refused", peer=self.peer, error=str(exc))
-                return False
-            self.coordinator._link_closed(self, str(exc))
-            return False
-
-    def _readable(self) -> None:
-        # An end of link right after our own freeze must be judged with the freeze known.
-        self.coordinator._check_clock()
-        while not self.closed:
-            try:
-                data, fds, flags, _ = socket.recv_fds(self.sock, MAX_MESSAGE, MAX_FDS)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.coordinator._link_closed(self, str(exc))
-                return
-            received = [socket.socket(fileno=fd) for fd in fds]
-            if not data:
-                _close_all(received)
-                self.coordinator._link_closed(self, "closed by peer")
-                return
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                _close_all(received)
-                self.coordinator._link_closed(self, "message too long")
-                return
-            try:
-                doc = json.loads(data)
-                if not isinstance(doc, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                _close_all(received)
-                self.coordinator._link_closed(self, "not a JSON object")
-                return
-            self.heard = True
-            self.coordinator._message(self, doc, received)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.coordinator.loop.remove_reader(self.sock.fileno())
-        except (ValueError, OSError):
-            pass
-        self.sock.close()
 
 
 class HaCoordinator:
@@ -182,10 +95,10 @@ class HaCoordinator:
             raise ValueError(f"scaleout_mode must be one of {', '.join(ha.SCALEOUT_MODES)}, not {scaleout_mode!r}")
         self.dataplane = dataplane
         self.name = se_name
-        self.ha_dir = Path(ha_dir)
-        self.path = self.ha_dir / f"{se_name}.sock"
-        if len(os.fsencode(str(self.path))) > SUN_PATH_MAX:
-            raise ValueError(f"HA socket path too long for a Unix socket ({SUN_PATH_MAX} bytes max): {self.path}")
+        self.log = log.bind(se=se_name)
+        self.links = PairLinks(
+            se_name, Path(ha_dir), log=self.log, on_message=self._message, on_ended=self._link_ended, before_read=self._check_clock
+        )
         self.peer_timeout = peer_timeout
         self.heartbeat_interval = heartbeat_interval
         self.tick_interval = tick_interval
@@ -214,8 +127,6 @@ class HaCoordinator:
         self._vs: dict[str, VirtualServiceConfig] = {}  # managed VSs of the applied slice
         self._claims: dict[str, Claim] = {}
         self._confirmed: dict[str, tuple[Claim, frozenset[str]]] = {}  # claim, peers that agreed or are gone
-        self._links: dict[str, list[_Link]] = {}
-        self._anonymous: set[_Link] = set()
         self._last_heard: dict[str, float] = {}
         self._asked: dict[str, float] = {}
         self._dialing: dict[str, tuple[float, float, float]] = {}  # peer -> since, next attempt, backoff
@@ -229,10 +140,8 @@ class HaCoordinator:
         self._again = False
         self._last_tick = time.monotonic()
         self._last_heartbeat = 0.0
-        self._server: Optional[socket.socket] = None
         self._ticker: Optional[asyncio.Task[None]] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self.log = log.bind(se=se_name)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -246,25 +155,7 @@ class HaCoordinator:
         if self._ticker is not None:
             return
         self._loop = asyncio.get_running_loop()
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self.ha_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
-            server.bind(str(self.path))
-            server.listen(16)
-            server.setblocking(False)
-        except OSError as exc:
-            # Serving goes on; peers cannot reach us, so a standby cannot hold our sockets (and its
-            # own bind of a VIP we hold fails: the kernel still keeps one owner).
-            server.close()
-            self.log.error("ha_unavailable", path=str(self.path), error=str(exc))
-        else:
-            self._server = server
-            self.loop.add_reader(server.fileno(), self._accept)
-            self.log.info("ha_listening", path=str(self.path))
+        self.links.start(self.loop)
         self._start_intake()
         self._last_tick = time.monotonic()
         self._ticker = self.loop.create_task(self._tick_forever())
@@ -310,22 +201,10 @@ class HaCoordinator:
         await asyncio.gather(*self._relay_tasks, return_exceptions=True)
         for relay in list(self._relays):
             relay.close(abort=True)
-        for link in [*self._anonymous, *(lk for links in self._links.values() for lk in links)]:
-            link.close()
-        self._anonymous.clear()
-        self._links.clear()
+        self.links.close()
         for _, _, sock, _ in self._pending:
             sock.close()
         self._pending = []
-        if self._server is not None:
-            self.loop.remove_reader(self._server.fileno())
-            try:
-                if os.stat(self.path).st_ino == os.fstat(self._server.fileno()).st_ino:
-                    self.path.unlink()
-            except OSError:
-                pass
-            self._server.close()
-            self._server = None
 
     # -- what the data plane asks --------------------------------------------------------------
 
@@ -426,7 +305,7 @@ class HaCoordinator:
         # Like for like: each SE's open connections at its last heartbeat plus those given it since.
         loads = {self.name: self._own_open + self._passed_since_beat.get(self.name, 0)}
         for peer in self._peers(uuid):
-            if peer in self._links:
+            if peer in self.links:
                 loads[peer] = self._peer_open.get(peer, 0) + self._passed_since_beat.get(peer, 0)
         given = self._shared.setdefault(uuid, {})
         target = ha.pick_target(loads, given)
@@ -451,7 +330,7 @@ class HaCoordinator:
         """Shared pair: pass a new connection to secondary ``peer`` (its socket, else relayed), else serve it here."""
         uuid = listener.vs.config.uuid
         if self.scaleout_mode != "relay":
-            link = self._link(peer)
+            link = self.links.link_to(peer)
             message = {"t": "conn", "vs": uuid, "vip": listener.address[0], "port": listener.address[1]}
             if link is not None and link.send(message, [sock.fileno()]):
                 self._passed_since_beat[peer] = self._passed_since_beat.get(peer, 0) + 1
@@ -595,10 +474,6 @@ class HaCoordinator:
     def _shared_with(self, peer: str) -> list[str]:
         return [u for u in self._claims if peer in self._peers(u)]
 
-    def _link(self, peer: str) -> Optional[_Link]:
-        links = self._links.get(peer)
-        return links[-1] if links else None
-
     def _consulted(self, peer: str) -> None:
         """``peer`` answered our claims (or is gone): our claims it shares are confirmed as far as it goes."""
         self._asked.pop(peer, None)
@@ -612,8 +487,7 @@ class HaCoordinator:
         self._reconcile()
 
     def _peer_lost(self, peer: str, reason: str) -> None:
-        for link in self._links.pop(peer, []):
-            link.close()
+        self.links.drop(peer)
         self._last_heard.pop(peer, None)
         self._dialing.pop(peer, None)
         self._peer_open.pop(peer, None)
@@ -644,29 +518,10 @@ class HaCoordinator:
 
     # -- the channel ---------------------------------------------------------------------------
 
-    def _accept(self) -> None:
-        assert self._server is not None
-        while True:
-            try:
-                conn, _ = self._server.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.log.warning("ha_accept_failed", error=str(exc))
-                return
-            self._anonymous.add(_Link(self, conn))
-
-    def _dial(self, peer: str) -> Optional[_Link]:
-        path = self.ha_dir / f"{peer}.sock"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sock.setblocking(False)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            sock.close()
+    def _dial(self, peer: str) -> Optional[PairLink]:
+        link = self.links.dial(peer)
+        if link is None:
             return None
-        link = _Link(self, sock, peer=peer)
-        self._links.setdefault(peer, []).append(link)
         self._last_heard[peer] = time.monotonic()
         self._dialing.pop(peer, None)
         self._asked[peer] = time.monotonic()
@@ -689,24 +544,14 @@ class HaCoordinator:
     def _announce(self, uuids: list[str]) -> None:
         """Tell the linked peers about changed claims (the lattice converges: they answer only on change)."""
         for peer in {p for u in uuids for p in self._peers(u)}:
-            link = self._link(peer)
+            link = self.links.link_to(peer)
             if link is not None:
                 link.send(self._claims_message(peer, "claims"))
 
-    def _link_closed(self, link: _Link, reason: str) -> None:
-        if link.closed:
-            return
-        link.close()
-        self._anonymous.discard(link)
+    def _link_ended(self, link: PairLink, reason: str) -> None:
+        """The last link with ``link.peer`` ended."""
         peer = link.peer
-        if peer is None:
-            return
-        links = self._links.get(peer, [])
-        if link in links:
-            links.remove(link)
-        if links:
-            return
-        self._links.pop(peer, None)
+        assert peer is not None
         if not link.heard:
             self._peer_lost(peer, "peer_exited")
             return
@@ -717,24 +562,23 @@ class HaCoordinator:
         else:
             self.log.info("ha_link_reopened", peer=peer, reason=reason)
 
-    def _message(self, link: _Link, doc: dict[str, Any], fds: list[socket.socket]) -> None:
+    def _message(self, link: PairLink, doc: dict[str, Any], fds: list[socket.socket]) -> None:
         self._check_clock()
         kind = doc.get("t")
-        if link.peer is None:
+        peer = link.peer
+        if peer is None:
             sender = doc.get("from")
             if kind != "hello" or not isinstance(sender, str) or not sender or sender == self.name:
-                _close_all(fds)
-                self._link_closed(link, "no hello")
+                close_all(fds)
+                self.links.end(link, "no hello")
                 return
-            link.peer = sender
-            self._anonymous.discard(link)
-            self._links.setdefault(sender, []).append(link)
+            self.links.identify(link, sender)
             self._dialing.pop(sender, None)
             self.log.info("ha_peer_connected", peer=sender)
-        peer = link.peer
+            peer = sender
         self._last_heard[peer] = time.monotonic()
         if kind in ("hello", "claims"):
-            _close_all(fds)
+            close_all(fds)
             if "relay" in doc:
                 relay = ha.relay_from_wire(doc["relay"])
                 token = ha.relay_token_from_wire(doc.get("relay_token"))
@@ -754,13 +598,13 @@ class HaCoordinator:
         elif kind == "conn":
             self._take_connection(peer, doc, fds)
         elif kind == "hb":
-            _close_all(fds)
+            close_all(fds)
             open_conns = doc.get("open")
             if isinstance(open_conns, int):
                 self._peer_open[peer] = open_conns
                 self._passed_since_beat[peer] = 0
         else:
-            _close_all(fds)
+            close_all(fds)
 
     def _merge_from(self, peer: str, wire: Any) -> None:
         if not isinstance(wire, dict):
@@ -783,7 +627,7 @@ class HaCoordinator:
             self._announce(changed)
             self._reconcile()
 
-    def _send_sockets(self, link: _Link, peer: str, need: Any) -> None:
+    def _send_sockets(self, link: PairLink, peer: str, need: Any) -> None:
         if not isinstance(need, list):
             return
         for item in need:
@@ -810,7 +654,7 @@ class HaCoordinator:
     def _take_socket(self, peer: str, doc: dict[str, Any], fds: list[socket.socket]) -> None:
         listener = self._listener_for(peer, doc)
         if listener is None or len(fds) != 1:
-            _close_all(fds)
+            close_all(fds)
             return
         if listener.adopt(fds[0]):
             self.log.info("ha_socket_held", vs=listener.vs.config.name, address=f"{listener.address[0]}:{listener.address[1]}", peer=peer)
@@ -819,7 +663,7 @@ class HaCoordinator:
     def _take_connection(self, peer: str, doc: dict[str, Any], fds: list[socket.socket]) -> None:
         listener = self._listener_for(peer, doc)
         if listener is None or len(fds) != 1:
-            _close_all(fds)
+            close_all(fds)
             return
         self.taken += 1
         received = self._received.setdefault(listener.vs.config.uuid, {})
@@ -855,16 +699,15 @@ class HaCoordinator:
                 self.log.info("ha_peer_did_not_answer", peer=peer)
                 self._consulted(peer)
         for peer, heard in list(self._last_heard.items()):
-            if peer in self._links and ha.peer_silent(heard, now, self.peer_timeout):
+            if peer in self.links and ha.peer_silent(heard, now, self.peer_timeout):
                 self._peer_lost(peer, "peer_timeout")
         if now - self._last_heartbeat >= self.heartbeat_interval:
             self._last_heartbeat = now
             self._own_open = self.dataplane.open_connections()
             self._passed_since_beat[self.name] = 0
             beat = {"t": "hb", "open": self._own_open}
-            for links in list(self._links.values()):
-                for link in list(links):
-                    link.send(beat, droppable=True)
+            for link in self.links.each():
+                link.send(beat, droppable=True)
         self._reconcile()
 
     def _reconcile(self) -> None:
@@ -899,7 +742,7 @@ class HaCoordinator:
                 for peer in self._peers(uuid):
                     if peer in self._asked:
                         continue
-                    link = self._link(peer)
+                    link = self.links.link_to(peer)
                     if link is not None:
                         self._asked[peer] = now
                         link.send(self._claims_message(peer, "claims", ask=True))
@@ -911,7 +754,7 @@ class HaCoordinator:
 
     def _keep_link(self, owner: str, now: float) -> None:
         """A standby stays linked to its active; an active it cannot reach for ``dial_deadline`` is lost."""
-        if owner in self._links:
+        if owner in self.links:
             return
         since, next_at, backoff = self._dialing.get(owner, (now, now, 0.05))
         if now < next_at:
@@ -947,7 +790,7 @@ class HaCoordinator:
             # A standby that said hello before these sockets existed holds none yet: push them now.
             addresses = [list(lst.address) for lst in self.dataplane.listeners_of(uuid)]
             for peer in self._peers(uuid):
-                link = self._link(peer)
+                link = self.links.link_to(peer)
                 if link is not None:
                     self._send_sockets(link, peer, addresses)
             self._changed()
@@ -965,7 +808,7 @@ class HaCoordinator:
                 sock.close()
             elif claim.owner == self.name and self._may_accept(uuid):
                 self._serve(listener, sock)
-            elif claim.owner != self.name and (link := self._link(claim.owner)) is not None:
+            elif claim.owner != self.name and (link := self.links.link_to(claim.owner)) is not None:
                 if link.send({"t": "conn", "vs": uuid, "vip": address[0], "port": address[1]}, [sock.fileno()]):
                     self.handed_off += 1
                 sock.close()
@@ -1151,8 +994,3 @@ class _RelayedTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
-
-
-def _close_all(socks: list[socket.socket]) -> None:
-    for sock in socks:
-        sock.close()

@@ -310,7 +310,7 @@ def test_auto_mode_passes_the_socket_and_relays_when_the_send_fails(monkeypatch:
         assert [f"se=se-b xff={CLIENT_IP}"] * 2 == [await env.get() for _ in range(2)]
         status_a, status_b = a.ha.status()["vs-web"], b.ha.status()["vs-web"]
         assert ("fd_passing+relay", {"se-b": 2}, {"fd_passing": 2, "relay": 2}, ["se-b"]) == (
-            status_a["distribution"], status_a["relayed"], status_b["received"], list(a.ha._links))
+            status_a["distribution"], status_a["relayed"], status_b["received"], a.ha.links.peers())
 
     _run(32, "http", scenario)
 
