@@ -2,7 +2,7 @@
 
 The decisions are in ``engine.ha`` (claims, takeover, clock checks); this is the socket side. The
 SEs talk over pair links (``engine.ha_link``: a Unix socket per SE, JSON messages with file
-descriptors attached).
+descriptors attached); a shared pair's primary may relay connections (``engine.ha_relay``).
 
 A standby dials its active and says hello; the active answers with its claims and a dup of each
 listening socket the standby lacks (``send_fds``). Both sides send a heartbeat every
@@ -30,22 +30,13 @@ passes a share of the new connections to its linked secondaries (``conn``), the 
 by the open-connection counts they send on their heartbeats; they serve them with the same VS.
 
 Where passing the socket is impossible (``scaleout_mode="relay"``, or the send of the fd failed),
-the primary relays instead: it connects to the secondary's *relay intake* (a TCP listener on
-127.0.0.1 that every SE runs and advertises in its hello/claims), writes one line
-``AVI-RELAY <vs_uuid> <client_ip> <client_port> <token>\n`` (the secondary's intake token, learnt over the HA link) and then copies bytes both ways between the
-client and that connection (``_Relay``). The secondary's intake reads the line and hands the rest of
-the stream to a normal connection of the VS (``_Intake``), whose peer address is the client's (so
-``X-Forwarded-For`` names the client, not the primary). A relay that cannot be opened leaves the
-connection to the primary, which serves it itself. Relaying keeps the primary in the data path of
-every relayed connection, both ways: it costs the primary a copy of every byte and ends the relayed
-connections when the primary stops.
+the primary relays the connection to the secondary's relay intake instead (``engine.ha_relay``);
+a relay that cannot be opened leaves the connection to the primary, which serves it itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import secrets
 import socket
 import time
 from pathlib import Path
@@ -57,6 +48,7 @@ from engine import ha
 from engine.config import SliceConfig, VirtualServiceConfig
 from engine.ha import Claim
 from engine.ha_link import PairLink, PairLinks, close_all
+from engine.ha_relay import Relays, hand_over
 from engine.handoff import ServedListeners
 from engine.listener import Listener
 
@@ -66,9 +58,6 @@ log = structlog.get_logger(__name__)
 
 MAX_PENDING = 4096
 PENDING_TTL = 3.0  # a refused connection waits this long for an owner to take it, then is closed
-RELAY_HOST = "127.0.0.1"
-RELAY_CONNECT_TIMEOUT = 1.0
-RELAY_HEADER_TIMEOUT = 5.0  # an intake connection must send its header within this
 
 
 class HaCoordinator:
@@ -99,6 +88,7 @@ class HaCoordinator:
         self.links = PairLinks(
             se_name, Path(ha_dir), log=self.log, on_message=self._message, on_ended=self._link_ended, before_read=self._check_clock
         )
+        self.relays = Relays(log=self.log, take=self._take_relayed)
         self.peer_timeout = peer_timeout
         self.heartbeat_interval = heartbeat_interval
         self.tick_interval = tick_interval
@@ -110,19 +100,8 @@ class HaCoordinator:
         self.handed_off = 0  # of those, passed to the owner
         self.taken = 0  # connections a peer passed to us
         self.scaleout_mode = scaleout_mode
-        self.relay_address: Optional[tuple[str, int]] = None  # our relay intake, once listening
-        self._peer_relay: dict[str, tuple[str, int]] = {}  # peer -> its relay intake
-        self._peer_relay_token: dict[str, str] = {}  # peer -> the token its intake wants
-        # Told to peers only over the HA link (a 0700 directory): the intake serves nobody else.
-        self.relay_token = secrets.token_hex(16)
         self._passed: dict[str, dict[str, int]] = {}  # shared pair, primary: vs -> SE -> connections passed as fds
-        self._relayed: dict[str, dict[str, int]] = {}  # shared pair, primary: vs -> SE -> connections relayed
         self._received: dict[str, dict[str, int]] = {}  # shared pair, secondary: vs -> "fd_passing"/"relay" -> count
-        self._relays: set[_Relay] = set()
-        self._relay_failing: set[str] = set()  # peers whose intake refused us last time (logged once)
-        self._relay_tasks: set[asyncio.Task[None]] = set()
-        self._intake: Optional[asyncio.AbstractServer] = None
-        self._intake_task: Optional[asyncio.Task[None]] = None
         self.errors: dict[str, str] = {}
         self._vs: dict[str, VirtualServiceConfig] = {}  # managed VSs of the applied slice
         self._claims: dict[str, Claim] = {}
@@ -156,51 +135,16 @@ class HaCoordinator:
             return
         self._loop = asyncio.get_running_loop()
         self.links.start(self.loop)
-        self._start_intake()
+        self.relays.start(self.loop)
         self._last_tick = time.monotonic()
         self._ticker = self.loop.create_task(self._tick_forever())
-
-    def _start_intake(self) -> None:
-        """Listen for relayed connections on an ephemeral loopback port (its address is known at once)."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind((RELAY_HOST, 0))
-            sock.listen(128)
-            sock.setblocking(False)
-            address = sock.getsockname()
-        except OSError as exc:
-            sock.close()
-            self.log.error("ha_relay_intake_unavailable", error=str(exc))
-            return
-        self.relay_address = (address[0], address[1])
-
-        async def serve() -> None:
-            try:
-                self._intake = await self.loop.create_server(lambda: _Intake(self), sock=sock, backlog=128)
-            except OSError as exc:
-                sock.close()
-                self.relay_address = None
-                self.log.error("ha_relay_intake_unavailable", error=str(exc))
-
-        self._intake_task = self.loop.create_task(serve())
 
     async def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
             self._ticker = None
-        if self._intake_task is not None:
-            await asyncio.gather(self._intake_task, return_exceptions=True)
-            self._intake_task = None
-        if self._intake is not None:
-            self._intake.close()
-            self._intake = None
-        self.relay_address = None
-        for task in list(self._relay_tasks):
-            task.cancel()
-        await asyncio.gather(*self._relay_tasks, return_exceptions=True)
-        for relay in list(self._relays):
-            relay.close(abort=True)
+        await self.relays.close()
         self.links.close()
         for _, _, sock, _ in self._pending:
             sock.close()
@@ -226,7 +170,7 @@ class HaCoordinator:
             self.errors.pop(uuid, None)
             self._shared.pop(uuid, None)
             self._passed.pop(uuid, None)
-            self._relayed.pop(uuid, None)
+            self.relays.relayed.pop(uuid, None)
             self._received.pop(uuid, None)
         self._vs = wanted
         changed = []
@@ -266,7 +210,7 @@ class HaCoordinator:
                 entry.update(took_over_from=took["took_over_from"], at=took["at"], reason=took["reason"])
             if shared:
                 if role == "active":
-                    passed, relayed = self._passed.get(uuid, {}), self._relayed.get(uuid, {})
+                    passed, relayed = self._passed.get(uuid, {}), self.relays.relayed.get(uuid, {})
                     entry["distribution"] = ha.distribution(sum(passed.values()), sum(relayed.values()), self.scaleout_mode)
                     entry["given"] = dict(self._shared.get(uuid, {}))
                     entry["relayed"] = dict(relayed)
@@ -339,68 +283,14 @@ class HaCoordinator:
                 sock.close()
                 return
         # A failed send may have ended the link: a peer found gone meanwhile has no relay address.
-        relay_to = self._peer_relay.get(peer)
-        if relay_to is None or peer not in self._peer_relay_token:
-            self._serve(listener, sock)  # the secondary went away meanwhile
+        if not self.relays.knows(peer):
+            listener.serve_accepted(sock)  # the secondary went away meanwhile
             return
         self._passed_since_beat[peer] = self._passed_since_beat.get(peer, 0) + 1
-        task = self.loop.create_task(self._relay(listener, sock, peer, relay_to))
-        self._relay_tasks.add(task)
-        task.add_done_callback(self._relay_tasks.discard)
+        self.relays.relay(listener, sock, peer)
 
-    async def _relay(self, listener: Listener, sock: socket.socket, peer: str, address: tuple[str, int]) -> None:
-        """Relay one client connection to ``peer``'s intake; serve it here when the relay cannot be opened."""
-        uuid = listener.vs.config.uuid
-        try:
-            client = sock.getpeername()
-        except OSError:
-            sock.close()  # the client is gone already
-            return
-        relay = _Relay(self)
-        try:
-            async with asyncio.timeout(RELAY_CONNECT_TIMEOUT):
-                await self.loop.create_connection(lambda: relay.server, address[0], address[1])
-        except (OSError, TimeoutError) as exc:
-            if peer not in self._relay_failing:
-                self._relay_failing.add(peer)
-                self.log.warning("ha_relay_failed", peer=peer, vs_uuid=uuid, relay=f"{address[0]}:{address[1]}",
-                                 error=str(exc) or type(exc).__name__, serving_here=True)
-            self._serve(listener, sock)
-            return
-        except BaseException:
-            sock.close()
-            raise
-        relay.server.transport.write(ha.relay_header(uuid, (client[0], client[1]), self._peer_relay_token.get(peer, "")))
-        if relay.closed:  # the intake hung up at once: nothing of the client's was read yet
-            self._serve(listener, sock)
-            return
-        self._relays.add(relay)
-        sock.setblocking(False)
-        try:
-            await self.loop.connect_accepted_socket(lambda: relay.client, sock=sock)
-        except OSError:
-            sock.close()
-            relay.close(abort=True)
-            return
-        except BaseException:
-            relay.close(abort=True)
-            raise
-        self._relay_failing.discard(peer)
-        relayed = self._relayed.setdefault(uuid, {})
-        relayed[peer] = relayed.get(peer, 0) + 1
-        relay.joined()
-
-    def _take_relayed(self, transport: Any, header: Optional[tuple[str, tuple[str, int], str]], rest: bytes) -> None:
-        """An intake connection sent its header: serve the rest of its stream as a connection of the VS."""
-        if header is None:
-            self.log.warning("ha_relay_refused", reason="bad header")
-            transport.close()
-            return
-        uuid, client, token = header
-        if not hmac.compare_digest(token.encode(), self.relay_token.encode()):
-            self.log.warning("ha_relay_refused", reason="wrong token")
-            transport.close()
-            return
+    def _take_relayed(self, transport: Any, uuid: str, client: tuple[str, int], rest: bytes) -> None:
+        """A connection relayed to our intake for VS ``uuid``: serve the rest of its stream as a connection of the VS."""
         claim = self._claims.get(uuid)
         listeners = [lst for lst in self.dataplane.listeners_of(uuid) if not lst.draining]
         if claim is None or claim.owner == self.name or self._mode(uuid) != ha.SHARED_PAIR or not listeners:
@@ -411,10 +301,7 @@ class HaCoordinator:
         proto = listeners[0].serve_protocol()
         received = self._received.setdefault(uuid, {})
         received["relay"] = received.get("relay", 0) + 1
-        transport.set_protocol(proto)
-        proto.connection_made(_RelayedTransport(transport, client))
-        if rest:
-            proto.data_received(rest)
+        hand_over(transport, proto, client, rest)
 
     # -- clock, peers, claims ------------------------------------------------------------------
 
@@ -492,8 +379,7 @@ class HaCoordinator:
         self._dialing.pop(peer, None)
         self._peer_open.pop(peer, None)
         self._passed_since_beat.pop(peer, None)
-        self._peer_relay.pop(peer, None)
-        self._peer_relay_token.pop(peer, None)
+        self.relays.forget(peer)
         members = {u: vs.placement.ses for u, vs in self._vs.items() if vs.placement is not None}
         taken = ha.after_peer_lost(self._claims, members, self.name, peer)
         self.log.warning("ha_peer_lost", peer=peer, reason=reason, taking_over=sorted(taken))
@@ -536,9 +422,7 @@ class HaCoordinator:
             "t": kind, "from": self.name, "ask": ask, "reply": reply, "need": need,
             "claims": {u: self._claims[u].to_wire() for u in shared},
         }
-        if self.relay_address is not None:
-            doc["relay"] = list(self.relay_address)
-            doc["relay_token"] = self.relay_token
+        self.relays.advertise(doc)
         return doc
 
     def _announce(self, uuids: list[str]) -> None:
@@ -579,14 +463,7 @@ class HaCoordinator:
         self._last_heard[peer] = time.monotonic()
         if kind in ("hello", "claims"):
             close_all(fds)
-            if "relay" in doc:
-                relay = ha.relay_from_wire(doc["relay"])
-                token = ha.relay_token_from_wire(doc.get("relay_token"))
-                if relay is not None and token is not None:
-                    self._peer_relay[peer] = relay
-                    self._peer_relay_token[peer] = token
-                else:
-                    self.log.warning("ha_bad_relay_address", peer=peer, relay=str(doc["relay"])[:100])
+            self.relays.learn(peer, doc)
             self._merge_from(peer, doc.get("claims"))
             if doc.get("ask"):
                 link.send(self._claims_message(peer, "claims", reply=True))
@@ -668,18 +545,7 @@ class HaCoordinator:
         self.taken += 1
         received = self._received.setdefault(listener.vs.config.uuid, {})
         received["fd_passing"] = received.get("fd_passing", 0) + 1
-        self._serve(listener, fds[0])
-
-    def _serve(self, listener: Listener, sock: socket.socket) -> None:
-        sock.setblocking(False)
-
-        async def serve() -> None:
-            try:
-                await self.loop.connect_accepted_socket(listener.serve_protocol, sock=sock)
-            except OSError:
-                sock.close()
-
-        self.loop.create_task(serve())
+        listener.serve_accepted(fds[0])
 
     # -- the periodic and level-triggered part -------------------------------------------------
 
@@ -807,7 +673,7 @@ class HaCoordinator:
             if claim is None or listener is None or listener.vs.config.uuid != uuid:
                 sock.close()
             elif claim.owner == self.name and self._may_accept(uuid):
-                self._serve(listener, sock)
+                listener.serve_accepted(sock)
             elif claim.owner != self.name and (link := self.links.link_to(claim.owner)) is not None:
                 if link.send({"t": "conn", "vs": uuid, "vip": address[0], "port": address[1]}, [sock.fileno()]):
                     self.handed_off += 1
@@ -817,180 +683,3 @@ class HaCoordinator:
             else:
                 keep.append((uuid, address, sock, since))
         self._pending = keep
-
-
-class _RelayEnd(asyncio.Protocol):
-    """One side of a relayed connection on the primary: the client's, or the one to the secondary."""
-
-    __slots__ = ("relay", "transport", "other", "eof", "early")
-
-    def __init__(self, relay: "_Relay") -> None:
-        self.relay = relay
-        self.transport: Any = None
-        self.other: Optional[_RelayEnd] = None
-        self.eof = False
-        self.early: Optional[list[bytes]] = None  # read before the other side was connected
-
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        other = self.other
-        if other is None or other.transport is None:
-            if self.early is None:
-                self.early = [data]
-            else:
-                self.early.append(data)
-            self.transport.pause_reading()
-            return
-        other.transport.write(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        other = self.other
-        if other is not None and other.transport is not None:
-            self.relay.passed_eof(self)
-        return True  # keep writing the other way until it ends too
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self.relay.close(abort=exc is not None)
-
-    # Back-pressure: a side that cannot write as fast as the other reads stops the other's reads.
-    def pause_writing(self) -> None:
-        other = self.other
-        if other is not None and other.transport is not None:
-            other.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        other = self.other
-        if other is not None and other.transport is not None:
-            other.transport.resume_reading()
-
-
-class _Relay:
-    """A client connection the primary relays to a secondary's intake, byte for byte, both ways."""
-
-    __slots__ = ("coordinator", "client", "server", "closed")
-
-    def __init__(self, coordinator: HaCoordinator) -> None:
-        self.coordinator = coordinator
-        self.client = _RelayEnd(self)
-        self.server = _RelayEnd(self)
-        self.client.other = self.server
-        self.server.other = self.client
-        self.closed = False
-
-    def joined(self) -> None:
-        """Both sides are connected: pass on what one side read or ended before the other was."""
-        if self.closed:
-            for end in (self.client, self.server):
-                if end.transport is not None:
-                    end.transport.abort()
-            return
-        for end in (self.server, self.client):
-            early, end.early = end.early, None
-            if early is not None:
-                end.transport.resume_reading()  # first: the write may pause it again
-                end.other.transport.writelines(early)  # type: ignore[union-attr]
-        for end in (self.server, self.client):
-            if end.eof and not self.closed:
-                self.passed_eof(end)
-
-    def passed_eof(self, end: _RelayEnd) -> None:
-        other = end.other
-        assert other is not None
-        if end.eof and other.eof:
-            self.close(abort=False)
-            return
-        try:
-            other.transport.write_eof()
-        except (OSError, RuntimeError):
-            self.close(abort=True)
-
-    def close(self, abort: bool) -> None:
-        """End both sides (``abort``: at once, else after what is buffered was written)."""
-        if self.closed:
-            return
-        self.closed = True
-        self.coordinator._relays.discard(self)
-        for end in (self.client, self.server):
-            transport = end.transport
-            if transport is not None and not transport.is_closing():
-                if abort:
-                    transport.abort()
-                else:
-                    transport.close()
-
-
-class _Intake(asyncio.Protocol):
-    """A connection to this SE's relay intake, until its header line is read."""
-
-    __slots__ = ("coordinator", "transport", "buffer", "timer")
-
-    def __init__(self, coordinator: HaCoordinator) -> None:
-        self.coordinator = coordinator
-        self.transport: Any = None
-        self.buffer = b""
-        self.timer: Optional[asyncio.TimerHandle] = None
-
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-        self.transport = transport
-        self.timer = self.coordinator.loop.call_later(RELAY_HEADER_TIMEOUT, transport.abort)
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer + data
-        end = buffer.find(b"\n", 0, ha.RELAY_HEADER_MAX)
-        if end < 0:
-            if len(buffer) >= ha.RELAY_HEADER_MAX:
-                self._stop()
-                self.coordinator.log.warning("ha_relay_refused", reason="header too long")
-                self.transport.close()
-            else:
-                self.buffer = buffer
-            return
-        self._stop()
-        self.buffer = b""
-        self.coordinator._take_relayed(self.transport, ha.parse_relay_header(buffer[:end]), buffer[end + 1:])
-
-    def eof_received(self) -> bool:
-        return False  # no header: close
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self._stop()
-
-    def _stop(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-
-_DELEGATED = (
-    "write", "writelines", "write_eof", "can_write_eof", "pause_reading", "resume_reading", "is_reading", "is_closing",
-    "close", "abort", "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits", "get_protocol",
-    "set_protocol",
-)
-
-
-class _RelayedTransport:
-    """A relayed connection's transport as the proxy sees it: its peer is the client the primary accepted.
-
-    Only relayed connections get one; the proxies read ``peername`` once, in ``connection_made``.
-    """
-
-    __slots__ = ("_transport", "_peername", *_DELEGATED)
-
-    def __init__(self, transport: Any, peername: tuple[str, int]) -> None:
-        self._transport = transport
-        self._peername = peername
-        for name in _DELEGATED:
-            method = getattr(transport, name, None)
-            if method is not None:
-                setattr(self, name, method)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "peername":
-            return self._peername
-        return self._transport.get_extra_info(name, default)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)

@@ -117,6 +117,18 @@ class Listener:
         self.held = sock
         return True
 
+    def serve_accepted(self, sock: socket.socket) -> None:
+        """Serve a connection accepted elsewhere (held unread, or passed by a peer SE) as one of this listener's."""
+        sock.setblocking(False)
+
+        async def serve() -> None:
+            try:
+                await self.loop.connect_accepted_socket(self.serve_protocol, sock=sock)
+            except OSError:
+                sock.close()
+
+        self.loop.create_task(serve())
+
     def release(self) -> None:
         """Forget the listening socket entirely (the VS left this SE)."""
         self.stop_accepting()

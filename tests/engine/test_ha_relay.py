@@ -174,7 +174,7 @@ class _Pair:
         a = await self.start("se-a", mode_a)
         await _until(lambda: a.ha.status()["vs-web"]["accepting"], "se-a accepting")
         b = await self.start("se-b", mode_b)
-        await _until(lambda: b.ha.status()["vs-web"]["holding"] and "se-b" in a.ha._peer_relay, "se-b linked, holding the socket")
+        await _until(lambda: b.ha.status()["vs-web"]["holding"] and a.ha.relays.knows("se-b"), "se-b linked, holding the socket")
         # se-a looks busy: every new connection goes to se-b.
         a.open_connections = lambda: 1000
         await _until(lambda: a.ha._own_open == 1000, "se-a to report itself busy")
@@ -250,8 +250,8 @@ def test_relay_carries_a_large_l4_transfer_both_ways_with_back_pressure_and_half
         a, b = await env.start_pair("relay")
         reader, writer = await env.connect()
         assert b"hi se=se-b\n" == await reader.readline()
-        await _until(lambda: len(a.ha._relays) == 1, "the relay")
-        relay = next(iter(a.ha._relays))
+        await _until(lambda: len(a.ha.relays.active) == 1, "the relay")
+        relay = next(iter(a.ha.relays.active))
         chunk = os.urandom(256 * 1024)
         sent = hashlib.sha256()
         total = 0
@@ -287,7 +287,7 @@ def test_relay_carries_a_large_l4_transfer_both_ways_with_back_pressure_and_half
         print(f"relayed {total >> 20} MiB each way; primary buffered {buffered} bytes to the client while it did not read")
         assert (total, sent.hexdigest(), b"bye\n") == (received, got.hexdigest(), tail)
         assert buffered < 1 << 20
-        await _until(lambda: not a.ha._relays and not b.open_connections(), "the relay and the secondary's connection to end")
+        await _until(lambda: not a.ha.relays.active and not b.open_connections(), "the relay and the secondary's connection to end")
         assert {"se-b": 1} == a.ha.status()["vs-web"]["relayed"]
 
     _run(31, "l4", scenario, timeout=15, loop_name=loop_name)
@@ -320,8 +320,8 @@ def test_unreachable_intake_leaves_the_connection_to_the_primary() -> None:
 
     async def scenario(env: _Pair) -> None:
         a, b = await env.start_pair("relay")
-        b.ha._intake.close()
-        await b.ha._intake.wait_closed()
+        b.ha.relays._intake.close()
+        await b.ha.relays._intake.wait_closed()
         assert [f"se=se-a xff={CLIENT_IP}"] * 2 == [await env.get() for _ in range(2)]
         assert {} == a.ha.status()["vs-web"]["relayed"]
 
@@ -345,8 +345,8 @@ def test_intake_closes_what_it_must_not_serve(who: str, data: bytes) -> None:
     async def scenario(env: _Pair) -> None:
         a, b = await env.start_pair("relay")
         plane = {"se-a": a, "se-b": b}[who]
-        reader, writer = await asyncio.open_connection(*plane.ha.relay_address)
-        writer.write(data.replace(b"TOKEN", plane.ha.relay_token.encode()))
+        reader, writer = await asyncio.open_connection(*plane.ha.relays.address)
+        writer.write(data.replace(b"TOKEN", plane.ha.relays.token.encode()))
         assert b"" == await asyncio.wait_for(reader.read(), 3)
         writer.close()
         assert [] == [conn for lst in plane.listeners_of("vs-web") for conn in lst.connections]
