@@ -2,7 +2,9 @@
 
 The decisions are in ``engine.ha`` (claims, takeover, clock checks); this is the socket side. The
 SEs talk over pair links (``engine.ha_link``: a Unix socket per SE, JSON messages with file
-descriptors attached); a shared pair's primary may relay connections (``engine.ha_relay``).
+descriptors attached); a shared pair's primary may relay connections (``engine.ha_relay``). The
+data plane sees the coordinator as an ``engine.handoff.VipHandoff``, the coordinator sees it as
+``engine.handoff.ServedListeners``.
 
 A standby dials its active and says hello; the active answers with its claims and a dup of each
 listening socket the standby lacks (``send_fds``). Both sides send a heartbeat every
@@ -27,7 +29,8 @@ Duties, in order of importance:
 
 A shared pair (``HA_MODE_SHARED_PAIR``) works the same way, except that the owner (the primary)
 passes a share of the new connections to its linked secondaries (``conn``), the least loaded first
-by the open-connection counts they send on their heartbeats; they serve them with the same VS.
+by the open-connection counts they send on their heartbeats (``engine.ha_share``); they serve them
+with the same VS.
 
 Where passing the socket is impossible (``scaleout_mode="relay"``, or the send of the fd failed),
 the primary relays the connection to the secondary's relay intake instead (``engine.ha_relay``);
@@ -49,6 +52,7 @@ from engine.config import SliceConfig, VirtualServiceConfig
 from engine.ha import Claim
 from engine.ha_link import PairLink, PairLinks, close_all
 from engine.ha_relay import Relays, hand_over
+from engine.ha_share import ConnectionShares
 from engine.handoff import ServedListeners
 from engine.listener import Listener
 
@@ -89,6 +93,7 @@ class HaCoordinator:
             se_name, Path(ha_dir), log=self.log, on_message=self._message, on_ended=self._link_ended, before_read=self._check_clock
         )
         self.relays = Relays(log=self.log, take=self._take_relayed)
+        self.shares = ConnectionShares(se_name, scaleout_mode)
         self.peer_timeout = peer_timeout
         self.heartbeat_interval = heartbeat_interval
         self.tick_interval = tick_interval
@@ -100,8 +105,6 @@ class HaCoordinator:
         self.handed_off = 0  # of those, passed to the owner
         self.taken = 0  # connections a peer passed to us
         self.scaleout_mode = scaleout_mode
-        self._passed: dict[str, dict[str, int]] = {}  # shared pair, primary: vs -> SE -> connections passed as fds
-        self._received: dict[str, dict[str, int]] = {}  # shared pair, secondary: vs -> "fd_passing"/"relay" -> count
         self.errors: dict[str, str] = {}
         self._vs: dict[str, VirtualServiceConfig] = {}  # managed VSs of the applied slice
         self._claims: dict[str, Claim] = {}
@@ -110,10 +113,6 @@ class HaCoordinator:
         self._asked: dict[str, float] = {}
         self._dialing: dict[str, tuple[float, float, float]] = {}  # peer -> since, next attempt, backoff
         self._pending: list[tuple[str, tuple[str, int], socket.socket, float]] = []
-        self._peer_open: dict[str, int] = {}
-        self._passed_since_beat: dict[str, int] = {}  # shared pair: connections given since that SE's last heartbeat
-        self._own_open = 0  # open connections at our last heartbeat
-        self._shared: dict[str, dict[str, int]] = {}  # shared pair: vs -> SE -> new connections given to it
         self._activating: set[str] = set()
         self._reconciling = False
         self._again = False
@@ -168,10 +167,8 @@ class HaCoordinator:
             self._confirmed.pop(uuid, None)
             self.takeovers.pop(uuid, None)
             self.errors.pop(uuid, None)
-            self._shared.pop(uuid, None)
-            self._passed.pop(uuid, None)
+            self.shares.forget_vs(uuid)
             self.relays.relayed.pop(uuid, None)
-            self._received.pop(uuid, None)
         self._vs = wanted
         changed = []
         for uuid, vs in wanted.items():
@@ -209,15 +206,7 @@ class HaCoordinator:
             if took is not None and took["epoch"] == claim.epoch and claim.owner == self.name:
                 entry.update(took_over_from=took["took_over_from"], at=took["at"], reason=took["reason"])
             if shared:
-                if role == "active":
-                    passed, relayed = self._passed.get(uuid, {}), self.relays.relayed.get(uuid, {})
-                    entry["distribution"] = ha.distribution(sum(passed.values()), sum(relayed.values()), self.scaleout_mode)
-                    entry["given"] = dict(self._shared.get(uuid, {}))
-                    entry["relayed"] = dict(relayed)
-                else:
-                    received = self._received.get(uuid, {})
-                    entry["distribution"] = ha.distribution(received.get("fd_passing", 0), received.get("relay", 0), self.scaleout_mode)
-                    entry["received"] = dict(received)
+                entry.update(self.shares.status(uuid, role == "active", self.relays.relayed.get(uuid, {})))
             if uuid in self.errors:
                 entry["error"] = self.errors[uuid]
             out[uuid] = entry
@@ -242,22 +231,9 @@ class HaCoordinator:
         if not self._may_accept(vs.uuid):
             return False
         if self._mode(vs.uuid) == ha.SHARED_PAIR:
-            return self._share(vs.uuid)
+            target = self.shares.pick(vs.uuid, [peer for peer in self._peers(vs.uuid) if peer in self.links])
+            return True if target == self.name else target
         return True
-
-    def _share(self, uuid: str) -> bool | str:
-        # Like for like: each SE's open connections at its last heartbeat plus those given it since.
-        loads = {self.name: self._own_open + self._passed_since_beat.get(self.name, 0)}
-        for peer in self._peers(uuid):
-            if peer in self.links:
-                loads[peer] = self._peer_open.get(peer, 0) + self._passed_since_beat.get(peer, 0)
-        given = self._shared.setdefault(uuid, {})
-        target = ha.pick_target(loads, given)
-        given[target] = given.get(target, 0) + 1
-        if target == self.name:
-            self._passed_since_beat[self.name] = self._passed_since_beat.get(self.name, 0) + 1
-            return True
-        return target
 
     def _refused(self, listener: Listener, sock: socket.socket, verdict: Any) -> None:
         if isinstance(verdict, str):
@@ -277,16 +253,14 @@ class HaCoordinator:
             link = self.links.link_to(peer)
             message = {"t": "conn", "vs": uuid, "vip": listener.address[0], "port": listener.address[1]}
             if link is not None and link.send(message, [sock.fileno()]):
-                self._passed_since_beat[peer] = self._passed_since_beat.get(peer, 0) + 1
-                passed = self._passed.setdefault(uuid, {})
-                passed[peer] = passed.get(peer, 0) + 1
+                self.shares.passed(uuid, peer)
                 sock.close()
                 return
         # A failed send may have ended the link: a peer found gone meanwhile has no relay address.
         if not self.relays.knows(peer):
             listener.serve_accepted(sock)  # the secondary went away meanwhile
             return
-        self._passed_since_beat[peer] = self._passed_since_beat.get(peer, 0) + 1
+        self.shares.relaying(peer)
         self.relays.relay(listener, sock, peer)
 
     def _take_relayed(self, transport: Any, uuid: str, client: tuple[str, int], rest: bytes) -> None:
@@ -299,8 +273,7 @@ class HaCoordinator:
             return
         # Any listener of the VS serves it alike (they share its VsRuntime); the first one counts it.
         proto = listeners[0].serve_protocol()
-        received = self._received.setdefault(uuid, {})
-        received["relay"] = received.get("relay", 0) + 1
+        self.shares.received(uuid, "relay")
         hand_over(transport, proto, client, rest)
 
     # -- clock, peers, claims ------------------------------------------------------------------
@@ -377,8 +350,7 @@ class HaCoordinator:
         self.links.drop(peer)
         self._last_heard.pop(peer, None)
         self._dialing.pop(peer, None)
-        self._peer_open.pop(peer, None)
-        self._passed_since_beat.pop(peer, None)
+        self.shares.forget_peer(peer)
         self.relays.forget(peer)
         members = {u: vs.placement.ses for u, vs in self._vs.items() if vs.placement is not None}
         taken = ha.after_peer_lost(self._claims, members, self.name, peer)
@@ -478,8 +450,7 @@ class HaCoordinator:
             close_all(fds)
             open_conns = doc.get("open")
             if isinstance(open_conns, int):
-                self._peer_open[peer] = open_conns
-                self._passed_since_beat[peer] = 0
+                self.shares.heard(peer, open_conns)
         else:
             close_all(fds)
 
@@ -543,8 +514,7 @@ class HaCoordinator:
             close_all(fds)
             return
         self.taken += 1
-        received = self._received.setdefault(listener.vs.config.uuid, {})
-        received["fd_passing"] = received.get("fd_passing", 0) + 1
+        self.shares.received(listener.vs.config.uuid, "fd_passing")
         listener.serve_accepted(fds[0])
 
     # -- the periodic and level-triggered part -------------------------------------------------
@@ -569,9 +539,8 @@ class HaCoordinator:
                 self._peer_lost(peer, "peer_timeout")
         if now - self._last_heartbeat >= self.heartbeat_interval:
             self._last_heartbeat = now
-            self._own_open = self.dataplane.open_connections()
-            self._passed_since_beat[self.name] = 0
-            beat = {"t": "hb", "open": self._own_open}
+            self.shares.beat(self.dataplane.open_connections())
+            beat = {"t": "hb", "open": self.shares.own_open}
             for link in self.links.each():
                 link.send(beat, droppable=True)
         self._reconcile()

@@ -177,7 +177,7 @@ class _Pair:
         await _until(lambda: b.ha.status()["vs-web"]["holding"] and a.ha.relays.knows("se-b"), "se-b linked, holding the socket")
         # se-a looks busy: every new connection goes to se-b.
         a.open_connections = lambda: 1000
-        await _until(lambda: a.ha._own_open == 1000, "se-a to report itself busy")
+        await _until(lambda: a.ha.shares.own_open == 1000, "se-a to report itself busy")
         return a, b
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -235,7 +235,7 @@ def test_relay_mode_serves_on_the_secondary_with_the_client_address(loop_name: s
         # Served by the primary itself (now se-b looks busy): the same client address, taken the usual way.
         del a.open_connections
         b.open_connections = lambda: 1000
-        await _until(lambda: a.ha._own_open == 0 and a.ha._peer_open.get("se-b") == 1000, "se-b to look busy")
+        await _until(lambda: a.ha.shares.own_open == 0 and a.ha.shares.peer_open.get("se-b") == 1000, "se-b to look busy")
         assert [f"se=se-a xff={CLIENT_IP}"] * 2 == [await env.get() for _ in range(2)]
 
     _run(30, "http", scenario, loop_name=loop_name)
