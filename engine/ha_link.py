@@ -18,8 +18,9 @@ import errno
 import json
 import os
 import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 __all__ = ["MAX_FDS", "MAX_MESSAGE", "SUN_PATH_MAX", "PairLink", "PairLinks", "close_all"]
 

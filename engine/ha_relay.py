@@ -23,7 +23,8 @@ import asyncio
 import hmac
 import secrets
 import socket
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from engine import ha
 from engine.listener import Listener

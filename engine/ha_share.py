@@ -11,7 +11,8 @@ by ``engine.ha_relay.Relays``. No I/O, no clock.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from engine import ha
 

@@ -10,7 +10,8 @@ sends on its heartbeats.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Any, Optional, Protocol
 
 from engine.config import SliceConfig, VirtualServiceConfig
 from engine.listener import Listener

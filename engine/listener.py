@@ -13,7 +13,8 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from engine.runtime import VsRuntime
 

@@ -8,7 +8,8 @@ idle backend connections (L7), kept across config changes by ``update``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from engine.config import PoolConfig, VirtualServiceConfig
 from engine.routing import Balancer
