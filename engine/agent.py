@@ -15,6 +15,7 @@ import json
 import os
 import random
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,6 +24,7 @@ import structlog
 
 from engine.config import SliceConfig, SliceError, read_slice
 from engine.dataplane import DataPlane
+from engine.ha_coordinator import HaCoordinator
 
 __all__ = ["ServiceEngineAgent"]
 
@@ -50,7 +52,11 @@ class ServiceEngineAgent:
         self.token = token
         self.state_dir = Path(state_dir)
         self.report_interval = report_interval
-        self.dataplane = dataplane or DataPlane(se_name=name, ha_dir=ha_dir, scaleout_mode=scaleout_mode)
+        if dataplane is None:
+            # The data plane calls the factory with itself: the coordinator reads its listeners.
+            handoff = partial(HaCoordinator, se_name=name, ha_dir=ha_dir, scaleout_mode=scaleout_mode) if ha_dir is not None else None
+            dataplane = DataPlane(ha=handoff)
+        self.dataplane = dataplane
         self.uuid: Optional[str] = None
         #: why the cluster refused this SE's identity (it was deleted): the process stops serving
         self.retired: Optional[str] = None

@@ -11,252 +11,40 @@ A listener that cannot bind is reported in the returned ``{vs_name: error}`` and
 the other VSs from being served; the caller NACKs with those messages. ``apply`` calls are
 serialised.
 
-With an ``ha_dir``, a VS placed active/standby (or as a shared pair) on several SEs of this host is
-not bound here: its listener accepts only when ``engine.ha_coordinator`` says this SE owns the VIP,
-and the listening socket itself moves between the SEs.
+With a VIP handoff (``ha``: an ``engine.handoff.VipHandoff``, in practice the
+``engine.ha_coordinator.HaCoordinator`` the agent builds), a VS placed active/standby (or as a
+shared pair) on several SEs of this host is not bound here: its listener accepts only when the
+handoff says this SE owns the VIP, and the listening socket itself moves between the SEs.
 
 The proxies (``engine.l4``, ``engine.l7``) read ``Listener.vs`` at accept time (L4) or per request
-(L7); ``Listener``, ``VsRuntime`` and ``PoolRuntime`` are the only state they share with this module.
+(L7); ``engine.listener.Listener`` and ``engine.runtime``'s ``VsRuntime`` and ``PoolRuntime`` are
+the only state they share with this module. Each listener gets ``proxy_protocol`` as its protocol
+factory: this module is the one that knows the proxies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
-from engine.config import PoolConfig, SliceConfig, VirtualServiceConfig
+from engine.config import PoolConfig, SliceConfig
+from engine.handoff import HandoffFactory, VipHandoff
 from engine.health import HealthChecker
 from engine.l4 import L4Connection
-from engine.l7 import L7Connection, UpstreamPool
-from engine.routing import Balancer
-from engine.telemetry import Telemetry, VsStats
+from engine.l7 import L7Connection
+from engine.listener import Listener
+from engine.runtime import HealthFactory, PoolRuntime, VsRuntime
+from engine.telemetry import Telemetry
 
-if TYPE_CHECKING:
-    from engine.ha_coordinator import HaCoordinator
-
-__all__ = ["DataPlane", "Listener", "PoolRuntime", "VsRuntime"]
+__all__ = ["DataPlane", "proxy_protocol"]
 
 log = logging.getLogger(__name__)
 
-HealthFactory = Callable[[PoolConfig, Callable[[str, bool], None]], Any]
 
-
-class PoolRuntime:
-    """A pool being served: its Balancer, health checker and idle backend connections (L7)."""
-
-    __slots__ = ("config", "balancer", "checker", "upstreams", "connect_timeout", "_on_change")
-
-    def __init__(self, config: PoolConfig, health_factory: HealthFactory, on_change: Callable[["PoolRuntime", str, bool], None], connect_timeout: float) -> None:
-        self.config = config
-        self.connect_timeout = connect_timeout
-        self.balancer = Balancer(config.lb_algorithm, config.servers)
-        self.upstreams = UpstreamPool()
-        self.upstreams.retain(frozenset(s.key for s in config.servers))
-        self._on_change = on_change
-        self.checker = health_factory(config, self._health_changed)
-
-    def _health_changed(self, key: str, up: bool) -> None:
-        self._on_change(self, key, up)
-
-    def start(self) -> None:
-        self.checker.start()
-        self._sync_health()
-
-    def update(self, config: PoolConfig) -> None:
-        """Take a changed pool config; servers that stay keep their health and connection counts.
-
-        The checker goes first: it validates the monitors and, if it refuses, nothing has changed.
-        """
-        self.checker.update(config)
-        self.balancer = self.balancer.updated(config.servers, config.lb_algorithm)
-        self.config = config
-        self.upstreams.retain(frozenset(s.key for s in config.servers))
-        self._sync_health()
-
-    def _sync_health(self) -> None:
-        for key, up in self.checker.states().items():
-            self.balancer.set_up(key, up)
-
-    async def stop(self) -> None:
-        await self.checker.stop()
-        self.upstreams.close()
-
-    def states(self) -> dict[str, bool]:
-        return {s.key: self.balancer.is_up(s.key) for s in self.config.servers}
-
-
-class VsRuntime:
-    """One VS as the proxies see it; replaced (never mutated) when its config changes."""
-
-    __slots__ = ("config", "pool", "stats", "http")
-
-    def __init__(self, config: VirtualServiceConfig, pool: Optional[PoolRuntime], stats: VsStats) -> None:
-        self.config = config
-        self.pool = pool
-        self.stats = stats
-        self.http = config.application == "http"
-
-
-class Listener:
-    """One (vip, port); ``vs`` is swapped in place when the slice changes.
-
-    ``held`` is this process's own reference to the listening socket; ``server`` accepts on a dup of
-    it. Stopping the server leaves ``held`` open, so the kernel socket and its backlog outlive a
-    role change (an HA standby holds the socket without accepting). ``gate``, when set, is asked at
-    every accept: True serves the connection here; any other verdict hands it whole (its socket,
-    nothing read) to ``refused`` with that verdict.
-    """
-
-    __slots__ = ("address", "vs", "loop", "server", "held", "gate", "refused", "connections", "draining", "_expiry")
-
-    def __init__(self, address: tuple[str, int], vs: VsRuntime, loop: asyncio.AbstractEventLoop) -> None:
-        self.address = address
-        self.vs = vs
-        self.loop = loop
-        self.server: Optional[asyncio.AbstractServer] = None
-        self.held: Optional[socket.socket] = None
-        self.gate: Optional[Callable[["Listener"], Any]] = None
-        self.refused: Optional[Callable[["Listener", socket.socket, Any], None]] = None
-        self.connections: set[Any] = set()  # L4Connection / L7Connection, added on accept
-        self.draining = False
-        self._expiry: Optional[asyncio.TimerHandle] = None
-
-    def make_protocol(self) -> asyncio.Protocol:
-        if self.gate is not None:
-            verdict = self.gate(self)
-            if verdict is not True:
-                return _Refused(self, verdict)
-        return self.serve_protocol()
-
-    def serve_protocol(self) -> asyncio.Protocol:
-        return L7Connection(self) if self.vs.http else L4Connection(self)
-
-    @property
-    def accepting(self) -> bool:
-        return self.server is not None
-
-    async def start_accepting(self, backlog: int, *, reuse_port: bool = False) -> None:
-        """Accept on the held socket, or bind a new one (OSError when the address is taken).
-
-        ``reuse_port``: for VSs without HA handoff, so the SE a VS migrates or scales to can bind
-        while the one it leaves still drains its listener (make before break).
-        """
-        if self.server is not None:
-            return
-        if self.held is None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind(self.address)
-                sock.listen(backlog)
-                sock.setblocking(False)
-            except OSError:
-                sock.close()
-                raise
-            self.held = sock
-        dup = self.held.dup()
-        try:
-            server = await self.loop.create_server(self.make_protocol, sock=dup, backlog=backlog)
-        except BaseException:
-            dup.close()
-            raise
-        if self.server is not None or self.draining:  # raced with another start, or retired meanwhile
-            server.close()
-            return
-        self.server = server
-
-    def stop_accepting(self) -> None:
-        """Stop accepting; the held socket (and its backlog) stays, established connections too."""
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-
-    def adopt(self, sock: socket.socket) -> bool:
-        """Hold a listening socket a peer sent; False (and ``sock`` closed) when it is not needed."""
-        if self.held is not None and _same_socket(self.held, sock):
-            sock.close()
-            return False
-        if self.server is not None or self.draining:
-            sock.close()
-            return False
-        if self.held is not None:
-            self.held.close()
-        sock.setblocking(False)
-        self.held = sock
-        return True
-
-    def release(self) -> None:
-        """Forget the listening socket entirely (the VS left this SE)."""
-        self.stop_accepting()
-        if self.held is not None:
-            self.held.close()
-            self.held = None
-
-    def retire(self, grace: float, *, drain: bool = True) -> None:
-        """Stop accepting; established connections may finish for ``grace`` seconds, then are closed.
-
-        ``drain``: HTTP connections close after their request in flight. Without it (the VS moved to
-        another SE: scale-in, migrate) they keep serving requests until they close or ``grace`` ends.
-        """
-        self.release()
-        self.draining = True
-        if drain:
-            for conn in list(self.connections):
-                conn.drain()
-        # Armed even with no connections: one may still be completing its accept.
-        self._expiry = self.loop.call_later(grace, self.abort_all)
-
-    @property
-    def finished(self) -> bool:
-        """Retired, and nothing left to wait for."""
-        return self.draining and self._expiry is None and not self.connections
-
-    def abort_all(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        for conn in list(self.connections):
-            conn.abort()
-
-
-class _Refused(asyncio.Protocol):
-    """A connection this SE must not serve: its socket goes to ``listener.refused`` unread."""
-
-    def __init__(self, listener: Listener, verdict: Any) -> None:
-        self._listener = listener
-        self._verdict = verdict
-
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-        sock = transport.get_extra_info("socket")
-        taken: Optional[socket.socket] = None
-        try:
-            taken = socket.socket(fileno=os.dup(sock.fileno()))
-        except OSError:
-            log.warning("refused connection on %s:%s could not be taken", *self._listener.address)
-        # Closing our fd only: the dup keeps the connection (close(2) sends nothing while one is left).
-        transport.abort()
-        if taken is not None:
-            if self._listener.refused is not None:
-                self._listener.refused(self._listener, taken, self._verdict)
-            else:
-                taken.close()
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        pass
-
-
-def _same_socket(a: socket.socket, b: socket.socket) -> bool:
-    try:
-        sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())
-    except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+def proxy_protocol(listener: Listener) -> asyncio.Protocol:
+    """The proxy serving one connection of ``listener``: L7 for an HTTP VS, else L4 (the VS as it is at accept)."""
+    return L7Connection(listener) if listener.vs.http else L4Connection(listener)
 
 
 class DataPlane:
@@ -271,10 +59,7 @@ class DataPlane:
         backlog: int = 1024,
         keepalive_timeout: float = 60.0,
         sweep_interval: float = 5.0,
-        se_name: Optional[str] = None,
-        ha_dir: Optional[str | Path] = None,
-        peer_timeout: float = 0.5,
-        scaleout_mode: str = "auto",
+        ha: Optional[HandoffFactory] = None,
     ) -> None:
         self._health_factory: HealthFactory = health_factory or HealthChecker
         self.connect_timeout = connect_timeout
@@ -293,16 +78,9 @@ class DataPlane:
         self.bind_retry_interval = 0.2
         #: called after a retried bind succeeded (the agent re-reports its errors)
         self.on_bound: Optional[Callable[[], None]] = None
-        # Active/standby VIP handoff with the other SEs on this host; off without an ha_dir.
-        self.ha: Optional["HaCoordinator"] = None
-        if ha_dir is not None:
-            if not se_name:
-                raise ValueError("an SE with an ha_dir needs its name")
-            from engine.ha_coordinator import HaCoordinator
-
-            # scaleout_mode: how a shared pair's primary hands connections on ("auto": pass the
-            # socket, relay when that fails; "relay": always relay through the primary).
-            self.ha = HaCoordinator(self, se_name, ha_dir, peer_timeout=peer_timeout, scaleout_mode=scaleout_mode)
+        # Active/standby VIP handoff with the other SEs on this host, off without one. Built last:
+        # the factory is handed this plane.
+        self.ha: Optional[VipHandoff] = ha(self) if ha is not None else None
 
     async def apply(self, config: SliceConfig) -> dict[str, str]:
         """Serve exactly ``config``; returns ``{vs_name: error}`` for VSs that could not be (fully) served."""
@@ -362,7 +140,7 @@ class DataPlane:
                 listener = self._listeners.get(address)
                 fresh = listener is None
                 if listener is None:
-                    listener = Listener(address, vs_runtime, loop)
+                    listener = Listener(address, vs_runtime, loop, proxy_protocol)
                     if ha is not None:
                         ha.attach(listener)
                 else:

@@ -8,9 +8,10 @@ wins over the placement it was made under. An SE accepts on a VIP only while the
 knows names it, and only after it has asked its peer (or seen it die), so two SEs never both accept
 for long; an SE whose own clock jumped (it was frozen) stops accepting until it has asked again.
 
-The socket side lives in ``engine.ha_coordinator``; nothing here does I/O or reads a clock: time is
-passed in as monotonic seconds. The relay fallback of a shared pair (its header line, the peers'
-intake addresses, what the status calls the distribution) is decided here too.
+The socket side lives in ``engine.ha_coordinator`` (with ``engine.ha_link``, ``engine.ha_relay``
+and ``engine.ha_share``); nothing here does I/O or reads a clock: time is passed in as monotonic
+seconds. The relay fallback of a shared pair (its header line, the peers' intake addresses, what
+the status calls the distribution) is decided here too.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Active/standby VIP handoff between the SEs of one host, by sharing the listening socket.
 
-The decisions are in ``engine.ha`` (claims, takeover, clock checks); this is the socket side.
+The decisions are in ``engine.ha`` (claims, takeover, clock checks); this is the socket side. The
+SEs talk over pair links (``engine.ha_link``: a Unix socket per SE, JSON messages with file
+descriptors attached); a shared pair's primary may relay connections (``engine.ha_relay``). The
+data plane sees the coordinator as an ``engine.handoff.VipHandoff``, the coordinator sees it as
+``engine.handoff.ServedListeners``.
 
-Each SE listens on ``{ha_dir}/{name}.sock`` (``AF_UNIX``/``SOCK_SEQPACKET``: one JSON object per
-message, at most ``MAX_MESSAGE`` bytes, file descriptors attached to the message they belong to).
 A standby dials its active and says hello; the active answers with its claims and a dup of each
 listening socket the standby lacks (``send_fds``). Both sides send a heartbeat every
 ``heartbeat_interval``. Messages:
@@ -27,136 +29,39 @@ Duties, in order of importance:
 
 A shared pair (``HA_MODE_SHARED_PAIR``) works the same way, except that the owner (the primary)
 passes a share of the new connections to its linked secondaries (``conn``), the least loaded first
-by the open-connection counts they send on their heartbeats; they serve them with the same VS.
+by the open-connection counts they send on their heartbeats (``engine.ha_share``); they serve them
+with the same VS.
 
 Where passing the socket is impossible (``scaleout_mode="relay"``, or the send of the fd failed),
-the primary relays instead: it connects to the secondary's *relay intake* (a TCP listener on
-127.0.0.1 that every SE runs and advertises in its hello/claims), writes one line
-``AVI-RELAY <vs_uuid> <client_ip> <client_port> <token>\n`` (the secondary's intake token, learnt over the HA link) and then copies bytes both ways between the
-client and that connection (``_Relay``). The secondary's intake reads the line and hands the rest of
-the stream to a normal connection of the VS (``_Intake``), whose peer address is the client's (so
-``X-Forwarded-For`` names the client, not the primary). A relay that cannot be opened leaves the
-connection to the primary, which serves it itself. Relaying keeps the primary in the data path of
-every relayed connection, both ways: it costs the primary a copy of every byte and ends the relayed
-connections when the primary stops.
+the primary relays the connection to the secondary's relay intake instead (``engine.ha_relay``);
+a relay that cannot be opened leaves the connection to the primary, which serves it itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import errno
-import json
-import secrets
-import os
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import structlog
 
 from engine import ha
 from engine.config import SliceConfig, VirtualServiceConfig
 from engine.ha import Claim
+from engine.ha_link import PairLink, PairLinks, close_all
+from engine.ha_relay import Relays, hand_over
+from engine.ha_share import ConnectionShares
+from engine.handoff import ServedListeners
+from engine.listener import Listener
 
-if TYPE_CHECKING:
-    from engine.dataplane import DataPlane, Listener
-
-__all__ = ["HaCoordinator", "MAX_MESSAGE"]
+__all__ = ["HaCoordinator"]
 
 log = structlog.get_logger(__name__)
 
-MAX_MESSAGE = 65536
-MAX_FDS = 16
-SUN_PATH_MAX = 107
 MAX_PENDING = 4096
 PENDING_TTL = 3.0  # a refused connection waits this long for an owner to take it, then is closed
-RELAY_HOST = "127.0.0.1"
-RELAY_CONNECT_TIMEOUT = 1.0
-RELAY_HEADER_TIMEOUT = 5.0  # an intake connection must send its header within this
-# A send of file descriptors refused for the descriptors, not the link (an LSM, a limit): the link stays.
-_FDS_REFUSED = frozenset({errno.EPERM, errno.EACCES, errno.ETOOMANYREFS, errno.EMFILE, errno.ENFILE})
-
-
-class _Link:
-    """One connection with a peer SE (either side may have dialed)."""
-
-    def __init__(self, coordinator: "HaCoordinator", sock: socket.socket, *, peer: Optional[str] = None) -> None:
-        self.coordinator = coordinator
-        self.sock = sock
-        self.peer = peer
-        self.dialed = peer is not None
-        self.heard = False
-        self.closed = False
-        self.fds_refused = False
-        sock.setblocking(False)
-        coordinator.loop.add_reader(sock.fileno(), self._readable)
-
-    def send(self, doc: dict[str, Any], fds: list[int] | tuple[int, ...] = (), *, droppable: bool = False) -> bool:
-        if self.closed:
-            return False
-        data = json.dumps(doc, separators=(",", ":")).encode()
-        try:
-            if fds:
-                socket.send_fds(self.sock, [data], list(fds))
-            else:
-                self.sock.send(data)
-            return True
-        except BlockingIOError:
-            if droppable:
-                return False
-            self.coordinator._link_closed(self, "send buffer full")
-            return False
-        except OSError as exc:
-            if fds and exc.errno in _FDS_REFUSED:
-                if not self.fds_refused:  # said once per link: it may well refuse every one
-                    self.fds_refused = True
-                    self.coordinator.log.warning("ha_fd_send_refused", peer=self.peer, error=str(exc))
-                return False
-            self.coordinator._link_closed(self, str(exc))
-            return False
-
-    def _readable(self) -> None:
-        # An end of link right after our own freeze must be judged with the freeze known.
-        self.coordinator._check_clock()
-        while not self.closed:
-            try:
-                data, fds, flags, _ = socket.recv_fds(self.sock, MAX_MESSAGE, MAX_FDS)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.coordinator._link_closed(self, str(exc))
-                return
-            received = [socket.socket(fileno=fd) for fd in fds]
-            if not data:
-                _close_all(received)
-                self.coordinator._link_closed(self, "closed by peer")
-                return
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                _close_all(received)
-                self.coordinator._link_closed(self, "message too long")
-                return
-            try:
-                doc = json.loads(data)
-                if not isinstance(doc, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                _close_all(received)
-                self.coordinator._link_closed(self, "not a JSON object")
-                return
-            self.heard = True
-            self.coordinator._message(self, doc, received)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.coordinator.loop.remove_reader(self.sock.fileno())
-        except (ValueError, OSError):
-            pass
-        self.sock.close()
 
 
 class HaCoordinator:
@@ -164,7 +69,7 @@ class HaCoordinator:
 
     def __init__(
         self,
-        dataplane: "DataPlane",
+        dataplane: ServedListeners,
         se_name: str,
         ha_dir: str | Path,
         *,
@@ -175,14 +80,20 @@ class HaCoordinator:
         on_change: Optional[Callable[[], None]] = None,
         scaleout_mode: str = "auto",
     ) -> None:
+        if not se_name:
+            raise ValueError("an SE with an ha_dir needs its name")
+        # scaleout_mode: how a shared pair's primary hands connections on ("auto": pass the socket,
+        # relay when that fails; "relay": always relay through the primary).
         if scaleout_mode not in ha.SCALEOUT_MODES:
             raise ValueError(f"scaleout_mode must be one of {', '.join(ha.SCALEOUT_MODES)}, not {scaleout_mode!r}")
         self.dataplane = dataplane
         self.name = se_name
-        self.ha_dir = Path(ha_dir)
-        self.path = self.ha_dir / f"{se_name}.sock"
-        if len(os.fsencode(str(self.path))) > SUN_PATH_MAX:
-            raise ValueError(f"HA socket path too long for a Unix socket ({SUN_PATH_MAX} bytes max): {self.path}")
+        self.log = log.bind(se=se_name)
+        self.links = PairLinks(
+            se_name, Path(ha_dir), log=self.log, on_message=self._message, on_ended=self._link_ended, before_read=self._check_clock
+        )
+        self.relays = Relays(log=self.log, take=self._take_relayed)
+        self.shares = ConnectionShares(se_name, scaleout_mode)
         self.peer_timeout = peer_timeout
         self.heartbeat_interval = heartbeat_interval
         self.tick_interval = tick_interval
@@ -194,42 +105,21 @@ class HaCoordinator:
         self.handed_off = 0  # of those, passed to the owner
         self.taken = 0  # connections a peer passed to us
         self.scaleout_mode = scaleout_mode
-        self.relay_address: Optional[tuple[str, int]] = None  # our relay intake, once listening
-        self._peer_relay: dict[str, tuple[str, int]] = {}  # peer -> its relay intake
-        self._peer_relay_token: dict[str, str] = {}  # peer -> the token its intake wants
-        # Told to peers only over the HA link (a 0700 directory): the intake serves nobody else.
-        self.relay_token = secrets.token_hex(16)
-        self._passed: dict[str, dict[str, int]] = {}  # shared pair, primary: vs -> SE -> connections passed as fds
-        self._relayed: dict[str, dict[str, int]] = {}  # shared pair, primary: vs -> SE -> connections relayed
-        self._received: dict[str, dict[str, int]] = {}  # shared pair, secondary: vs -> "fd_passing"/"relay" -> count
-        self._relays: set[_Relay] = set()
-        self._relay_failing: set[str] = set()  # peers whose intake refused us last time (logged once)
-        self._relay_tasks: set[asyncio.Task[None]] = set()
-        self._intake: Optional[asyncio.AbstractServer] = None
-        self._intake_task: Optional[asyncio.Task[None]] = None
         self.errors: dict[str, str] = {}
         self._vs: dict[str, VirtualServiceConfig] = {}  # managed VSs of the applied slice
         self._claims: dict[str, Claim] = {}
         self._confirmed: dict[str, tuple[Claim, frozenset[str]]] = {}  # claim, peers that agreed or are gone
-        self._links: dict[str, list[_Link]] = {}
-        self._anonymous: set[_Link] = set()
         self._last_heard: dict[str, float] = {}
         self._asked: dict[str, float] = {}
         self._dialing: dict[str, tuple[float, float, float]] = {}  # peer -> since, next attempt, backoff
         self._pending: list[tuple[str, tuple[str, int], socket.socket, float]] = []
-        self._peer_open: dict[str, int] = {}
-        self._passed_since_beat: dict[str, int] = {}  # shared pair: connections given since that SE's last heartbeat
-        self._own_open = 0  # open connections at our last heartbeat
-        self._shared: dict[str, dict[str, int]] = {}  # shared pair: vs -> SE -> new connections given to it
         self._activating: set[str] = set()
         self._reconciling = False
         self._again = False
         self._last_tick = time.monotonic()
         self._last_heartbeat = 0.0
-        self._server: Optional[socket.socket] = None
         self._ticker: Optional[asyncio.Task[None]] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self.log = log.bind(se=se_name)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -243,93 +133,28 @@ class HaCoordinator:
         if self._ticker is not None:
             return
         self._loop = asyncio.get_running_loop()
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self.ha_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
-            server.bind(str(self.path))
-            server.listen(16)
-            server.setblocking(False)
-        except OSError as exc:
-            # Serving goes on; peers cannot reach us, so a standby cannot hold our sockets (and its
-            # own bind of a VIP we hold fails: the kernel still keeps one owner).
-            server.close()
-            self.log.error("ha_unavailable", path=str(self.path), error=str(exc))
-        else:
-            self._server = server
-            self.loop.add_reader(server.fileno(), self._accept)
-            self.log.info("ha_listening", path=str(self.path))
-        self._start_intake()
+        self.links.start(self.loop)
+        self.relays.start(self.loop)
         self._last_tick = time.monotonic()
         self._ticker = self.loop.create_task(self._tick_forever())
-
-    def _start_intake(self) -> None:
-        """Listen for relayed connections on an ephemeral loopback port (its address is known at once)."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind((RELAY_HOST, 0))
-            sock.listen(128)
-            sock.setblocking(False)
-            address = sock.getsockname()
-        except OSError as exc:
-            sock.close()
-            self.log.error("ha_relay_intake_unavailable", error=str(exc))
-            return
-        self.relay_address = (address[0], address[1])
-
-        async def serve() -> None:
-            try:
-                self._intake = await self.loop.create_server(lambda: _Intake(self), sock=sock, backlog=128)
-            except OSError as exc:
-                sock.close()
-                self.relay_address = None
-                self.log.error("ha_relay_intake_unavailable", error=str(exc))
-
-        self._intake_task = self.loop.create_task(serve())
 
     async def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
             self._ticker = None
-        if self._intake_task is not None:
-            await asyncio.gather(self._intake_task, return_exceptions=True)
-            self._intake_task = None
-        if self._intake is not None:
-            self._intake.close()
-            self._intake = None
-        self.relay_address = None
-        for task in list(self._relay_tasks):
-            task.cancel()
-        await asyncio.gather(*self._relay_tasks, return_exceptions=True)
-        for relay in list(self._relays):
-            relay.close(abort=True)
-        for link in [*self._anonymous, *(lk for links in self._links.values() for lk in links)]:
-            link.close()
-        self._anonymous.clear()
-        self._links.clear()
+        await self.relays.close()
+        self.links.close()
         for _, _, sock, _ in self._pending:
             sock.close()
         self._pending = []
-        if self._server is not None:
-            self.loop.remove_reader(self._server.fileno())
-            try:
-                if os.stat(self.path).st_ino == os.fstat(self._server.fileno()).st_ino:
-                    self.path.unlink()
-            except OSError:
-                pass
-            self._server.close()
-            self._server = None
 
     # -- what the data plane asks --------------------------------------------------------------
 
     def manages(self, vs: VirtualServiceConfig) -> bool:
         return ha.managed(vs.placement, self.name)
 
-    def attach(self, listener: "Listener") -> None:
+    def attach(self, listener: Listener) -> None:
         listener.gate = self._admit
         listener.refused = self._refused
 
@@ -342,10 +167,8 @@ class HaCoordinator:
             self._confirmed.pop(uuid, None)
             self.takeovers.pop(uuid, None)
             self.errors.pop(uuid, None)
-            self._shared.pop(uuid, None)
-            self._passed.pop(uuid, None)
-            self._relayed.pop(uuid, None)
-            self._received.pop(uuid, None)
+            self.shares.forget_vs(uuid)
+            self.relays.relayed.pop(uuid, None)
         self._vs = wanted
         changed = []
         for uuid, vs in wanted.items():
@@ -383,15 +206,7 @@ class HaCoordinator:
             if took is not None and took["epoch"] == claim.epoch and claim.owner == self.name:
                 entry.update(took_over_from=took["took_over_from"], at=took["at"], reason=took["reason"])
             if shared:
-                if role == "active":
-                    passed, relayed = self._passed.get(uuid, {}), self._relayed.get(uuid, {})
-                    entry["distribution"] = ha.distribution(sum(passed.values()), sum(relayed.values()), self.scaleout_mode)
-                    entry["given"] = dict(self._shared.get(uuid, {}))
-                    entry["relayed"] = dict(relayed)
-                else:
-                    received = self._received.get(uuid, {})
-                    entry["distribution"] = ha.distribution(received.get("fd_passing", 0), received.get("relay", 0), self.scaleout_mode)
-                    entry["received"] = dict(received)
+                entry.update(self.shares.status(uuid, role == "active", self.relays.relayed.get(uuid, {})))
             if uuid in self.errors:
                 entry["error"] = self.errors[uuid]
             out[uuid] = entry
@@ -406,7 +221,7 @@ class HaCoordinator:
         confirmed = self._confirmed.get(uuid)
         return confirmed is not None and confirmed[0] == claim
 
-    def _admit(self, listener: "Listener") -> bool | str:
+    def _admit(self, listener: Listener) -> bool | str:
         """True: serve here; False: hold until confirmed; a peer's name: pass it to that peer (shared pair)."""
         # Runs before any timer after a freeze (I/O callbacks come first), so it reads the clock itself.
         self._check_clock()
@@ -416,24 +231,11 @@ class HaCoordinator:
         if not self._may_accept(vs.uuid):
             return False
         if self._mode(vs.uuid) == ha.SHARED_PAIR:
-            return self._share(vs.uuid)
+            target = self.shares.pick(vs.uuid, [peer for peer in self._peers(vs.uuid) if peer in self.links])
+            return True if target == self.name else target
         return True
 
-    def _share(self, uuid: str) -> bool | str:
-        # Like for like: each SE's open connections at its last heartbeat plus those given it since.
-        loads = {self.name: self._own_open + self._passed_since_beat.get(self.name, 0)}
-        for peer in self._peers(uuid):
-            if peer in self._links:
-                loads[peer] = self._peer_open.get(peer, 0) + self._passed_since_beat.get(peer, 0)
-        given = self._shared.setdefault(uuid, {})
-        target = ha.pick_target(loads, given)
-        given[target] = given.get(target, 0) + 1
-        if target == self.name:
-            self._passed_since_beat[self.name] = self._passed_since_beat.get(self.name, 0) + 1
-            return True
-        return target
-
-    def _refused(self, listener: "Listener", sock: socket.socket, verdict: Any) -> None:
+    def _refused(self, listener: Listener, sock: socket.socket, verdict: Any) -> None:
         if isinstance(verdict, str):
             self._give(listener, sock, verdict)
             return
@@ -444,81 +246,25 @@ class HaCoordinator:
         self._pending.append((listener.vs.config.uuid, listener.address, sock, time.monotonic()))
         self.loop.call_soon(self._reconcile)
 
-    def _give(self, listener: "Listener", sock: socket.socket, peer: str) -> None:
+    def _give(self, listener: Listener, sock: socket.socket, peer: str) -> None:
         """Shared pair: pass a new connection to secondary ``peer`` (its socket, else relayed), else serve it here."""
         uuid = listener.vs.config.uuid
         if self.scaleout_mode != "relay":
-            link = self._link(peer)
+            link = self.links.link_to(peer)
             message = {"t": "conn", "vs": uuid, "vip": listener.address[0], "port": listener.address[1]}
             if link is not None and link.send(message, [sock.fileno()]):
-                self._passed_since_beat[peer] = self._passed_since_beat.get(peer, 0) + 1
-                passed = self._passed.setdefault(uuid, {})
-                passed[peer] = passed.get(peer, 0) + 1
+                self.shares.passed(uuid, peer)
                 sock.close()
                 return
         # A failed send may have ended the link: a peer found gone meanwhile has no relay address.
-        relay_to = self._peer_relay.get(peer)
-        if relay_to is None or peer not in self._peer_relay_token:
-            self._serve(listener, sock)  # the secondary went away meanwhile
+        if not self.relays.knows(peer):
+            listener.serve_accepted(sock)  # the secondary went away meanwhile
             return
-        self._passed_since_beat[peer] = self._passed_since_beat.get(peer, 0) + 1
-        task = self.loop.create_task(self._relay(listener, sock, peer, relay_to))
-        self._relay_tasks.add(task)
-        task.add_done_callback(self._relay_tasks.discard)
+        self.shares.relaying(peer)
+        self.relays.relay(listener, sock, peer)
 
-    async def _relay(self, listener: "Listener", sock: socket.socket, peer: str, address: tuple[str, int]) -> None:
-        """Relay one client connection to ``peer``'s intake; serve it here when the relay cannot be opened."""
-        uuid = listener.vs.config.uuid
-        try:
-            client = sock.getpeername()
-        except OSError:
-            sock.close()  # the client is gone already
-            return
-        relay = _Relay(self)
-        try:
-            async with asyncio.timeout(RELAY_CONNECT_TIMEOUT):
-                await self.loop.create_connection(lambda: relay.server, address[0], address[1])
-        except (OSError, TimeoutError) as exc:
-            if peer not in self._relay_failing:
-                self._relay_failing.add(peer)
-                self.log.warning("ha_relay_failed", peer=peer, vs_uuid=uuid, relay=f"{address[0]}:{address[1]}",
-                                 error=str(exc) or type(exc).__name__, serving_here=True)
-            self._serve(listener, sock)
-            return
-        except BaseException:
-            sock.close()
-            raise
-        relay.server.transport.write(ha.relay_header(uuid, (client[0], client[1]), self._peer_relay_token.get(peer, "")))
-        if relay.closed:  # the intake hung up at once: nothing of the client's was read yet
-            self._serve(listener, sock)
-            return
-        self._relays.add(relay)
-        sock.setblocking(False)
-        try:
-            await self.loop.connect_accepted_socket(lambda: relay.client, sock=sock)
-        except OSError:
-            sock.close()
-            relay.close(abort=True)
-            return
-        except BaseException:
-            relay.close(abort=True)
-            raise
-        self._relay_failing.discard(peer)
-        relayed = self._relayed.setdefault(uuid, {})
-        relayed[peer] = relayed.get(peer, 0) + 1
-        relay.joined()
-
-    def _take_relayed(self, transport: Any, header: Optional[tuple[str, tuple[str, int], str]], rest: bytes) -> None:
-        """An intake connection sent its header: serve the rest of its stream as a connection of the VS."""
-        if header is None:
-            self.log.warning("ha_relay_refused", reason="bad header")
-            transport.close()
-            return
-        uuid, client, token = header
-        if not hmac.compare_digest(token.encode(), self.relay_token.encode()):
-            self.log.warning("ha_relay_refused", reason="wrong token")
-            transport.close()
-            return
+    def _take_relayed(self, transport: Any, uuid: str, client: tuple[str, int], rest: bytes) -> None:
+        """A connection relayed to our intake for VS ``uuid``: serve the rest of its stream as a connection of the VS."""
         claim = self._claims.get(uuid)
         listeners = [lst for lst in self.dataplane.listeners_of(uuid) if not lst.draining]
         if claim is None or claim.owner == self.name or self._mode(uuid) != ha.SHARED_PAIR or not listeners:
@@ -527,12 +273,8 @@ class HaCoordinator:
             return
         # Any listener of the VS serves it alike (they share its VsRuntime); the first one counts it.
         proto = listeners[0].serve_protocol()
-        received = self._received.setdefault(uuid, {})
-        received["relay"] = received.get("relay", 0) + 1
-        transport.set_protocol(proto)
-        proto.connection_made(_RelayedTransport(transport, client))
-        if rest:
-            proto.data_received(rest)
+        self.shares.received(uuid, "relay")
+        hand_over(transport, proto, client, rest)
 
     # -- clock, peers, claims ------------------------------------------------------------------
 
@@ -592,10 +334,6 @@ class HaCoordinator:
     def _shared_with(self, peer: str) -> list[str]:
         return [u for u in self._claims if peer in self._peers(u)]
 
-    def _link(self, peer: str) -> Optional[_Link]:
-        links = self._links.get(peer)
-        return links[-1] if links else None
-
     def _consulted(self, peer: str) -> None:
         """``peer`` answered our claims (or is gone): our claims it shares are confirmed as far as it goes."""
         self._asked.pop(peer, None)
@@ -609,14 +347,11 @@ class HaCoordinator:
         self._reconcile()
 
     def _peer_lost(self, peer: str, reason: str) -> None:
-        for link in self._links.pop(peer, []):
-            link.close()
+        self.links.drop(peer)
         self._last_heard.pop(peer, None)
         self._dialing.pop(peer, None)
-        self._peer_open.pop(peer, None)
-        self._passed_since_beat.pop(peer, None)
-        self._peer_relay.pop(peer, None)
-        self._peer_relay_token.pop(peer, None)
+        self.shares.forget_peer(peer)
+        self.relays.forget(peer)
         members = {u: vs.placement.ses for u, vs in self._vs.items() if vs.placement is not None}
         taken = ha.after_peer_lost(self._claims, members, self.name, peer)
         self.log.warning("ha_peer_lost", peer=peer, reason=reason, taking_over=sorted(taken))
@@ -641,29 +376,10 @@ class HaCoordinator:
 
     # -- the channel ---------------------------------------------------------------------------
 
-    def _accept(self) -> None:
-        assert self._server is not None
-        while True:
-            try:
-                conn, _ = self._server.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.log.warning("ha_accept_failed", error=str(exc))
-                return
-            self._anonymous.add(_Link(self, conn))
-
-    def _dial(self, peer: str) -> Optional[_Link]:
-        path = self.ha_dir / f"{peer}.sock"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sock.setblocking(False)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            sock.close()
+    def _dial(self, peer: str) -> Optional[PairLink]:
+        link = self.links.dial(peer)
+        if link is None:
             return None
-        link = _Link(self, sock, peer=peer)
-        self._links.setdefault(peer, []).append(link)
         self._last_heard[peer] = time.monotonic()
         self._dialing.pop(peer, None)
         self._asked[peer] = time.monotonic()
@@ -678,32 +394,20 @@ class HaCoordinator:
             "t": kind, "from": self.name, "ask": ask, "reply": reply, "need": need,
             "claims": {u: self._claims[u].to_wire() for u in shared},
         }
-        if self.relay_address is not None:
-            doc["relay"] = list(self.relay_address)
-            doc["relay_token"] = self.relay_token
+        self.relays.advertise(doc)
         return doc
 
     def _announce(self, uuids: list[str]) -> None:
         """Tell the linked peers about changed claims (the lattice converges: they answer only on change)."""
         for peer in {p for u in uuids for p in self._peers(u)}:
-            link = self._link(peer)
+            link = self.links.link_to(peer)
             if link is not None:
                 link.send(self._claims_message(peer, "claims"))
 
-    def _link_closed(self, link: _Link, reason: str) -> None:
-        if link.closed:
-            return
-        link.close()
-        self._anonymous.discard(link)
+    def _link_ended(self, link: PairLink, reason: str) -> None:
+        """The last link with ``link.peer`` ended."""
         peer = link.peer
-        if peer is None:
-            return
-        links = self._links.get(peer, [])
-        if link in links:
-            links.remove(link)
-        if links:
-            return
-        self._links.pop(peer, None)
+        assert peer is not None
         if not link.heard:
             self._peer_lost(peer, "peer_exited")
             return
@@ -714,32 +418,24 @@ class HaCoordinator:
         else:
             self.log.info("ha_link_reopened", peer=peer, reason=reason)
 
-    def _message(self, link: _Link, doc: dict[str, Any], fds: list[socket.socket]) -> None:
+    def _message(self, link: PairLink, doc: dict[str, Any], fds: list[socket.socket]) -> None:
         self._check_clock()
         kind = doc.get("t")
-        if link.peer is None:
+        peer = link.peer
+        if peer is None:
             sender = doc.get("from")
             if kind != "hello" or not isinstance(sender, str) or not sender or sender == self.name:
-                _close_all(fds)
-                self._link_closed(link, "no hello")
+                close_all(fds)
+                self.links.end(link, "no hello")
                 return
-            link.peer = sender
-            self._anonymous.discard(link)
-            self._links.setdefault(sender, []).append(link)
+            self.links.identify(link, sender)
             self._dialing.pop(sender, None)
             self.log.info("ha_peer_connected", peer=sender)
-        peer = link.peer
+            peer = sender
         self._last_heard[peer] = time.monotonic()
         if kind in ("hello", "claims"):
-            _close_all(fds)
-            if "relay" in doc:
-                relay = ha.relay_from_wire(doc["relay"])
-                token = ha.relay_token_from_wire(doc.get("relay_token"))
-                if relay is not None and token is not None:
-                    self._peer_relay[peer] = relay
-                    self._peer_relay_token[peer] = token
-                else:
-                    self.log.warning("ha_bad_relay_address", peer=peer, relay=str(doc["relay"])[:100])
+            close_all(fds)
+            self.relays.learn(peer, doc)
             self._merge_from(peer, doc.get("claims"))
             if doc.get("ask"):
                 link.send(self._claims_message(peer, "claims", reply=True))
@@ -751,13 +447,12 @@ class HaCoordinator:
         elif kind == "conn":
             self._take_connection(peer, doc, fds)
         elif kind == "hb":
-            _close_all(fds)
+            close_all(fds)
             open_conns = doc.get("open")
             if isinstance(open_conns, int):
-                self._peer_open[peer] = open_conns
-                self._passed_since_beat[peer] = 0
+                self.shares.heard(peer, open_conns)
         else:
-            _close_all(fds)
+            close_all(fds)
 
     def _merge_from(self, peer: str, wire: Any) -> None:
         if not isinstance(wire, dict):
@@ -780,7 +475,7 @@ class HaCoordinator:
             self._announce(changed)
             self._reconcile()
 
-    def _send_sockets(self, link: _Link, peer: str, need: Any) -> None:
+    def _send_sockets(self, link: PairLink, peer: str, need: Any) -> None:
         if not isinstance(need, list):
             return
         for item in need:
@@ -795,7 +490,7 @@ class HaCoordinator:
             claim = self._claims[uuid]
             link.send({"t": "fd", "vs": uuid, "vip": item[0], "port": item[1], "epoch": claim.epoch}, [listener.held.fileno()])
 
-    def _listener_for(self, peer: str, doc: dict[str, Any]) -> Optional["Listener"]:
+    def _listener_for(self, peer: str, doc: dict[str, Any]) -> Optional[Listener]:
         vip, port, uuid = doc.get("vip"), doc.get("port"), doc.get("vs")
         if not isinstance(vip, str) or not isinstance(port, int):
             return None
@@ -807,7 +502,7 @@ class HaCoordinator:
     def _take_socket(self, peer: str, doc: dict[str, Any], fds: list[socket.socket]) -> None:
         listener = self._listener_for(peer, doc)
         if listener is None or len(fds) != 1:
-            _close_all(fds)
+            close_all(fds)
             return
         if listener.adopt(fds[0]):
             self.log.info("ha_socket_held", vs=listener.vs.config.name, address=f"{listener.address[0]}:{listener.address[1]}", peer=peer)
@@ -816,23 +511,11 @@ class HaCoordinator:
     def _take_connection(self, peer: str, doc: dict[str, Any], fds: list[socket.socket]) -> None:
         listener = self._listener_for(peer, doc)
         if listener is None or len(fds) != 1:
-            _close_all(fds)
+            close_all(fds)
             return
         self.taken += 1
-        received = self._received.setdefault(listener.vs.config.uuid, {})
-        received["fd_passing"] = received.get("fd_passing", 0) + 1
-        self._serve(listener, fds[0])
-
-    def _serve(self, listener: "Listener", sock: socket.socket) -> None:
-        sock.setblocking(False)
-
-        async def serve() -> None:
-            try:
-                await self.loop.connect_accepted_socket(listener.serve_protocol, sock=sock)
-            except OSError:
-                sock.close()
-
-        self.loop.create_task(serve())
+        self.shares.received(listener.vs.config.uuid, "fd_passing")
+        listener.serve_accepted(fds[0])
 
     # -- the periodic and level-triggered part -------------------------------------------------
 
@@ -852,16 +535,14 @@ class HaCoordinator:
                 self.log.info("ha_peer_did_not_answer", peer=peer)
                 self._consulted(peer)
         for peer, heard in list(self._last_heard.items()):
-            if peer in self._links and ha.peer_silent(heard, now, self.peer_timeout):
+            if peer in self.links and ha.peer_silent(heard, now, self.peer_timeout):
                 self._peer_lost(peer, "peer_timeout")
         if now - self._last_heartbeat >= self.heartbeat_interval:
             self._last_heartbeat = now
-            self._own_open = self.dataplane.open_connections()
-            self._passed_since_beat[self.name] = 0
-            beat = {"t": "hb", "open": self._own_open}
-            for links in list(self._links.values()):
-                for link in list(links):
-                    link.send(beat, droppable=True)
+            self.shares.beat(self.dataplane.open_connections())
+            beat = {"t": "hb", "open": self.shares.own_open}
+            for link in self.links.each():
+                link.send(beat, droppable=True)
         self._reconcile()
 
     def _reconcile(self) -> None:
@@ -896,7 +577,7 @@ class HaCoordinator:
                 for peer in self._peers(uuid):
                     if peer in self._asked:
                         continue
-                    link = self._link(peer)
+                    link = self.links.link_to(peer)
                     if link is not None:
                         self._asked[peer] = now
                         link.send(self._claims_message(peer, "claims", ask=True))
@@ -908,7 +589,7 @@ class HaCoordinator:
 
     def _keep_link(self, owner: str, now: float) -> None:
         """A standby stays linked to its active; an active it cannot reach for ``dial_deadline`` is lost."""
-        if owner in self._links:
+        if owner in self.links:
             return
         since, next_at, backoff = self._dialing.get(owner, (now, now, 0.05))
         if now < next_at:
@@ -944,7 +625,7 @@ class HaCoordinator:
             # A standby that said hello before these sockets existed holds none yet: push them now.
             addresses = [list(lst.address) for lst in self.dataplane.listeners_of(uuid)]
             for peer in self._peers(uuid):
-                link = self._link(peer)
+                link = self.links.link_to(peer)
                 if link is not None:
                     self._send_sockets(link, peer, addresses)
             self._changed()
@@ -961,8 +642,8 @@ class HaCoordinator:
             if claim is None or listener is None or listener.vs.config.uuid != uuid:
                 sock.close()
             elif claim.owner == self.name and self._may_accept(uuid):
-                self._serve(listener, sock)
-            elif claim.owner != self.name and (link := self._link(claim.owner)) is not None:
+                listener.serve_accepted(sock)
+            elif claim.owner != self.name and (link := self.links.link_to(claim.owner)) is not None:
                 if link.send({"t": "conn", "vs": uuid, "vip": address[0], "port": address[1]}, [sock.fileno()]):
                     self.handed_off += 1
                 sock.close()
@@ -971,185 +652,3 @@ class HaCoordinator:
             else:
                 keep.append((uuid, address, sock, since))
         self._pending = keep
-
-
-class _RelayEnd(asyncio.Protocol):
-    """One side of a relayed connection on the primary: the client's, or the one to the secondary."""
-
-    __slots__ = ("relay", "transport", "other", "eof", "early")
-
-    def __init__(self, relay: "_Relay") -> None:
-        self.relay = relay
-        self.transport: Any = None
-        self.other: Optional[_RelayEnd] = None
-        self.eof = False
-        self.early: Optional[list[bytes]] = None  # read before the other side was connected
-
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        other = self.other
-        if other is None or other.transport is None:
-            if self.early is None:
-                self.early = [data]
-            else:
-                self.early.append(data)
-            self.transport.pause_reading()
-            return
-        other.transport.write(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        other = self.other
-        if other is not None and other.transport is not None:
-            self.relay.passed_eof(self)
-        return True  # keep writing the other way until it ends too
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self.relay.close(abort=exc is not None)
-
-    # Back-pressure: a side that cannot write as fast as the other reads stops the other's reads.
-    def pause_writing(self) -> None:
-        other = self.other
-        if other is not None and other.transport is not None:
-            other.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        other = self.other
-        if other is not None and other.transport is not None:
-            other.transport.resume_reading()
-
-
-class _Relay:
-    """A client connection the primary relays to a secondary's intake, byte for byte, both ways."""
-
-    __slots__ = ("coordinator", "client", "server", "closed")
-
-    def __init__(self, coordinator: HaCoordinator) -> None:
-        self.coordinator = coordinator
-        self.client = _RelayEnd(self)
-        self.server = _RelayEnd(self)
-        self.client.other = self.server
-        self.server.other = self.client
-        self.closed = False
-
-    def joined(self) -> None:
-        """Both sides are connected: pass on what one side read or ended before the other was."""
-        if self.closed:
-            for end in (self.client, self.server):
-                if end.transport is not None:
-                    end.transport.abort()
-            return
-        for end in (self.server, self.client):
-            early, end.early = end.early, None
-            if early is not None:
-                end.transport.resume_reading()  # first: the write may pause it again
-                end.other.transport.writelines(early)  # type: ignore[union-attr]
-        for end in (self.server, self.client):
-            if end.eof and not self.closed:
-                self.passed_eof(end)
-
-    def passed_eof(self, end: _RelayEnd) -> None:
-        other = end.other
-        assert other is not None
-        if end.eof and other.eof:
-            self.close(abort=False)
-            return
-        try:
-            other.transport.write_eof()
-        except (OSError, RuntimeError):
-            self.close(abort=True)
-
-    def close(self, abort: bool) -> None:
-        """End both sides (``abort``: at once, else after what is buffered was written)."""
-        if self.closed:
-            return
-        self.closed = True
-        self.coordinator._relays.discard(self)
-        for end in (self.client, self.server):
-            transport = end.transport
-            if transport is not None and not transport.is_closing():
-                if abort:
-                    transport.abort()
-                else:
-                    transport.close()
-
-
-class _Intake(asyncio.Protocol):
-    """A connection to this SE's relay intake, until its header line is read."""
-
-    __slots__ = ("coordinator", "transport", "buffer", "timer")
-
-    def __init__(self, coordinator: HaCoordinator) -> None:
-        self.coordinator = coordinator
-        self.transport: Any = None
-        self.buffer = b""
-        self.timer: Optional[asyncio.TimerHandle] = None
-
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-        self.transport = transport
-        self.timer = self.coordinator.loop.call_later(RELAY_HEADER_TIMEOUT, transport.abort)
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer + data
-        end = buffer.find(b"\n", 0, ha.RELAY_HEADER_MAX)
-        if end < 0:
-            if len(buffer) >= ha.RELAY_HEADER_MAX:
-                self._stop()
-                self.coordinator.log.warning("ha_relay_refused", reason="header too long")
-                self.transport.close()
-            else:
-                self.buffer = buffer
-            return
-        self._stop()
-        self.buffer = b""
-        self.coordinator._take_relayed(self.transport, ha.parse_relay_header(buffer[:end]), buffer[end + 1:])
-
-    def eof_received(self) -> bool:
-        return False  # no header: close
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self._stop()
-
-    def _stop(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-
-_DELEGATED = (
-    "write", "writelines", "write_eof", "can_write_eof", "pause_reading", "resume_reading", "is_reading", "is_closing",
-    "close", "abort", "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits", "get_protocol",
-    "set_protocol",
-)
-
-
-class _RelayedTransport:
-    """A relayed connection's transport as the proxy sees it: its peer is the client the primary accepted.
-
-    Only relayed connections get one; the proxies read ``peername`` once, in ``connection_made``.
-    """
-
-    __slots__ = ("_transport", "_peername", *_DELEGATED)
-
-    def __init__(self, transport: Any, peername: tuple[str, int]) -> None:
-        self._transport = transport
-        self._peername = peername
-        for name in _DELEGATED:
-            method = getattr(transport, name, None)
-            if method is not None:
-                setattr(self, name, method)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "peername":
-            return self._peername
-        return self._transport.get_extra_info(name, default)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-def _close_all(socks: list[socket.socket]) -> None:
-    for sock in socks:
-        sock.close()

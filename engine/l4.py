@@ -7,9 +7,9 @@ runs both ways: when one side's write buffer passes its high-water mark the loop
 (EOF from one side becomes ``write_eof`` on the other); the pair is closed once both directions
 have ended or either side is lost.
 
-The listener object handed to ``L4Connection`` is the data plane's (see ``engine.dataplane``); the
-protocol only relies on ``listener.vs`` (``.pool`` with ``.balancer`` and ``.connect_timeout``,
-``.stats``), ``listener.connections`` and ``listener.loop``. A backend connection is counted with
+The listener object handed to ``L4Connection`` is an ``engine.listener.Listener``; the protocol
+only relies on ``listener.vs`` (``.pool`` with ``.balancer`` and ``.connect_timeout``, ``.stats``),
+``listener.connections`` and ``listener.loop``. A backend connection is counted with
 ``Balancer.opened`` while it is open and released with ``closed`` on the same Balancer.
 
 Bulk flows are spliced (Linux): once one read on either side returns at least ``SPLICE_TRIGGER``
@@ -43,7 +43,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
-    from engine.dataplane import Listener
+    from engine.listener import Listener
     from engine.routing import Balancer
 
 __all__ = ["CONNECT_ATTEMPTS", "L4Connection", "PIPE_SIZE", "SPLICE_TRIGGER"]

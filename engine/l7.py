@@ -3,10 +3,10 @@
 A client connection (``L7Connection``) parses requests with ``httptools.HttpRequestParser`` and
 proxies them one at a time, in order, to a backend picked per request; pipelined requests wait in
 a queue (bounded: reading pauses when it is full). Backend connections (``_Upstream``) come from a
-per-pool ``UpstreamPool`` of idle keep-alive connections and go back to it when a response ends
-cleanly. Bodies are streamed both ways, never buffered whole: Content-Length bodies pass through
-as they are, chunked ones are re-chunked (trailers are dropped). Back-pressure runs both ways
-(``pause_writing`` on one side pauses reading on the other).
+per-pool ``engine.upstreams.UpstreamPool`` of idle keep-alive connections and go back to it when a
+response ends cleanly. Bodies are streamed both ways, never buffered whole: Content-Length bodies
+pass through as they are, chunked ones are re-chunked (trailers are dropped). Back-pressure runs
+both ways (``pause_writing`` on one side pauses reading on the other).
 
 Contracts worth knowing:
 - ``should_keep_alive()`` is read inside ``on_message_complete`` (and ``on_headers_complete``):
@@ -44,9 +44,11 @@ from typing import TYPE_CHECKING, Any, Optional
 import httptools
 
 if TYPE_CHECKING:
-    from engine.dataplane import Listener, PoolRuntime
+    from engine.listener import Listener
+    from engine.runtime import PoolRuntime
+    from engine.upstreams import UpstreamPool
 
-__all__ = ["L7Connection", "UpstreamPool"]
+__all__ = ["L7Connection"]
 
 CONNECT_ATTEMPTS = 3
 MAX_PIPELINE = 32  # queued requests per client connection before reading pauses
@@ -149,76 +151,6 @@ def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
     if flusher is None:
         flusher = _FLUSHERS[loop] = _Flusher(loop)
     return flusher
-
-
-class UpstreamPool:
-    """Idle keep-alive backend connections of one pool, per server key, most recently used first."""
-
-    def __init__(self, max_idle_per_server: int = 64, idle_timeout: float = 30.0) -> None:
-        self.max_idle_per_server = max_idle_per_server
-        self.idle_timeout = idle_timeout
-        self._idle: dict[str, list[_Upstream]] = {}
-        self._keys: Optional[frozenset[str]] = None  # None: accept any key
-
-    def take(self, key: str, now: float) -> Optional["_Upstream"]:
-        idle = self._idle.get(key)
-        while idle:
-            upstream = idle.pop()
-            if upstream.transport.is_closing():
-                continue
-            if now - upstream.idle_since > self.idle_timeout:
-                upstream.transport.close()
-                continue
-            return upstream
-        return None
-
-    def put(self, upstream: "_Upstream", now: float) -> None:
-        key = upstream.key
-        if self._keys is not None and key not in self._keys:
-            upstream.transport.close()
-            return
-        idle = self._idle.get(key)
-        if idle is None:
-            idle = self._idle[key] = []
-        if len(idle) >= self.max_idle_per_server:
-            upstream.transport.close()
-            return
-        upstream.idle_since = now
-        idle.append(upstream)
-
-    def discard(self, upstream: "_Upstream") -> None:
-        idle = self._idle.get(upstream.key)
-        if idle and upstream in idle:
-            idle.remove(upstream)
-
-    def retain(self, keys: frozenset[str]) -> None:
-        """Only servers in ``keys`` may be pooled from now on; idle connections to others are closed."""
-        self._keys = keys
-        for key in [k for k in self._idle if k not in keys]:
-            for upstream in self._idle.pop(key):
-                upstream.transport.close()
-
-    def sweep(self, now: float) -> None:
-        """Close connections idle for longer than ``idle_timeout``."""
-        for idle in self._idle.values():
-            fresh = [u for u in idle if now - u.idle_since <= self.idle_timeout and not u.transport.is_closing()]
-            for upstream in idle:
-                if upstream not in fresh:
-                    upstream.transport.close()
-            idle[:] = fresh
-
-    def idle_count(self, key: Optional[str] = None) -> int:
-        if key is not None:
-            return len(self._idle.get(key, ()))
-        return sum(len(v) for v in self._idle.values())
-
-    def close(self) -> None:
-        """Close the idle connections; connections still in use are closed when they finish."""
-        self._keys = frozenset()
-        for idle in self._idle.values():
-            for upstream in idle:
-                upstream.transport.close()
-        self._idle.clear()
 
 
 class _Request:
@@ -864,7 +796,7 @@ class _Upstream(asyncio.Protocol):
         "paused",
     )
 
-    def __init__(self, pool: UpstreamPool, key: str) -> None:
+    def __init__(self, pool: UpstreamPool[_Upstream], key: str) -> None:
         self.pool = pool
         self.key = key
         self.transport: Any = None

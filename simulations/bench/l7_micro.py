@@ -50,9 +50,10 @@ def build(conns: int = 16) -> tuple[list[object], list[object]]:
     import uvloop
 
     from engine.config import ServerConfig
-    from engine.l7 import L7Connection, UpstreamPool, _Upstream
+    from engine.l7 import L7Connection, _Upstream
     from engine.routing import Balancer
     from engine.telemetry import VsStats
+    from engine.upstreams import UpstreamPool
 
     loop = uvloop.new_event_loop()
     servers = [ServerConfig("127.0.0.1", p) for p in (9001, 9002)]

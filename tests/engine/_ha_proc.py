@@ -14,12 +14,14 @@ import json
 import os
 import signal
 import sys
+from functools import partial
 from typing import Any, Callable
 
 import uvloop
 
 from engine.config import PoolConfig, SliceConfig
 from engine.dataplane import DataPlane
+from engine.ha_coordinator import HaCoordinator
 
 
 class _AllUp:
@@ -79,7 +81,7 @@ async def main(name: str, slice_file: str, ha_dir: str, status_file: str, backen
         loop.add_signal_handler(sig, stop.set)
     _Backend.name = name.encode()
     backend = await loop.create_server(_Backend, "127.0.0.1", backend_port, reuse_address=True)
-    plane = DataPlane(health_factory=_AllUp, se_name=name, ha_dir=ha_dir, scaleout_mode=scaleout_mode)
+    plane = DataPlane(health_factory=_AllUp, ha=partial(HaCoordinator, se_name=name, ha_dir=ha_dir, scaleout_mode=scaleout_mode))
     seen: tuple[int, int] = (0, 0)
     last_status = ""
     while not stop.is_set():

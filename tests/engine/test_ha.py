@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -531,6 +532,7 @@ class _InProcess:
         import asyncio
 
         from engine.dataplane import DataPlane
+        from engine.ha_coordinator import HaCoordinator
         from tests.engine.test_dataplane import StubChecker
 
         body = f"se={name}".encode()
@@ -548,7 +550,7 @@ class _InProcess:
         self.backends.append(backend)
         backend_port = backend.sockets[0].getsockname()[1]
         # A long peer timeout: nobody is declared lost unless the test says so.
-        plane = DataPlane(health_factory=StubChecker, se_name=name, ha_dir=self.ha_dir, peer_timeout=5.0)
+        plane = DataPlane(health_factory=StubChecker, ha=partial(HaCoordinator, se_name=name, ha_dir=self.ha_dir, peer_timeout=5.0))
         assert {} == await plane.apply(SliceConfig.from_dict(_slice_doc(name, self.vip, self.port, backend_port, ses, epoch)))
         self.planes[name] = plane
         return plane
@@ -659,9 +661,10 @@ def test_slice_without_ha_binds_as_before() -> None:
 def test_long_ha_socket_path_is_refused() -> None:
     """An HA directory too deep for a Unix socket path is a clear error, not a silent truncation."""
     from engine.dataplane import DataPlane
+    from engine.ha_coordinator import HaCoordinator
 
     with pytest.raises(ValueError, match="too long"):
-        DataPlane(se_name="se-a", ha_dir="/tmp/" + "d" * 120)
+        DataPlane(ha=partial(HaCoordinator, se_name="se-a", ha_dir="/tmp/" + "d" * 120))
 
 
 def test_agent_reports_ha_roles(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import tempfile
+from functools import partial
 from typing import Any, Awaitable, Callable, Optional
 
 import pytest
@@ -81,9 +82,10 @@ def test_distribution_names_what_happened() -> None:
 
 def test_unknown_scaleout_mode_is_refused() -> None:
     from engine.dataplane import DataPlane
+    from engine.ha_coordinator import HaCoordinator
 
     with pytest.raises(ValueError, match="scaleout_mode"):
-        DataPlane(se_name="se-a", ha_dir="/tmp/avha-unused", scaleout_mode="splice")
+        DataPlane(ha=partial(HaCoordinator, se_name="se-a", ha_dir="/tmp/avha-unused", scaleout_mode="splice"))
 
 
 # -- two SEs in one process ----------------------------------------------------------------------
@@ -147,6 +149,7 @@ class _Pair:
 
     async def start(self, name: str, scaleout_mode: str) -> Any:
         from engine.dataplane import DataPlane
+        from engine.ha_coordinator import HaCoordinator
         from tests.engine.test_dataplane import StubChecker
 
         loop = asyncio.get_running_loop()
@@ -162,7 +165,7 @@ class _Pair:
                 "placement": {"ha_mode": SHARED, "epoch": 10, "ses": ["se-a", "se-b"]},
             }],
         }
-        plane = DataPlane(health_factory=StubChecker, se_name=name, ha_dir=self.ha_dir, peer_timeout=5.0, scaleout_mode=scaleout_mode)
+        plane = DataPlane(health_factory=StubChecker, ha=partial(HaCoordinator, se_name=name, ha_dir=self.ha_dir, peer_timeout=5.0, scaleout_mode=scaleout_mode))
         assert {} == await plane.apply(SliceConfig.from_dict(doc))
         self.planes[name] = plane
         return plane
@@ -171,10 +174,10 @@ class _Pair:
         a = await self.start("se-a", mode_a)
         await _until(lambda: a.ha.status()["vs-web"]["accepting"], "se-a accepting")
         b = await self.start("se-b", mode_b)
-        await _until(lambda: b.ha.status()["vs-web"]["holding"] and "se-b" in a.ha._peer_relay, "se-b linked, holding the socket")
+        await _until(lambda: b.ha.status()["vs-web"]["holding"] and a.ha.relays.knows("se-b"), "se-b linked, holding the socket")
         # se-a looks busy: every new connection goes to se-b.
         a.open_connections = lambda: 1000
-        await _until(lambda: a.ha._own_open == 1000, "se-a to report itself busy")
+        await _until(lambda: a.ha.shares.own_open == 1000, "se-a to report itself busy")
         return a, b
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -232,7 +235,7 @@ def test_relay_mode_serves_on_the_secondary_with_the_client_address(loop_name: s
         # Served by the primary itself (now se-b looks busy): the same client address, taken the usual way.
         del a.open_connections
         b.open_connections = lambda: 1000
-        await _until(lambda: a.ha._own_open == 0 and a.ha._peer_open.get("se-b") == 1000, "se-b to look busy")
+        await _until(lambda: a.ha.shares.own_open == 0 and a.ha.shares.peer_open.get("se-b") == 1000, "se-b to look busy")
         assert [f"se=se-a xff={CLIENT_IP}"] * 2 == [await env.get() for _ in range(2)]
 
     _run(30, "http", scenario, loop_name=loop_name)
@@ -247,8 +250,8 @@ def test_relay_carries_a_large_l4_transfer_both_ways_with_back_pressure_and_half
         a, b = await env.start_pair("relay")
         reader, writer = await env.connect()
         assert b"hi se=se-b\n" == await reader.readline()
-        await _until(lambda: len(a.ha._relays) == 1, "the relay")
-        relay = next(iter(a.ha._relays))
+        await _until(lambda: len(a.ha.relays.active) == 1, "the relay")
+        relay = next(iter(a.ha.relays.active))
         chunk = os.urandom(256 * 1024)
         sent = hashlib.sha256()
         total = 0
@@ -284,7 +287,7 @@ def test_relay_carries_a_large_l4_transfer_both_ways_with_back_pressure_and_half
         print(f"relayed {total >> 20} MiB each way; primary buffered {buffered} bytes to the client while it did not read")
         assert (total, sent.hexdigest(), b"bye\n") == (received, got.hexdigest(), tail)
         assert buffered < 1 << 20
-        await _until(lambda: not a.ha._relays and not b.open_connections(), "the relay and the secondary's connection to end")
+        await _until(lambda: not a.ha.relays.active and not b.open_connections(), "the relay and the secondary's connection to end")
         assert {"se-b": 1} == a.ha.status()["vs-web"]["relayed"]
 
     _run(31, "l4", scenario, timeout=15, loop_name=loop_name)
@@ -307,7 +310,7 @@ def test_auto_mode_passes_the_socket_and_relays_when_the_send_fails(monkeypatch:
         assert [f"se=se-b xff={CLIENT_IP}"] * 2 == [await env.get() for _ in range(2)]
         status_a, status_b = a.ha.status()["vs-web"], b.ha.status()["vs-web"]
         assert ("fd_passing+relay", {"se-b": 2}, {"fd_passing": 2, "relay": 2}, ["se-b"]) == (
-            status_a["distribution"], status_a["relayed"], status_b["received"], list(a.ha._links))
+            status_a["distribution"], status_a["relayed"], status_b["received"], a.ha.links.peers())
 
     _run(32, "http", scenario)
 
@@ -317,8 +320,8 @@ def test_unreachable_intake_leaves_the_connection_to_the_primary() -> None:
 
     async def scenario(env: _Pair) -> None:
         a, b = await env.start_pair("relay")
-        b.ha._intake.close()
-        await b.ha._intake.wait_closed()
+        b.ha.relays._intake.close()
+        await b.ha.relays._intake.wait_closed()
         assert [f"se=se-a xff={CLIENT_IP}"] * 2 == [await env.get() for _ in range(2)]
         assert {} == a.ha.status()["vs-web"]["relayed"]
 
@@ -342,8 +345,8 @@ def test_intake_closes_what_it_must_not_serve(who: str, data: bytes) -> None:
     async def scenario(env: _Pair) -> None:
         a, b = await env.start_pair("relay")
         plane = {"se-a": a, "se-b": b}[who]
-        reader, writer = await asyncio.open_connection(*plane.ha.relay_address)
-        writer.write(data.replace(b"TOKEN", plane.ha.relay_token.encode()))
+        reader, writer = await asyncio.open_connection(*plane.ha.relays.address)
+        writer.write(data.replace(b"TOKEN", plane.ha.relays.token.encode()))
         assert b"" == await asyncio.wait_for(reader.read(), 3)
         writer.close()
         assert [] == [conn for lst in plane.listeners_of("vs-web") for conn in lst.connections]

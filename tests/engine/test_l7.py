@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from engine.l7 import UpstreamPool
+from engine.upstreams import UpstreamPool
 from tests.engine.test_dataplane import HttpBackend, StubChecker, both_loops, eventually, free_port, pool_doc, slice_of, stub_dataplane, vs_doc
 
 

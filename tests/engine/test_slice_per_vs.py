@@ -67,7 +67,7 @@ async def test_the_agent_serves_every_good_vs_and_reports_the_refused_one(tmp_pa
     is ACKed at its revision; the first and fourth VSs carry traffic; the report names the refused
     VSs; a corrected slice serves the third."""
     backend = await TcpBackend(b"srv", greet=True).start()
-    agent = ServiceEngineAgent("se-1", ["http://127.0.0.1:1"], "unused", tmp_path, dataplane=stub_dataplane(se_name="se-1"))
+    agent = ServiceEngineAgent("se-1", ["http://127.0.0.1:1"], "unused", tmp_path, dataplane=stub_dataplane())
     pool = pool_doc([("127.0.0.1", backend.port)])
     a = vs_doc("a", "127.10.3.1", 18081, "l4", pool)
     clash = vs_doc("b", "127.10.3.1", 18081, "l4", pool)
