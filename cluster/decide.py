@@ -148,6 +148,9 @@ def _resolve_ref(view: ConfigView, target: str, value: Any, tenant: str, field: 
     if obj is None or obj.kind != target:
         raise CommandError(422, f"{target} {uuid} does not exist", field)
     if not visible_in(obj, tenant):
+        if tenant != "admin":
+            # A tenant learns nothing of another tenant's objects: it reads as absent.
+            raise CommandError(422, f"{target} {uuid} does not exist", field)
         raise CommandError(422, f"{target} {obj.name!r} belongs to tenant {obj.tenant!r}, not {tenant!r}", field)
     return f"/api/{target}/{uuid}"
 
@@ -251,7 +254,9 @@ def decide_update(view: ConfigView, obj: StoredObject, body: Any, *, if_revision
 
 
 def decide_patch(view: ConfigView, obj: StoredObject, patch: Any) -> Decision:
-    if not isinstance(patch, dict) or not patch or set(patch) - {"add", "replace", "delete", "json_patch"}:
+    _check_kind(obj.kind)
+    if (not isinstance(patch, dict) or not patch or set(patch) - {"add", "replace", "delete", "json_patch"}
+            or all(value is None for value in patch.values())):
         raise CommandError(422, "a PATCH body is an object with add, replace, delete and/or json_patch", None)
 
     def resolve(target: str, value: Any) -> Any:
@@ -366,6 +371,8 @@ def decide_place(view: ConfigView, vs: StoredObject, se_refs: Any, reason: str =
         raise CommandError(422, "serviceengine_refs must be a list of references", "serviceengine_refs")
     uuids: list[str] = []
     for i, ref in enumerate(se_refs):
+        if not ref:
+            raise CommandError(422, "a reference to a serviceengine must be a non-empty string", f"serviceengine_refs[{i}]")
         if "/" not in ref and not ref.startswith("serviceengine-"):
             ref = f"/api/serviceengine?name={ref}"
         uuids.append(ref_uuid(resolve_ref(view, "serviceengine", ref, vs.tenant, f"serviceengine_refs[{i}]")))

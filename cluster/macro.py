@@ -104,6 +104,8 @@ class _PendingView:
         self._by_uuid[event.uuid] = obj
         self._by_name[(event.kind, event.tenant, event.name)] = event.uuid
         if event.kind == "virtualservice":
+            for endpoint in [e for e, holder in self._endpoints.items() if holder.uuid == event.uuid]:
+                del self._endpoints[endpoint]
             vsvip = self.get(ref_uuid(event.body.get("vsvip_ref") or ""))
             for endpoint in vs_endpoints(event.body, vsvip.body if vsvip else None):
                 self._endpoints[endpoint] = obj
@@ -114,7 +116,12 @@ class _PendingView:
             other = self._endpoints.get((addr, port))
             if other is not None and other.uuid != vs_uuid:
                 return Rejected(409, f"{addr}:{port} is already served by virtualservice {other.name!r}", field)
-        return self._view.endpoint_conflict(vs_uuid, vs_body, vsvip_body)
+            # A committed VS this macro changed holds what its pending version says, not this.
+            committed = {u for u in self._view.endpoint_holders(addr, port) if u != vs_uuid and u not in self._by_uuid}
+            if committed:
+                names = ", ".join(sorted(repr(o.name) if (o := self._view.get(u)) else u for u in committed))
+                return Rejected(409, f"{addr}:{port} is already served by virtualservice {names}", field)
+        return None
 
     def get(self, uuid: str) -> Optional[StoredObject]:
         return self._by_uuid.get(uuid) or self._view.get(uuid)

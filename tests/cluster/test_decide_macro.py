@@ -211,8 +211,6 @@ def test_a_vip_address_and_port_another_vs_serves_is_409_on_its_path(world: Worl
     assert f"127.11.0.1:{port} is already served by virtualservice {holder!r}" == error.message
 
 
-@pytest.mark.xfail(strict=True, reason="_PendingView.endpoint_conflict falls back to the committed view, where 'web' "
-                   "still holds :80 though the same macro moved it to :81; apply (ConfigView.check) accepts the result")
 def test_apply_may_move_a_vs_off_a_port_and_another_onto_it(world: World) -> None:
     """One apply that moves web to port 81 and creates v2 on port 80 is decided and applies: the result is valid."""
     apply(world.view, ApplyHierarchy("VirtualService", [vs("web", 81), vs("v2", 80)], "admin"))

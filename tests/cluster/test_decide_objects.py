@@ -147,8 +147,6 @@ def test_a_ref_from_the_provider_tenant_names_the_tenant_that_holds_the_object(w
     assert "pool 'theirs' belongs to tenant 't2', not 'admin'" == error.message
 
 
-@pytest.mark.xfail(strict=True, reason="decide.py:151 tells tenant t1 the name and tenant of t2's object; "
-                   "another tenant's object should read as absent, as it does for a uuid (404) and a name (422)")
 def test_a_ref_to_another_tenants_object_reads_as_a_missing_one(world: World) -> None:
     """A tenant referring to another (non-provider) tenant's object by uuid learns no more than for an absent uuid."""
     error = refusal(world.view, create_vs_with_pool_ref(world, f"/api/pool/{world.theirs}", "t1"))
@@ -252,8 +250,6 @@ def test_a_kind_the_cluster_manages_is_405(world: World, command: Command, kind:
     assert f"{kind} objects are managed by the cluster" in error.message
 
 
-@pytest.mark.xfail(strict=True, reason="decide_patch validates the patch before checking the kind: a bad patch of a "
-                   "read-only kind is 422 (decide.py:266), where PUT and DELETE of that kind are 405 whatever the body")
 def test_a_bad_patch_of_a_kind_the_cluster_manages_is_405(world: World) -> None:
     """PATCH of a read-only kind is 405 whatever the patch, like PUT and DELETE."""
     error = refusal(world.view, PatchObject("applicationprofile", _SYSTEM_HTTP_PROFILE, {"replace": {"nope": 1}}, "admin"))
@@ -292,8 +288,6 @@ def test_a_patch_of_the_wrong_shape_is_422(world: World, patch: Any) -> None:
     assert "add, replace, delete and/or json_patch" in error.message
 
 
-@pytest.mark.xfail(strict=True, reason="a patch whose operations are all null passes decide_patch's shape check and is "
-                   "refused by schema.apply_patch with field '' (decide.py:266) instead of None like every other shape error")
 def test_a_patch_whose_operations_are_all_null_is_422_on_no_field(world: World) -> None:
     """A patch with no operation given (all null) is a shape error on no field, like an empty patch."""
     error = refusal(world.view, PatchObject("pool", world.pool, {"add": None}, "admin"))

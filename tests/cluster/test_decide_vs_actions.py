@@ -88,8 +88,6 @@ def test_an_se_ref_naming_no_se_is_422_naming_the_item(world: World) -> None:
     assert "serviceengine named 'ghost' does not exist" == error.message
 
 
-@pytest.mark.xfail(strict=True, reason="decide_place rewrites '' into '/api/serviceengine?name=' and the refusal "
-                   "(decide.py:136) names that reference, which the client never sent; decide.py:130 is unreachable from a command")
 def test_an_empty_se_ref_is_422_saying_it_must_not_be_empty(world: World) -> None:
     """An empty SE ref is refused as empty, not as a reference the client never wrote."""
     error = refusal(world.view, PlaceVirtualService(world.idle, [""], "admin"))
