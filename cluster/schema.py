@@ -58,9 +58,9 @@ __all__ = [
     "name_ref",
     "normalize",
     "normalize_reference",
-    "openapi_schemas",
     "redact",
     "ref_fields",
+    "thaw",
 ]
 
 SERVER_MANAGED_FIELDS: tuple[str, ...] = ("uuid", "url", "_last_modified", "tenant_ref")
@@ -575,11 +575,13 @@ def _kind(kind: str) -> KindSchema:
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def _thaw(value: Any) -> Any:
+def thaw(value: Any) -> Any:
+    """A fresh JSON value of a field default: tuples (how defaults are frozen) become lists,
+    containers are copied."""
     if type(value) in _SCALARS:
         return value
     if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
+        return [thaw(v) for v in value]
     return copy.deepcopy(value)
 
 
@@ -789,7 +791,7 @@ def _normalize_object(
                 raise ValidationError(fpath, "is required")
             if not f.has_default:
                 continue
-            value = _thaw(f.default)
+            value = thaw(f.default)
         out[name] = _normalize_value(f, value, old, fpath, internal)
     for name, f in fields.items():
         for other, strict in ((f.less_than, True), (f.at_most, False)):
@@ -1000,7 +1002,7 @@ def _compile_list(f: Field, internal: bool) -> _Normalizer:
 
 # One field of an object, in the order _normalize_object handles them:
 # (name, normalizer, client may not set it, a PUT that omits it keeps the old value, required,
-#  only_when, required_when, default: _MISSING / normalized scalar / _THAW (normalize _thaw(default))).
+#  only_when, required_when, default: _MISSING / normalized scalar / _THAW (normalize thaw(default))).
 _Step = tuple[str, _Normalizer, bool, bool, bool, Any, Any, Any, Any]
 _THAW: Any = _Missing()
 
@@ -1073,7 +1075,7 @@ def _compile_object(fields: Mapping[str, Field], internal: bool, top: bool) -> _
                 if default is not _THAW:
                     out[name] = default
                     continue
-                value = _thaw(raw_default)
+                value = thaw(raw_default)
             out[name] = norm(value, old)
         for name, other, strict in bounds:
             if name in out and other in out:
@@ -1344,7 +1346,7 @@ def _without_defaults(fields: Mapping[str, Field], body: dict[str, Any]) -> dict
         if f is None:
             out[key] = value
             continue
-        if f.has_default and f.type != "ref" and value == _thaw(f.default):
+        if f.has_default and f.type != "ref" and value == thaw(f.default):
             continue
         if f.type == "object" and isinstance(value, dict) and f.fields is not None:
             value = _without_defaults(f.fields, value)
@@ -1706,114 +1708,6 @@ def apply_patch(
     if patch.get("json_patch") is not None:
         _json_patch(fields, body, patch["json_patch"])
     return body
-
-
-# -- OpenAPI ---------------------------------------------------------------------------------------
-
-
-def _openapi_field(f: Field, components: dict[str, Any]) -> dict[str, Any]:
-    if f.type == "object":
-        assert f.fields is not None and f.title is not None
-        if f.title not in components:
-            components[f.title] = {}  # reserve the name before recursing
-            components[f.title] = _openapi_object(f.fields, components)
-        schema: dict[str, Any] = {"$ref": f"#/components/schemas/{f.title}"}
-        extras = _openapi_extras(f)
-        if extras:
-            # OpenAPI 3.0 ignores siblings of $ref: wrap it
-            schema = {"allOf": [schema], **extras}
-        return schema
-    out: dict[str, Any]
-    if f.type == "list":
-        assert f.item is not None
-        out = {"type": "array", "items": _openapi_field(f.item, components)}
-        if f.min_items is not None:
-            out["minItems"] = f.min_items
-        if f.max_items is not None:
-            out["maxItems"] = f.max_items
-        if f.unique_by == ("",):
-            out["uniqueItems"] = True
-    elif f.type in ("enum",):
-        out = {"type": "string", "enum": list(f.enum)}
-    elif f.type == "ref":
-        out = {"type": "string", "x-avi-ref": f.ref}
-    else:
-        out = {"type": f.type}
-        if f.enum:
-            out["enum"] = list(f.enum)
-        if f.minimum is not None:
-            out["minimum"] = f.minimum
-        if f.maximum is not None:
-            out["maximum"] = f.maximum
-        if f.format:
-            out["format"] = f.format
-        if f.min_length:
-            out["minLength"] = f.min_length
-    out.update(_openapi_extras(f))
-    return out
-
-
-def _openapi_extras(f: Field) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    notes = [f.description] if f.description else []
-    if f.has_default:
-        out["default"] = _thaw(f.default)
-    if f.read_only:
-        out["readOnly"] = True
-    if f.write_only or f.alias_for:
-        out["writeOnly"] = True
-    if f.only_when:
-        notes.append(f"Only allowed when {f.only_when[0]} is {' or '.join(f.only_when[1])}.")
-    if f.required_when:
-        notes.append(f"Required when {f.required_when[0]} is {' or '.join(f.required_when[1])}.")
-    if f.less_than:
-        notes.append(f"Must be less than {f.less_than}.")
-    if f.at_most:
-        notes.append(f"Must be at most {f.at_most}.")
-    if notes:
-        out["description"] = " ".join(notes)
-    return out
-
-
-def _openapi_object(fields: Mapping[str, Field], components: dict[str, Any]) -> dict[str, Any]:
-    props = {name: _openapi_field(f, components) for name, f in fields.items()}
-    required = [name for name, f in fields.items() if f.required]
-    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
-    if required:
-        out["required"] = required
-    return out
-
-
-def openapi_schemas() -> dict[str, Any]:
-    """OpenAPI 3 ``components.schemas`` for every kind (keyed by the real product's model names,
-    e.g. ``Pool``, ``VirtualService``) and their nested objects (``Server``, ``IpAddr``, ...)."""
-    components: dict[str, Any] = {}
-    for ks in KINDS.values():
-        obj = _openapi_object(ks.fields, components)
-        server = {
-            "uuid": {"type": "string", "readOnly": True, "description": "<kind>-<uuid4>; accepted and ignored on input."},
-            "url": {"type": "string", "readOnly": True, "description": "<scheme>://<host>/api/<kind>/<uuid>."},
-            "_last_modified": {
-                "type": "string",
-                "description": "Log revision that last changed the object; send it back on PUT (stale: 412).",
-            },
-        }
-        if ks.kind != "tenant":
-            server["tenant_ref"] = {
-                "type": "string",
-                "x-avi-ref": "tenant",
-                "description": "The object's tenant: from X-Avi-Tenant, X-Avi-Tenant-UUID or this field (they must agree; an unknown tenant is 404); default admin. Objects do not move between tenants.",
-            }
-        obj["properties"] = {**server, **obj["properties"]}
-        desc = ks.description
-        if ks.read_only:
-            desc += " Read-only."
-        if not ks.creatable:
-            desc += " Not creatable by clients."
-        obj["description"] = desc.strip()
-        obj["x-avi-kind"] = ks.kind
-        components[ks.title] = obj
-    return components
 
 
 # -- built-in objects ------------------------------------------------------------------------------
