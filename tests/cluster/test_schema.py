@@ -22,9 +22,11 @@ from cluster.schema import (
     map_refs,
     name_ref,
     normalize,
+    normalizers,
     redact,
     ref_fields,
 )
+from cluster.schema import refs as refs_module
 
 # -- the exact bodies avisdk's samples post (virtualservice_examples_api.py) -----------------------
 
@@ -773,7 +775,7 @@ def test_ipv4_check_agrees_with_ipaddress(text: str) -> None:
     """The fast dotted-quad check accepts exactly what ipaddress.IPv4Address accepts."""
     import ipaddress
 
-    from cluster.schema import _IPV4
+    from cluster.schema.normalizers import _IPV4
 
     try:
         ipaddress.IPv4Address(text)
@@ -852,8 +854,8 @@ def test_compiled_normalizer_agrees_with_the_reference(case: tuple[str, Any, Any
     except ValidationError:
         expected = None
     try:
-        got = schema._compiled_normalizer(KINDS[kind], internal)(body, existing)
-    except schema._Fallback:
+        got = normalizers._compiled_normalizer(KINDS[kind], internal)(body, existing)
+    except normalizers._Fallback:
         got = None
     assert repr(expected) == repr(got)
     assert before == body
@@ -865,7 +867,7 @@ def test_the_bulk_pool_body_takes_the_compiled_path(monkeypatch: pytest.MonkeyPa
     def refuse(*_args: Any, **_kw: Any) -> Any:
         raise AssertionError("fell back to the reference walk")
 
-    monkeypatch.setattr(schema, "normalize_reference", refuse)
+    monkeypatch.setattr(normalizers, "normalize_reference", refuse)
     body = {"name": "bench-1", "servers": [{"ip": {"addr": "127.0.0.2", "type": "V4"}, "port": "80"}]}
     assert 80 == normalize("pool", body)["servers"][0]["port"]
 
@@ -898,10 +900,10 @@ def test_compiled_ref_walks_agree_with_the_reference(case: tuple[str, Any, Any, 
         return on_ref
 
     before = copy.deepcopy(body)
-    got = schema._compiled_transform(kind, drop_write_only)(body, mapper("compiled"))
-    expected = schema._transform(schema.Field("object", fields=fields), body, mapper("reference"), drop_write_only)
+    got = refs_module._compiled_transform(kind, drop_write_only)(body, mapper("compiled"))
+    expected = refs_module._transform(schema.Field("object", fields=fields), body, mapper("reference"), drop_write_only)
     assert repr(expected) == repr(got)
     assert calls["reference"] == calls["compiled"]
     assert before == body
-    walked = [ref for name, f in fields.items() if body.get(name) is not None for ref in schema._walk_refs(f, body[name], name)]
+    walked = [ref for name, f in fields.items() if body.get(name) is not None for ref in refs_module._walk_refs(f, body[name], name)]
     assert walked == ref_fields(kind, body)
