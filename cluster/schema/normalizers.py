@@ -14,6 +14,7 @@ from cluster.schema._values import (
     get_path,
     join_path,
     json_type,
+    match_int_text,
     thaw,
 )
 from cluster.schema.fields import (
@@ -84,7 +85,7 @@ def _normalize_value(f: Field, value: Any, existing: Any, path: str, internal: b
     if t == "integer":
         if isinstance(value, bool):
             raise _wrong_type(f, value, path)
-        if (isinstance(value, str) and INT_TEXT.match(value)) or (isinstance(value, float) and value.is_integer()):
+        if (isinstance(value, str) and match_int_text(value)) or (isinstance(value, float) and value.is_integer()):
             value = int(value)
         if not isinstance(value, int):
             raise _wrong_type(f, value, path)

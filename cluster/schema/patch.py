@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cluster.schema._values import INT_TEXT, get_path, json_type
+from cluster.schema._values import get_path, json_type, match_int_text
 from cluster.schema.fields import SERVER_MANAGED_FIELDS, Field, ValidationError
 from cluster.schema.kinds import kind_schema
 from cluster.schema.refs import map_refs
@@ -19,7 +19,7 @@ __all__ = ["PATCH_OPERATIONS", "apply_patch"]
 def _loose_equal(stored: Any, given: Any) -> bool:
     if isinstance(stored, dict) and isinstance(given, dict):
         return all(_loose_equal(stored.get(k), v) for k, v in given.items() if v is not None)
-    if isinstance(stored, int) and not isinstance(stored, bool) and isinstance(given, str) and INT_TEXT.match(given):
+    if isinstance(stored, int) and not isinstance(stored, bool) and isinstance(given, str) and match_int_text(given):
         return stored == int(given)
     return bool(stored == given)
 

@@ -13,6 +13,10 @@ from cluster.schema.kinds import KINDS, kind_schema
 
 __all__ = ["check_unique_refs", "map_refs", "redact", "ref_fields", "rewrite_refs", "without_defaults"]
 
+# KINDS.get bound once for the per-request cache checks below: CPython 3.11 calls a method of a
+# from-imported name through a bound method made on every call. KINDS is only changed in place.
+_kinds_get = KINDS.get
+
 
 def _copy(value: Any) -> Any:
     """A deep copy; scalars (immutable) are returned as they are, the common case on hot paths."""
@@ -78,7 +82,7 @@ _REF_WALKS: dict[str, tuple[KindSchema, list[tuple[str, _RefWalk]]]] = {}
 def _compiled_ref_walk(kind: str) -> list[tuple[str, _RefWalk]]:
     """:func:`_walk_refs` for each ref-holding field of ``kind``, compiled once into closures."""
     known = _REF_WALKS.get(kind)
-    if known is None or known[0] is not KINDS.get(kind):
+    if known is None or known[0] is not _kinds_get(kind):
         ks = kind_schema(kind)
         known = _REF_WALKS[kind] = (ks, [(name, _compile_ref_walk(f)) for name, f in _ref_holding_fields(kind)])
     return known[1]
@@ -265,7 +269,7 @@ _DROP: Any = Missing()
 def _compiled_transform(kind: str, drop_write_only: bool) -> _Transform:
     """:func:`_transform` of a whole ``kind`` body, compiled once into closures."""
     known = _TRANSFORMS.get((kind, drop_write_only))
-    if known is None or known[0] is not KINDS.get(kind):
+    if known is None or known[0] is not _kinds_get(kind):
         ks = kind_schema(kind)
         compiled = _compile_transform(Field("object", fields=ks.fields), drop_write_only)
         known = _TRANSFORMS[(kind, drop_write_only)] = (ks, compiled)
