@@ -7,6 +7,7 @@ decides whether a desired object differs from the stored one.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import json
 from typing import Any, Iterable, Mapping, Optional
@@ -49,7 +50,7 @@ KIND_ALIASES = {"hm": "healthmonitor", "segroup": "serviceenginegroup", "vs": "v
 # Fields the server computes; a desired object's copy of them is never compared nor sent.
 SERVER_FIELDS = frozenset({"uuid", "url", "_last_modified", "tenant_ref"})
 
-# Used when cluster.schema offers no expansion (it is the authority when present).
+# Used when avictl.aliases offers no expansion (it is the authority when cluster.schema is present).
 _LOCAL_VALUE_ALIASES: dict[tuple[str, str], dict[str, str]] = {
     ("pool", "lb_algorithm"): {
         "round_robin": "LB_ALGORITHM_ROUND_ROBIN",
@@ -83,20 +84,20 @@ _REF_TARGETS = {
 }
 
 _MISSING = object()
-_schema_module: Any = _MISSING
+_optional_modules: dict[str, Any] = {}
 
 
-def _schema() -> Any:
-    """``cluster.schema`` when it can be imported, else ``None`` (the CLI then uses its own tables)."""
-    global _schema_module
-    if _schema_module is _MISSING:
+def _optional(name: str) -> Any:
+    """The module ``name`` (``cluster.schema``, or ``avictl.aliases``, which reads it) when it can be
+    imported, else ``None`` (the CLI then uses its own tables)."""
+    if name not in _optional_modules:
         module: Any
         try:
-            from cluster import schema as module
+            module = importlib.import_module(name)
         except Exception:  # noqa: BLE001 - optional: absent or broken, the server still validates
             module = None
-        _schema_module = module
-    return _schema_module
+        _optional_modules[name] = module
+    return _optional_modules[name]
 
 
 def canonical_kind(name: str) -> Optional[str]:
@@ -105,7 +106,7 @@ def canonical_kind(name: str) -> Optional[str]:
         return name
     if name in KIND_ALIASES:
         return KIND_ALIASES[name]
-    extra = getattr(_schema(), "CLI_ALIASES", None)
+    extra = getattr(_optional("avictl.aliases"), "CLI_ALIASES", None)
     if isinstance(extra, Mapping):
         target = extra.get(name)
         if isinstance(target, str) and target in ALL_KINDS:
@@ -117,7 +118,7 @@ def expand_alias(kind: str, field: str, value: Any) -> Any:
     """A CLI short value (``round_robin``) as the wire enum (``LB_ALGORITHM_ROUND_ROBIN``)."""
     if not isinstance(value, str):
         return value
-    fn = getattr(_schema(), "expand_alias", None)
+    fn = getattr(_optional("avictl.aliases"), "expand_alias", None)
     if callable(fn):
         try:
             expanded = fn(kind, field, value)
@@ -277,7 +278,7 @@ def _same(field: str, want: Any, have: Any) -> bool:
 
 def alias_target(kind: Optional[str], field: str) -> Optional[str]:
     """The ref field a never-stored ``*_name`` convenience field sets (``application_profile_name``)."""
-    spec = getattr(_schema(), "KINDS", {}).get(kind) if kind else None
+    spec = getattr(_optional("cluster.schema"), "KINDS", {}).get(kind) if kind else None
     declared = getattr(spec, "fields", {}).get(field) if spec is not None else None
     target = getattr(declared, "alias_for", None)
     return target if isinstance(target, str) else None

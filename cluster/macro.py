@@ -30,7 +30,7 @@ MAX_MACRO_OBJECTS = 1000
 _MAX_DEPTH = 6
 _DATA_SUFFIX = "_data"
 
-_KIND_OF_MODEL = {title.lower(): kind for kind, title in schema._TITLES.items()}
+_KIND_OF_MODEL = {spec.title.lower(): kind for kind, spec in schema.KINDS.items()}
 
 
 def macro_kind(model_name: Any) -> str:
@@ -39,7 +39,7 @@ def macro_kind(model_name: Any) -> str:
         raise CommandError(422, "model_name is required: the top object's type, e.g. VirtualService", "model_name")
     kind = _KIND_OF_MODEL.get(model_name.lower())
     if kind is None:
-        known = ", ".join(sorted(schema._TITLES[k] for k in schema.KINDS if k in schema._TITLES))
+        known = ", ".join(sorted(spec.title for spec in schema.KINDS.values()))
         raise CommandError(422, f"unknown model_name {model_name!r}; known: {known}", "model_name")
     return kind
 

@@ -1,4 +1,4 @@
-"""Tests of cluster.schema: the object kinds, their defaults, validation, refs, PATCH and OpenAPI."""
+"""Tests of cluster.schema: the object kinds, their defaults, validation, refs and PATCH."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from cluster.schema import (
     apply_patch,
     check_local_vip,
     check_local_vips,
-    expand_alias,
     map_refs,
     name_ref,
     normalize,
-    openapi_schemas,
+    normalizers,
     redact,
     ref_fields,
 )
+from cluster.schema import refs as refs_module
 
 # -- the exact bodies avisdk's samples post (virtualservice_examples_api.py) -----------------------
 
@@ -488,45 +488,6 @@ def test_check_local_vips_names_the_vip() -> None:
     assert "vip[1].ip_address.addr" == info.value.field
 
 
-# -- CLI aliases -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("kind", "field", "value", "expected"),
-    [
-        ("pool", "lb_algorithm", "round_robin", "LB_ALGORITHM_ROUND_ROBIN"),
-        ("pool", "lb_algorithm", "least_connections", "LB_ALGORITHM_LEAST_CONNECTIONS"),
-        ("pool", "lb_algorithm", "consistent-hash", "LB_ALGORITHM_CONSISTENT_HASH"),
-        ("pool", "lb_algorithm", "LB_ALGORITHM_ROUND_ROBIN", "LB_ALGORITHM_ROUND_ROBIN"),
-        ("segroup", "ha_mode", "active_standby", "HA_MODE_LEGACY_ACTIVE_STANDBY"),
-        ("segroup", "ha_mode", "active_active", "HA_MODE_SHARED_PAIR"),
-        ("segroup", "ha_mode", "n_plus_m", "HA_MODE_SHARED"),
-        ("hm", "type", "tcp", "HEALTH_MONITOR_TCP"),
-        ("hm", "type", "HTTP", "HEALTH_MONITOR_HTTP"),
-        ("hm", "type", "ping", "HEALTH_MONITOR_PING"),
-        ("hm", "http_monitor.http_response_code", "2xx,3xx", ["HTTP_2XX", "HTTP_3XX"]),
-        ("se", "enable_state", "disabled_for_placement", "SE_STATE_DISABLED_FOR_PLACEMENT"),
-        ("cloud", "vcenter_configuration.privilege", "read", "READ_ACCESS"),
-        ("segroup", "auto_rebalance_criteria", "cpu,open_conns", ["SE_AUTO_REBALANCE_CPU", "SE_AUTO_REBALANCE_OPEN_CONNS"]),
-        ("vs", "application_profile_name", "l4", "System-L4-Application"),
-        ("vs", "enabled", "false", False),
-        ("pool", "servers[0].ratio", "5", 5),
-        ("pool", "lb_algorithm", "fastest", "fastest"),
-        ("pool", "no_such_field", "x", "x"),
-    ],
-)
-def test_expand_alias(kind: str, field: str, value: Any, expected: Any) -> None:
-    """CLI shorthands expand to wire values; unknown ones pass through for normalize to report."""
-    assert expected == expand_alias(kind, field, value)
-
-
-def test_cli_kind_aliases() -> None:
-    """The CLI's short kind names map to API kinds that exist."""
-    assert {"vs": "virtualservice", "hm": "healthmonitor", "segroup": "serviceenginegroup", "se": "serviceengine"}.items() <= (
-        schema.CLI_ALIASES.items())
-    assert set(schema.CLI_ALIASES.values()) <= set(KINDS)
-
-
 # -- PATCH -----------------------------------------------------------------------------------------
 
 
@@ -697,38 +658,6 @@ def test_apply_patch_does_not_mutate_stored() -> None:
     assert before == stored
 
 
-# -- OpenAPI ---------------------------------------------------------------------------------------
-
-
-def _refs_in(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        found = [node["$ref"]] if "$ref" in node else []
-        return found + [r for v in node.values() for r in _refs_in(v)]
-    if isinstance(node, list):
-        return [r for v in node for r in _refs_in(v)]
-    return []
-
-
-def test_openapi_covers_every_kind_and_resolves() -> None:
-    """Every kind has a component and every $ref points at a component."""
-    comps = openapi_schemas()
-    assert {k.title for k in KINDS.values()} <= set(comps)
-    assert all(r.removeprefix("#/components/schemas/") in comps for r in _refs_in(comps))
-    json.dumps(comps)
-
-
-def test_openapi_reflects_the_field_definitions() -> None:
-    """Defaults, ranges, enums, refs, required and write-only come from the same definitions."""
-    comps = openapi_schemas()
-    pool = comps["Pool"]["properties"]
-    assert {"type": "integer", "minimum": 1, "maximum": 65535, "default": 80} == pool["default_server_port"]
-    assert "healthmonitor" == pool["health_monitor_refs"]["items"]["x-avi-ref"]
-    assert {"minimum": 1, "maximum": 20, "default": 1}.items() <= comps["Server"]["properties"]["ratio"].items()
-    assert comps["vCenterConfiguration"]["properties"]["password"]["writeOnly"] is True
-    assert ["vsvip_ref", "services"] == comps["VirtualService"]["required"][1:]
-    assert list(schema.HA_MODES) == comps["ServiceEngineGroup"]["properties"]["ha_mode"]["enum"]
-
-
 # -- properties over generated bodies --------------------------------------------------------------
 
 _NAME = st.text(string.ascii_letters + string.digits + "-_.", min_size=1, max_size=12)
@@ -846,7 +775,7 @@ def test_ipv4_check_agrees_with_ipaddress(text: str) -> None:
     """The fast dotted-quad check accepts exactly what ipaddress.IPv4Address accepts."""
     import ipaddress
 
-    from cluster.schema import _IPV4
+    from cluster.schema.normalizers import _IPV4
 
     try:
         ipaddress.IPv4Address(text)
@@ -925,8 +854,8 @@ def test_compiled_normalizer_agrees_with_the_reference(case: tuple[str, Any, Any
     except ValidationError:
         expected = None
     try:
-        got = schema._compiled_normalizer(KINDS[kind], internal)(body, existing)
-    except schema._Fallback:
+        got = normalizers._compiled_normalizer(KINDS[kind], internal)(body, existing)
+    except normalizers._Fallback:
         got = None
     assert repr(expected) == repr(got)
     assert before == body
@@ -938,7 +867,7 @@ def test_the_bulk_pool_body_takes_the_compiled_path(monkeypatch: pytest.MonkeyPa
     def refuse(*_args: Any, **_kw: Any) -> Any:
         raise AssertionError("fell back to the reference walk")
 
-    monkeypatch.setattr(schema, "normalize_reference", refuse)
+    monkeypatch.setattr(normalizers, "normalize_reference", refuse)
     body = {"name": "bench-1", "servers": [{"ip": {"addr": "127.0.0.2", "type": "V4"}, "port": "80"}]}
     assert 80 == normalize("pool", body)["servers"][0]["port"]
 
@@ -971,10 +900,10 @@ def test_compiled_ref_walks_agree_with_the_reference(case: tuple[str, Any, Any, 
         return on_ref
 
     before = copy.deepcopy(body)
-    got = schema._compiled_transform(kind, drop_write_only)(body, mapper("compiled"))
-    expected = schema._transform(schema.Field("object", fields=fields), body, mapper("reference"), drop_write_only)
+    got = refs_module._compiled_transform(kind, drop_write_only)(body, mapper("compiled"))
+    expected = refs_module._transform(schema.Field("object", fields=fields), body, mapper("reference"), drop_write_only)
     assert repr(expected) == repr(got)
     assert calls["reference"] == calls["compiled"]
     assert before == body
-    walked = [ref for name, f in fields.items() if body.get(name) is not None for ref in schema._walk_refs(f, body[name], name)]
+    walked = [ref for name, f in fields.items() if body.get(name) is not None for ref in refs_module._walk_refs(f, body[name], name)]
     assert walked == ref_fields(kind, body)
