@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo demo-down bench deps clean
+.PHONY: venv lint test test-fast demo demo-down bench deps clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,7 +13,13 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# ruff (pyproject.toml: pycodestyle, pyflakes, bugbear, import order) over the whole tree, and
+# mypy (setup.cfg) over the packages that must stay typed.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy storage cluster engine
+
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

@@ -381,7 +381,6 @@ def controller_group() -> None:
 def controller_run(config_path: str, log_level: str) -> None:
     """Run one controller node until SIGTERM/SIGINT (for service managers and 'cluster up')."""
     from cluster.config import ConfigError, NodeConfig
-
     from cluster.logsetup import configure_logging
 
     try:

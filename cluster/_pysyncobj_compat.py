@@ -79,10 +79,10 @@ from typing import Any
 
 import attrs
 import pysyncobj.journal
-import structlog
 import pysyncobj.serializer
 import pysyncobj.syncobj
 import pysyncobj.version
+import structlog
 from pysyncobj.journal import FileJournal, Journal, MetaStorer
 from pysyncobj.monotonic import monotonic as _monotonic
 from pysyncobj.pickle import dumps as _pysyncobj_dumps
@@ -290,7 +290,7 @@ def _send_next_node_idx(
 # -- leader stickiness -------------------------------------------------------------------------
 
 _FOLLOWER = 0  # pysyncobj's _RAFT_STATE.FOLLOWER
-_PYSYNCOBJ_ON_MESSAGE_RECEIVED = pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived  # type: ignore[attr-defined]
+_PYSYNCOBJ_ON_MESSAGE_RECEIVED = pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived
 
 
 def _on_message_received(self: pysyncobj.syncobj.SyncObj, node: Any, message: Any) -> None:
@@ -333,14 +333,14 @@ def install() -> None:
         if _originals is not None:
             return
         originals = _Originals(
-            send_next_node_idx=pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx,  # type: ignore[attr-defined]
-            on_message_received=pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived,  # type: ignore[attr-defined]
+            send_next_node_idx=pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx,
+            on_message_received=pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived,
             create_journal=pysyncobj.syncobj.createJournal,
             atomic_replace=pysyncobj.serializer.atomicReplace,
         )
         _originals = originals
-        pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx = _send_next_node_idx  # type: ignore[attr-defined]
-        pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived = _on_message_received  # type: ignore[attr-defined]
+        pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx = _send_next_node_idx
+        pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived = _on_message_received
         pysyncobj.syncobj.createJournal = _create_journal
         pysyncobj.serializer.atomicReplace = _atomic_replace
 
@@ -351,8 +351,8 @@ def uninstall() -> None:
     with _lock:
         if _originals is None:
             return
-        pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx = _originals.send_next_node_idx  # type: ignore[attr-defined]
-        pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived = _originals.on_message_received  # type: ignore[attr-defined]
+        pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx = _originals.send_next_node_idx
+        pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived = _originals.on_message_received
         pysyncobj.syncobj.createJournal = _originals.create_journal
         pysyncobj.serializer.atomicReplace = _originals.atomic_replace
         _originals = None

@@ -110,14 +110,15 @@ def autoscale(
         act = bool(group.body.get("auto_rebalance", False))
         load = {se.uuid: u for se in members if (u := utilisation(group, samples.get(se.uuid) or {})) is not None}
 
-        def cooled(key: str) -> bool:
+        # The helpers bind this group's settings now: they are called within this iteration only.
+        def cooled(key: str, cooldown: float = cooldown) -> bool:
             last = last_action.get(key)
             return key not in acted and (last is None or now - last >= cooldown)
 
         def ready(vs_uuid: str) -> bool:
             return cooled(vs_uuid) and not view.pinned(vs_uuid)
 
-        def decided(vs: StoredObject, se: StoredObject, target: tuple[str, ...], action: str, reason: str) -> None:
+        def decided(vs: StoredObject, se: StoredObject, target: tuple[str, ...], action: str, reason: str, act: bool = act) -> None:
             acted.add(vs.uuid)
             acted.add(alert_key(se.uuid))
             if act:

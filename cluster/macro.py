@@ -220,8 +220,8 @@ class _Work:
             if existing is None:
                 decision = decide_create(self.pending, kind, body, tenant=self.tenant, uuid=self.make_uuid(kind))  # type: ignore[arg-type]
             else:
-                given = {k: v for k, v in body.items() if k not in SERVER_FIELDS}
-                decision = decide_update(self.pending, existing, _merge(existing.body, given), if_revision=None)  # type: ignore[arg-type]
+                laid_over = {k: v for k, v in body.items() if k not in SERVER_FIELDS}
+                decision = decide_update(self.pending, existing, _merge(existing.body, laid_over), if_revision=None)  # type: ignore[arg-type]
         except CommandError as exc:
             raise CommandError(exc.code, exc.message, _join(path, exc.field)) from None
         for event in decision.events:

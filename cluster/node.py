@@ -211,7 +211,7 @@ class Controller:
             for command in codec.decode(record.payload).commands:
                 if command.command_id == command_id:
                     target = command.events[0]
-                    return Decision(command.events, (), getattr(target, "uuid", None) or getattr(target, "vs_uuid", ""))
+                    return Decision(command.events, (), getattr(target, "uuid", None) or getattr(target, "vs_uuid", None) or "")
         return Decision((), (), "")
 
     async def barrier(self, timeout: float = 5.0) -> int:

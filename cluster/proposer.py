@@ -148,7 +148,7 @@ class GroupCommit:
                 await asyncio.wait({waiter, proposal}, timeout=min(remaining, 2.0), return_when=asyncio.FIRST_COMPLETED)
                 if waiter.done():
                     proposal.cancel()
-                    return waiter.result()  # type: ignore[no-any-return]
+                    return waiter.result()
                 if proposal.done() and not proposal.cancelled():
                     exc = proposal.exception()
                     if exc is None:
@@ -156,7 +156,7 @@ class GroupCommit:
                         maybe_sent = True
                         await asyncio.wait({waiter}, timeout=max(0.0, deadline - self._loop.time()))
                         if waiter.done():
-                            return waiter.result()  # type: ignore[no-any-return]
+                            return waiter.result()
                         continue
                     if isinstance(exc, RaftError) and exc.reason in _RETRY_REASONS:
                         if exc.reason != "missing_leader":

@@ -91,12 +91,12 @@ class RaftTuning:
 _DUMP_MAGIC = b"AVDUMP1\n"
 
 
-class _Replica(SyncObj):  # type: ignore[misc]
+class _Replica(SyncObj):
     def __init__(self, self_addr: str, peers: list[str], conf: SyncObjConf, deliver: Callable[[int, bytes], None]) -> None:
         self._deliver = deliver
         super().__init__(self_addr, peers, conf)
 
-    @replicated  # type: ignore[misc]
+    @replicated
     def _committed(self, payload: bytes) -> int:
         # Runs on pysyncobj's tick thread, in log order, once per committed entry, on every node.
         try:

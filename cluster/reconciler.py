@@ -20,10 +20,9 @@ import structlog
 from cluster.autoscale import alert_key, autoscale
 from cluster.commands import CommitDecision
 from cluster.decide import CommandError, Decision
+from cluster.proposer import NoQuorum, OutcomeUnknown
 from cluster.reconcile import Observed, SeObservation, Settings, reconcile
 from storage.events import AutoscaleAlerted, ServiceEngineReleased
-
-from cluster.proposer import NoQuorum, OutcomeUnknown
 
 if TYPE_CHECKING:
     from cluster.cloud import CloudDriver
@@ -41,13 +40,13 @@ class Reconciler:
         cloud: Optional["CloudDriver"] = None,
         *,
         interval: float = 0.25,
-        settings: Settings = Settings(),
+        settings: Optional[Settings] = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node = node
         self.cloud = cloud
         self.interval = interval
-        self.settings = settings
+        self.settings = settings or Settings()
         self.log = log.bind(node_id=node.node_id)
         self._leader_since: Optional[float] = None
         self._idle_since: dict[str, float] = {}

@@ -312,7 +312,7 @@ class ServiceEngineAgent:
                     body["request_logs"] = self.dataplane.take_request_logs()
                     await asyncio.gather(*(self._post_status(url, body) for url in self.controllers))
                     next_full = loop.time() + self.report_interval
-                else:
+                elif self.connected_to is not None:
                     # The ACK (or NACK) alone, at once: counters and logs follow on the full report.
                     await self._post_status(self.connected_to, body)
             self._report_now.clear()

@@ -172,7 +172,8 @@ def read_slice(doc: Any, previous: Optional[SliceConfig] = None) -> tuple[SliceC
     refused: dict[str, str] = {}
     candidates: list[tuple[int, VirtualServiceConfig, Optional[VirtualServiceConfig]]] = []  # (order, as sent, last good)
     for i, raw in enumerate(raws):
-        name = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else f"virtual_services[{i}]"
+        given = raw.get("name") if isinstance(raw, dict) else None
+        name = given if isinstance(given, str) else f"virtual_services[{i}]"
         uuid = raw.get("uuid") if isinstance(raw, dict) else None
         try:
             vs = _vs(raw, f"virtual_services[{i}].")

@@ -138,7 +138,6 @@ class DataPlane:
             ha_managed = ha is not None and ha.manages(vs)
             for address in vs.listeners:
                 listener = self._listeners.get(address)
-                fresh = listener is None
                 if listener is None:
                     listener = Listener(address, vs_runtime, loop, proxy_protocol)
                     if ha is not None:
@@ -162,9 +161,10 @@ class DataPlane:
             if address not in listeners:
                 pool = listener.vs.pool
                 placement = listener.vs.config.placement
-                moved = placement is not None and placement.scalein_timeout is not None
-                if moved:
-                    grace = min(placement.scalein_timeout, self.drain_cap)  # type: ignore[union-attr,arg-type]
+                scalein = placement.scalein_timeout if placement is not None else None
+                moved = scalein is not None
+                if scalein is not None:
+                    grace = min(scalein, self.drain_cap)
                 else:
                     grace = min(pool.config.graceful_disable_timeout if pool is not None else 0.0, self.drain_cap)
                 listener.retire(grace, drain=not moved)

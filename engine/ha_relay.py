@@ -202,7 +202,7 @@ class Relays:
 def hand_over(transport: Any, protocol: asyncio.Protocol, client: tuple[str, int], rest: bytes) -> None:
     """Serve the rest of an intake connection (``rest``: read past its header) with ``protocol``, as ``client``'s."""
     transport.set_protocol(protocol)
-    protocol.connection_made(_RelayedTransport(transport, client))
+    protocol.connection_made(_RelayedTransport(transport, client))  # type: ignore[arg-type]  # duck-types the transport
     if rest:
         protocol.data_received(rest)
 
@@ -219,7 +219,7 @@ class _RelayEnd(asyncio.Protocol):
         self.eof = False
         self.early: Optional[list[bytes]] = None  # read before the other side was connected
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -321,7 +321,7 @@ class _Intake(asyncio.Protocol):
         self.buffer = b""
         self.timer: Optional[asyncio.TimerHandle] = None
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.timer = self.relays.loop.call_later(RELAY_HEADER_TIMEOUT, transport.abort)
 

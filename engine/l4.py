@@ -100,7 +100,7 @@ class L4Connection(asyncio.Protocol):
         self._client_ip = ""
         self._splice: Any = None  # _PENDING, then the _Splice relaying this connection (or _DECLINED)
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         stats = self._stats
         stats.open_connections += 1
@@ -277,7 +277,7 @@ class _L4Upstream(asyncio.Protocol):
         self._balancer = balancer  # the one ``key`` was opened on; it is closed on the same one
         self._key = key
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:

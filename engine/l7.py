@@ -121,7 +121,7 @@ class _Flusher:
         if heads:
             self.heads = []
             it = iter(heads)
-            for transport, data in zip(it, it):
+            for transport, data in zip(it, it, strict=False):
                 if not transport.is_closing():
                     try:
                         transport.write(data)
@@ -274,7 +274,7 @@ class L7Connection(asyncio.Protocol):
 
     # -- transport callbacks -------------------------------------------------------------------
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         stats = self._stats
         stats.open_connections += 1
@@ -817,7 +817,7 @@ class _Upstream(asyncio.Protocol):
         self.keep = True
         self.paused = False  # reading paused because the client's write buffer is full
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:

@@ -171,7 +171,7 @@ class _Refused(asyncio.Protocol):
         self._listener = listener
         self._verdict = verdict
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         sock = transport.get_extra_info("socket")
         taken: Optional[socket.socket] = None
         try:

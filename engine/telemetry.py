@@ -58,7 +58,7 @@ class VsStats:
 
     def take_logs(self, limit: int) -> list[dict[str, Any]]:
         """Remove and return up to ``limit`` of the oldest logs, as JSON-able records."""
-        out = []
+        out: list[dict[str, Any]] = []
         logs = self.logs
         while logs and len(out) < limit:
             when, client, method, url, status, latency, server = logs.popleft()

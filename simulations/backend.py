@@ -9,9 +9,9 @@ and the X-Forwarded-For header it saw, as one JSON line.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import signal
-import asyncio
 
 from aiohttp import web
 

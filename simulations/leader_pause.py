@@ -27,7 +27,7 @@ def pause_leader_once(cluster: LocalCluster, bg: BackgroundWriter, pause_s: floa
     cluster.pause(old)
     paused_at = time.monotonic()
     try:
-        new = wait_until(lambda: (l := cluster.leader()) not in (None, old) and l, 10, what="a new leader")
+        new = wait_until(lambda: (now := cluster.leader()) not in (None, old) and now, 10, what="a new leader")
         acked_before = len(bg.writer.acked)
         wait_until(lambda: time.monotonic() - paused_at >= pause_s and len(bg.writer.acked) > acked_before, pause_s + 10,
                    what="the pause to last and writes to go on")

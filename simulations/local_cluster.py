@@ -200,7 +200,7 @@ class LocalCluster:
         self.procs[node_id].send_signal(signal.SIGCONT)
 
     def close(self) -> None:
-        for node_id, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 try:
                     proc.send_signal(signal.SIGCONT)

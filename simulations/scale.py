@@ -45,6 +45,9 @@ from typing import Any
 
 import attrs
 
+from cluster import decide as d
+from cluster.apply import apply
+from cluster.autoscale import autoscale
 from cluster.placement import (
     APPLICATION_HTTP,
     APPLICATION_L4,
@@ -64,9 +67,6 @@ from cluster.placement import (
     check_invariants,
     place,
 )
-from cluster import decide as d
-from cluster.autoscale import autoscale
-from cluster.apply import apply
 from cluster.reconcile import Observed, SeObservation, Settings, placement_inputs, reconcile
 from cluster.views import Accepted, ConfigView, ref_uuid
 from simulations.clock import FakeClock

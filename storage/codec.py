@@ -54,7 +54,7 @@ def registered(tag: str, version: int = 1) -> Callable[[type[T]], type[T]]:
             raise ValueError(f"tag {tag!r} is already registered to {_classes[tag][0].__name__}")
         _classes[tag] = (cls, version)
         _tags[cls] = (tag, version)
-        return cls
+        return cls  # type: ignore[return-value]  # attrs.has narrows cls to AttrsInstance; it is still T
 
     return register
 

@@ -6,7 +6,7 @@ tag. ``body`` fields hold the object exactly as the API stores it (plain JSON-li
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Iterable, Union
 
 import attrs
 
@@ -36,6 +36,10 @@ def _frozen_body(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TypeError("body must be a map")
     return value
+
+
+def _frozen_uuids(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
 
 
 @codec.registered("ObjectCreated", 1)
@@ -77,7 +81,7 @@ class VirtualServicePlaced:
     """
 
     vs_uuid: str
-    se_uuids: tuple[str, ...] = attrs.field(converter=tuple)
+    se_uuids: tuple[str, ...] = attrs.field(converter=_frozen_uuids)
     reason: str = ""
     pinned: bool = False
 

@@ -17,13 +17,12 @@ from urllib.parse import urlencode
 import msgpack
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from cluster import commands as c
 from cluster import schema
 from cluster.api.auth import Authenticator
 from cluster.api.openapi import build_openapi
-from cluster import commands as c
 from cluster.decide import CommandError, new_uuid, resolve_ref, visible_in
 from cluster.node import Controller
 from cluster.proposer import NoQuorum, OutcomeUnknown
@@ -235,7 +234,7 @@ class Api:
 
         body = schema.redact(obj.kind, obj.body, to_url)
         tenant = view.by_name("tenant", obj.tenant)
-        out = {
+        out: dict[str, Any] = {
             "url": f"{base}/api/{obj.kind}/{obj.uuid}",
             "uuid": obj.uuid,
             "name": obj.name,

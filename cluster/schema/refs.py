@@ -224,7 +224,7 @@ def map_refs(kind: str, body: dict[str, Any], fn: Callable[[str, str], Any]) -> 
     """A deep copy of ``body`` with every ref value ``v`` (target kind ``t``) replaced by
     ``fn(t, v)``. Fields outside the schema are copied unchanged. Works on partial bodies too
     (e.g. one part of a PATCH)."""
-    return _compiled_transform(kind, False)(body, fn)  # type: ignore[no-any-return]
+    return _compiled_transform(kind, False)(body, fn)
 
 
 def _same_ref(_target: str, value: str) -> str:
@@ -234,7 +234,7 @@ def _same_ref(_target: str, value: str) -> str:
 def redact(kind: str, body: dict[str, Any], refs: Callable[[str, str], Any] = _same_ref) -> dict[str, Any]:
     """A deep copy of ``body`` without its write-only fields (for responses), with every ref value
     ``v`` (target kind ``t``) replaced by ``refs(t, v)`` (by default kept as it is)."""
-    return _compiled_transform(kind, True)(body, refs)  # type: ignore[no-any-return]
+    return _compiled_transform(kind, True)(body, refs)
 
 
 def without_defaults(kind: str, body: dict[str, Any]) -> dict[str, Any]:

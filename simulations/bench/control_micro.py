@@ -54,10 +54,10 @@ def measure(existing: int, macros: int, macro_size: int, reps: int) -> dict[str,
     from types import SimpleNamespace
 
     from cluster.api.app import Api
+    from cluster.apply import apply
     from cluster.decide import builtin_events
     from cluster.macro import decide_macro_create
     from cluster.pipeline import committed_payload
-    from cluster.apply import apply
     from cluster.views import ConfigView
     from storage import codec
     from storage.events import Proposal, ProposalBatch
@@ -100,7 +100,7 @@ def measure(existing: int, macros: int, macro_size: int, reps: int) -> dict[str,
         assert len(committed) == macros and len(entry.items[0].events) == macro_size and stored and answers
         if rep == 0:
             continue  # warm-up
-        for phase, dt in zip(_PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        for phase, dt in zip(_PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=False):
             per_rep[phase].append(dt / events_per_rep * 1e6)
     return {"objects": len(view), "events_per_rep": events_per_rep, "per_rep": per_rep,
             "median": {p: round(statistics.median(v), 2) for p, v in per_rep.items()}}  # fmt: skip

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                 acked_at = time.time()
                 assert code == 200, changed
                 revision = int(changed["_last_modified"])
-                times = wait_until(lambda: _all_applied(cluster, revision), 30, interval=0.02, what=f"change {n} everywhere")
+                times = wait_until(lambda revision=revision: _all_applied(cluster, revision), 30, interval=0.02, what=f"change {n} everywhere")
                 samples.append((max(t[1] for t in times) - acked_at) * 1000)
                 applied_samples.append((max(t[0] for t in times) - acked_at) * 1000)
                 print(f"change {n + 1}: ACKed by all {ses} SEs {samples[-1]:.1f} ms after the API ack "

@@ -225,7 +225,7 @@ def _first_difference(start_a: int, log_a: Sequence[Any], start_b: int, log_b: S
     b = log_b[lo - start_b:hi - start_b]
     if list(a) == list(b):
         return None
-    for offset, (x, y) in enumerate(zip(a, b)):
+    for offset, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return lo + offset
     return None  # pragma: no cover - unequal slices of equal length differ somewhere
@@ -454,7 +454,7 @@ def _check_register(ops: Sequence[Operation], initial: Any, max_steps: int) -> _
     listed = [j for j in range(m) if not is_unknown[op_of[j]]]
     nxt = [tail] * (m + 2)
     prv = [head] * (m + 2)
-    for a, b in zip([head] + listed, listed + [tail]):
+    for a, b in zip([head] + listed, listed + [tail], strict=False):
         nxt[a], prv[b] = b, a
     unknown_calls = [j for j in range(m) if is_unknown[op_of[j]]]
 
@@ -724,7 +724,7 @@ def fault_window(requests: Iterable[Request], fault: float, until: float) -> Win
     after = [e for e in ok_ends if fault < e <= until]
     if after:
         window = [before[-1] if before else fault, *after]
-        gap = max(b - a for a, b in zip(window, window[1:]))
+        gap = max(b - a for a, b in zip(window, window[1:], strict=False))
     else:
         gap = math.inf
     first = min((end for start, end, ok in in_window if ok), default=None)

@@ -53,8 +53,7 @@ import attrs
 
 from simulations.chaos import checkers
 from simulations.chaos.checkers import CheckResult, Violation
-from simulations.chaos.collect import (REGISTER_PREFIX, WRITE_PREFIX, LogTailSampler, check_log_shape, collect_logs,
-                                       collect_present)
+from simulations.chaos.collect import REGISTER_PREFIX, WRITE_PREFIX, LogTailSampler, check_log_shape, collect_logs, collect_present
 from simulations.chaos.history import write_outcomes, write_samples
 from simulations.chaos.model import NetCriteria, NetFaultStep, NetScenario
 from simulations.chaos.nemesis import Fault, Nemesis
@@ -522,7 +521,7 @@ def _event_times(records: list[list[Any]], lo: float, hi: float, slack: float = 
     times = [c.time for r in records for c in getattr(codec.decode(r[3]), "commands", ())]
     ahead = [t - hi for t in times if t > hi + slack]
     behind = [lo - t for t in times if t < lo - slack]
-    backwards = sum(1 for a, b in zip(times, times[1:]) if b < a - slack)
+    backwards = sum(1 for a, b in zip(times, times[1:], strict=False) if b < a - slack)
     return {"commands": len(times), "ahead": len(ahead), "behind": len(behind),
             "max_ahead_s": round(max(ahead), 1) if ahead else 0.0, "max_behind_s": round(max(behind), 1) if behind else 0.0,
             "backwards_steps": backwards,
@@ -542,7 +541,7 @@ def _longest_gap(times: list[float], lo: float, hi: float) -> float:
     """The longest stretch in [lo, hi] without one of ``times`` (sorted)."""
     inside = [t for t in times if lo <= t <= hi]
     edges = [lo, *inside, hi]
-    return max(b - a for a, b in zip(edges, edges[1:]))
+    return max(b - a for a, b in zip(edges, edges[1:], strict=False))
 
 
 RESTART_WINDOW = 5.0
@@ -717,7 +716,7 @@ def run_network_scenario(scenario: NetScenario, *, duration: float, seed: int,
             checks.append(CheckResult.of("elections_per_fault", [
                 Violation("term_churn", f"{n} leader/term changes from the cut at {round(f.started - t0, 2)} s until 2 s "
                           f"after its heal (at most {crit.max_elections_per_fault})", {"fault": i, "changes": n})
-                for i, (f, n) in enumerate(zip(fired, per_fault)) if n > crit.max_elections_per_fault],
+                for i, (f, n) in enumerate(zip(fired, per_fault, strict=False)) if n > crit.max_elections_per_fault],
                 {"per_fault": per_fault, "limit": crit.max_elections_per_fault}))
 
         event_times = _event_times(logs[cluster.ids[0]], started_wall, time.time()) if crit.needs_faketime else None

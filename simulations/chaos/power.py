@@ -23,7 +23,6 @@ directory entry was not yet (kept here; ext4 in practice commits both together).
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 from pathlib import Path

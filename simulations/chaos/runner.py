@@ -50,8 +50,7 @@ import attrs
 
 from simulations.chaos import checkers
 from simulations.chaos.checkers import CheckResult, Violation
-from simulations.chaos.collect import (REGISTER_PREFIX, WRITE_PREFIX, LogTailSampler, check_log_shape, collect_logs,
-                                       collect_present)
+from simulations.chaos.collect import REGISTER_PREFIX, WRITE_PREFIX, LogTailSampler, check_log_shape, collect_logs, collect_present
 from simulations.chaos.history import write_outcomes, write_samples
 from simulations.chaos.model import SE_TARGETS, TAKEOVER, Criteria, Scenario
 from simulations.chaos.nemesis import Nemesis, SePair
@@ -210,7 +209,6 @@ def _data_plane_checks(dp: DataPlane, nemesis: Nemesis, writes: WriteWorkload, c
     events = dp.events()
     se_uuids = dp.se_uuids()
     placements = [e for e in events if e["type"] == "VirtualServicePlaced" and e["data"].get("vs_uuid") == dp.vs_uuid]
-    takeovers = [e for e in placements if TAKEOVER in (e["data"].get("reason") or "")]
     active_faults = [f for f in fired if f.step.target == "se-active"]
     # A fault's takeover is recorded by the first placement after it that makes the old standby the
     # primary (the reconciler words it "... took the VIP over ..." when it saw the standby report active).
@@ -225,7 +223,7 @@ def _data_plane_checks(dp: DataPlane, nemesis: Nemesis, writes: WriteWorkload, c
         ok = delay is not None and delay <= (crit.max_takeover_event or math.inf)
         takeover_delays.append(delay if ok else None)
         takeover_reasons.append(None if match is None else match["data"].get("reason"))
-    delay_of = {id(f): (d, r) for f, d, r in zip(active_faults, takeover_delays, takeover_reasons)}
+    delay_of = {id(f): (d, r) for f, d, r in zip(active_faults, takeover_delays, takeover_reasons, strict=False)}
 
     per_fault: list[dict[str, Any]] = []
     gaps: list[float] = []
@@ -267,7 +265,7 @@ def _data_plane_checks(dp: DataPlane, nemesis: Nemesis, writes: WriteWorkload, c
     if crit.takeover_event:
         missing = [Violation("no_takeover_event", f"no placement making the standby primary within {crit.max_takeover_event} s "
                              f"of the fault at {f.started - t0:.3f} s", {"at": round(f.started - t0, 3)})
-                   for f, d in zip(active_faults, takeover_delays) if d is None]
+                   for f, d in zip(active_faults, takeover_delays, strict=False) if d is None]
         found = [d for d in takeover_delays if d is not None]
         checks.append(CheckResult.of("takeover_events", missing, {
             "faults": len(active_faults), "recorded": len(found), "worded": sum(1 for r in takeover_reasons if r and TAKEOVER in r),

@@ -13,8 +13,8 @@ from typing import Iterator
 import pytest
 import structlog
 
-from cluster.logsetup import configure_logging
 from avictl.nodes import free_ports, pid_alive, stop_processes, tail
+from cluster.logsetup import configure_logging
 
 
 @pytest.fixture

@@ -508,12 +508,12 @@ def _main(argv: list[str]) -> None:
         _journal_main(json.loads(args.config))
     elif args.mode == "livelock":
         conf = dict(FAST_CONF, **json.loads(args.conf))
-        for run in range(args.runs):
+        for _run in range(args.runs):
             with tempfile.TemporaryDirectory() as tmp:
                 print(json.dumps(livelock_trial(tmp, patch=not args.no_patch, pause=args.pause,
                                                 catchup_timeout=args.timeout, conf=conf)), flush=True)
     elif args.mode == "bench":
-        for run in range(args.runs):
+        for _run in range(args.runs):
             for durable in (False, True):
                 with tempfile.TemporaryDirectory() as tmp:
                     conf = dict(FAST_CONF, **json.loads(args.conf))

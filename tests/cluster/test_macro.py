@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import zlib
-
 import copy
+import zlib
 from typing import Any
 
 import pytest

@@ -384,10 +384,11 @@ def test_kill_of_the_active_moves_the_vip(pair: tuple[SE, SE, str]) -> None:
     for round_ in range(3):
         prober = Prober(vip, port, max_requests=200)
         prober.start()
-        wait_for(lambda: sum(1 for r in prober.results if r[2] is not None) >= 10, 5, "requests before the kill")
+        wait_for(lambda prober=prober: sum(1 for r in prober.results if r[2] is not None) >= 10, 5, "requests before the kill")
         killed_at, killed_wall = time.monotonic(), time.time()
         active.signal(signal.SIGKILL)
-        wait_for(lambda: any(r[2] is not None and r[0] > killed_at + 0.3 for r in prober.results), 5, "requests after the kill")
+        wait_for(lambda prober=prober, killed_at=killed_at: any(r[2] is not None and r[0] > killed_at + 0.3 for r in prober.results), 5,
+                 "requests after the kill")
         time.sleep(0.2)  # a few more requests after the first success after the kill
         results = prober.finish()
         gap, failures = _kill_gap(results, killed_at)
@@ -431,7 +432,7 @@ def test_frozen_active_is_fenced(pair: tuple[SE, SE, str]) -> None:
     results = prober.finish()
     after = [body for start, _, body in results if start > continued_at]
     ends = [end for _, end, body in results if body is not None]
-    worst = max(later - earlier for earlier, later in zip(ends, ends[1:]))
+    worst = max(later - earlier for earlier, later in zip(ends, ends[1:], strict=False))
     print(f"SIGSTOP: takeover {(took['at'] - stopped_wall) * 1000:.0f} ms after the stop ({took['reason']}), longest gap between successes "
           f"{worst * 1000:.0f} ms; during the pause {len(during)} requests, {sum(1 for r in during if r[2] is None)} failed; after SIGCONT {len(after)}")
     assert during and all(body == "se=se-b" for _, _, body in during)

@@ -24,7 +24,8 @@ import uvloop
 
 from engine import ha
 from engine.config import SliceConfig
-from tests.engine.test_ha import SE, _free_port, _until, _vip, get, pair, wait_for  # noqa: F401  (pair: fixture)
+from tests.engine.test_ha import SE, _free_port, _until, _vip, get, wait_for
+from tests.engine.test_ha import pair as pair  # noqa: F401  (a fixture, found by name)
 
 SHARED = "HA_MODE_SHARED_PAIR"
 CLIENT_IP = "127.0.0.77"  # the test's clients connect from here; the relay comes from 127.0.0.1

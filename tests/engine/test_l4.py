@@ -19,7 +19,6 @@ import uvloop
 
 from engine import l4
 from engine.l4 import _Splice, splice_enabled
-
 from tests.engine.test_dataplane import LC, StubChecker, TcpBackend, both_loops, eventually, free_port, pool_doc, slice_of, stub_dataplane, vs_doc
 
 

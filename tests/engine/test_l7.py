@@ -681,7 +681,10 @@ async def test_trailer_fields_never_become_headers_of_the_next_message() -> None
     backend_port = server.sockets[0].getsockname()[1]
     dp = None
     try:
-        from tests.engine.test_dataplane import pool_doc as _pool_doc, slice_of as _slice_of, stub_dataplane as _stub, vs_doc as _vs
+        from tests.engine.test_dataplane import pool_doc as _pool_doc
+        from tests.engine.test_dataplane import slice_of as _slice_of
+        from tests.engine.test_dataplane import stub_dataplane as _stub
+        from tests.engine.test_dataplane import vs_doc as _vs
 
         dp = _stub()
         port = free_port()

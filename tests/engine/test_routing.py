@@ -20,7 +20,7 @@ HASH = "LB_ALGORITHM_CONSISTENT_HASH"
 
 def make_servers(ratios: list[int], enabled: list[bool] | None = None) -> list[ServerConfig]:
     enabled = enabled or [True] * len(ratios)
-    return [ServerConfig(f"10.0.{i // 200}.{i % 200 + 1}", 8000 + i % 7, r, e) for i, (r, e) in enumerate(zip(ratios, enabled))]
+    return [ServerConfig(f"10.0.{i // 200}.{i % 200 + 1}", 8000 + i % 7, r, e) for i, (r, e) in enumerate(zip(ratios, enabled, strict=False))]
 
 
 def random_ips(count: int, seed: int) -> list[str]:
@@ -57,9 +57,9 @@ def test_round_robin_is_proportional_among_available_servers(pool: tuple[list[Se
     """Down and disabled servers drop out and the rest keep their exact proportions."""
     servers, up = pool
     balancer = Balancer(RR, servers)
-    for server, is_up in zip(servers, up):
+    for server, is_up in zip(servers, up, strict=False):
         balancer.set_up(server.key, is_up)
-    available = [s for s, u in zip(servers, up) if u and s.enabled]
+    available = [s for s, u in zip(servers, up, strict=False) if u and s.enabled]
     counts = collections.Counter(balancer.pick("1.1.1.1") for _ in range(periods * sum(s.ratio for s in available)))
     assert {s: periods * s.ratio for s in available} == counts
 
@@ -146,9 +146,9 @@ def test_down_and_disabled_servers_are_never_picked(algorithm: str, pool: tuple[
     """Picks come only from enabled, up servers; with none, pick() is None."""
     servers, up = pool
     balancer = Balancer(algorithm, servers)
-    for server, is_up in zip(servers, up):
+    for server, is_up in zip(servers, up, strict=False):
         balancer.set_up(server.key, is_up)
-    available = {s for s, u in zip(servers, up) if u and s.enabled}
+    available = {s for s, u in zip(servers, up, strict=False) if u and s.enabled}
     picks = {balancer.pick(ip) for ip in random_ips(200, seed)}
     if available:
         assert picks <= available
@@ -221,8 +221,8 @@ def _moves(before: Balancer, after: Balancer, removed: ServerConfig, ips: list[s
     """(fraction of all clients that moved, fraction of the other servers' clients that moved)."""
     old = [before.pick(ip) for ip in ips]
     new = [after.pick(ip) for ip in ips]
-    moved = sum(o != n for o, n in zip(old, new))
-    others = [(o, n) for o, n in zip(old, new) if o != removed]
+    moved = sum(o != n for o, n in zip(old, new, strict=False))
+    others = [(o, n) for o, n in zip(old, new, strict=False) if o != removed]
     return moved / len(ips), sum(o != n for o, n in others) / len(others)
 
 
@@ -237,8 +237,8 @@ def test_taking_one_of_n_servers_down_moves_about_one_nth_of_clients(n: int, dat
     before = [balancer.pick(ip) for ip in ips]
     balancer.set_up(removed.key, False)
     after = [balancer.pick(ip) for ip in ips]
-    moved = sum(b != a for b, a in zip(before, after)) / len(ips)
-    others = [(b, a) for b, a in zip(before, after) if b != removed]
+    moved = sum(b != a for b, a in zip(before, after, strict=False)) / len(ips)
+    others = [(b, a) for b, a in zip(before, after, strict=False) if b != removed]
     assert 0.5 / n <= moved <= 2 / n
     assert sum(b != a for b, a in others) / len(others) < 0.05
     balancer.set_up(removed.key, True)

@@ -60,7 +60,7 @@ def test_official_sdk_sample_flow(cluster3: LocalCluster) -> None:
         text=True,
         timeout=120,
     )
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT ") :])
     assert out["vs_pool_ref"].split("#")[0] == out["pool_url"]

@@ -7,12 +7,11 @@ import statistics
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from simulations.local_cluster import LocalCluster, wait_until
 from simulations.background import BackgroundWriter
+from simulations.local_cluster import LocalCluster, wait_until
 from simulations.writers import Writer
 from storage import codec
 from storage import events as _events  # noqa: F401 - registers the event tags
@@ -51,11 +50,11 @@ def test_leader_kill_while_writing(fresh_cluster3: LocalCluster) -> None:
             leader = cluster.wait_leader(10)
             killed_at = time.monotonic()
             cluster.kill(leader)
-            resumed = wait_until(lambda: bg.first_ack_started_after(killed_at), 10, interval=0.01, what="writes to resume")
+            resumed = wait_until(lambda killed_at=killed_at: bg.first_ack_started_after(killed_at), 10, interval=0.01, what="writes to resume")
             gaps.append(resumed - killed_at)
             cluster.start(leader)
-            wait_until(lambda: cluster.status(leader) is not None, 20, what=f"{leader} to come back")
-            wait_until(lambda: len(bg.writer.acked) > 20 + 30 * (_trial + 1), 30, what="more writes")
+            wait_until(lambda leader=leader: cluster.status(leader) is not None, 20, what=f"{leader} to come back")
+            wait_until(lambda trial=_trial: len(bg.writer.acked) > 20 + 30 * (trial + 1), 30, what="more writes")
     acked = bg.writer.acked
     print(f"failover gaps (s): {[round(g, 3) for g in gaps]}, median {statistics.median(gaps):.3f}; acked {len(acked)}")
     assert statistics.median(gaps) <= 1.5

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
 import statistics
 import subprocess
 import sys
@@ -68,7 +67,7 @@ def gap_and_failures(results: list[tuple[float, bool]], fault_at: float) -> tupl
     after = [end for end in successes if end > fault_at]
     assert before and after, "no success before or after the fault"
     window = [before[-1], *after]
-    gap = max(b - a for a, b in zip(window, window[1:]))
+    gap = max(b - a for a, b in zip(window, window[1:], strict=False))
     # A connection the dying SE had accepted may fail; none may once the VIP is served again.
     return gap, sum(1 for end, ok in results if not ok and end > after[0])
 
@@ -176,10 +175,10 @@ def test_active_standby_is_deployed_placed_and_fails_over_on_kill(fleet: CloudFl
     for round_ in range(5):
         client = Client(vip, port)
         client.start()
-        wait_until(lambda: client.successes_after(0) >= 10, 10, what="traffic before the kill")
+        wait_until(lambda client=client: client.successes_after(0) >= 10, 10, what="traffic before the kill")
         killed_at = time.monotonic()
         subprocess.run(["kill", "-9", str(fleet.pid(active))], check=True)
-        wait_until(lambda: client.successes_after(killed_at) >= 25, 10, what="traffic after the kill")
+        wait_until(lambda client=client, killed_at=killed_at: client.successes_after(killed_at) >= 25, 10, what="traffic after the kill")
         results = client.finish()
         gap, failures = gap_and_failures(results, killed_at)
         gaps.append(gap)

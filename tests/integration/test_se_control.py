@@ -105,7 +105,7 @@ def test_registering_on_every_node_at_once_is_idempotent(cluster3: LocalCluster)
 
     for i in range(20):
         with ThreadPoolExecutor(3) as pool:
-            answers = list(pool.map(lambda node: cluster3.request(node, "POST", "/api/serviceengine/register", {"name": f"twice-{i}"}), cluster3.ids))
+            answers = list(pool.map(lambda node, i=i: cluster3.request(node, "POST", "/api/serviceengine/register", {"name": f"twice-{i}"}), cluster3.ids))
         assert [code for code, _ in answers] == [200, 200, 200], answers
         assert len({body["uuid"] for _, body in answers}) == 1
 

@@ -165,7 +165,7 @@ def test_telemetry_reaches_the_controllers_and_se_metrics(fleet: Fleet) -> None:
     assert runtime["resources"]["open_connections"] >= 0
     with urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_ports['se-1']}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    line = next(l for l in text.splitlines() if l.startswith('avictl_vs_requests_total{se="se-1",vs="counted"}'))
+    line = next(row for row in text.splitlines() if row.startswith('avictl_vs_requests_total{se="se-1",vs="counted"}'))
     assert float(line.split()[-1]) >= 20
     assert "avictl_se_memory_bytes" in text
 
