@@ -215,12 +215,12 @@ def test_unreachable_cluster_exit_1(home: Path, dead_url: str) -> None:
 
 def test_unexpected_exception_has_no_traceback(run: Any, api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
     """Even a bug surfaces as one line."""
-    import avictl.cli
+    import avictl.render
 
     def boom(*a: Any, **k: Any) -> Any:
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr(avictl.cli.render, "render_objects", boom)
+    monkeypatch.setattr(avictl.render, "render_objects", boom)
     result = run("pool", "list")
     assert 1 == result.exit_code
     assert "unexpected RuntimeError: kaput" in one_line_error(result)
