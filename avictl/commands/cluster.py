@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import time
 import uuid as uuidlib
@@ -19,7 +18,7 @@ from avictl.commands._output import emit, note, output_option
 from avictl.commands._settings import client_of, settings
 from avictl.context import Context, NodeEntry, avictl_home, context_path, load_context, save_context
 from avictl.errors import Refused, UsageFault
-from avictl.nodes import free_ports, pid_alive, port_free, start_controller, stop_processes, tail
+from avictl.nodes import pid_alive, port_free, start_controller, stop_processes, tail
 
 __all__ = ["DOWN_TIMEOUT", "STATUS_DEADLINE", "UP_TIMEOUT", "cluster_group"]
 
@@ -34,8 +33,10 @@ def cluster_group() -> None:
 
 
 def _new_cluster(home: Path, count: int, base_port: Optional[int], local_cloud: bool = True) -> Context:
-    from cluster.config import NodeConfig, PeerConfig, hash_password, hash_token
+    """Write the node configs of a new cluster under ``$AVICTL_HOME/nodes/``; the context to save."""
+    from avictl.launcher import ADMIN_USER, Credentials, NodeLayout, loopback_addresses, node_configs
 
+    ports: Optional[list[int]] = None
     if base_port is not None:
         ports = [base_port + i for i in range(2 * count)]
         if ports[-1] > 65535:
@@ -43,45 +44,20 @@ def _new_cluster(home: Path, count: int, base_port: Optional[int], local_cloud: 
         busy = [p for p in ports if not port_free(p)]
         if busy:
             raise Refused(f"port {busy[0]} on 127.0.0.1 is in use; pick another --base-port")
-    else:
-        ports = free_ports(2 * count)
-    ids = [f"n{i + 1}" for i in range(count)]
-    api_port = {node_id: ports[2 * i] for i, node_id in enumerate(ids)}
-    raft_port = {node_id: ports[2 * i + 1] for i, node_id in enumerate(ids)}
-    secret = secrets.token_hex(32)
-    password = secrets.token_urlsafe(16)
-    token = secrets.token_urlsafe(32)
-    password_hash, token_hash = hash_password(password), hash_token(token)
+    layout = NodeLayout(home / "nodes")
+    credentials = Credentials.generate()
+    configs = node_configs(layout, loopback_addresses(count, ports), credentials, local_cloud_home=str(home) if local_cloud else "")
     entries = []
-    for node_id in ids:
-        node_dir = home / "nodes" / node_id
-        data_dir = node_dir / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(node_dir, 0o700)
-        peers = tuple(
-            PeerConfig(other, f"http://127.0.0.1:{api_port[other]}", f"127.0.0.1:{raft_port[other]}")
-            for other in ids if other != node_id
-        )
-        config = NodeConfig(
-            node_id=node_id,
-            data_dir=str(data_dir),
-            api_host="127.0.0.1",
-            api_port=api_port[node_id],
-            raft_addr=f"127.0.0.1:{raft_port[node_id]}",
-            peers=peers,
-            cluster_secret=secret,
-            admin_user="admin",
-            admin_password_hash=password_hash,
-            admin_token_hash=token_hash,
-            local_cloud_home=str(home) if local_cloud else "",
-        )
-        config_file = node_dir / "node.json"
-        config.save(config_file)
+    for node_id, config in configs.items():
+        layout.data_dir(node_id).mkdir(parents=True, exist_ok=True)
+        os.chmod(layout.node_dir(node_id), 0o700)
+        config.save(layout.config_path(node_id))
         entries.append(NodeEntry(
-            id=node_id, api=config.api_url, raft=config.raft_addr, pid=None, data_dir=str(data_dir),
-            config=str(config_file), log=str(node_dir / "controller.log"),
+            id=node_id, api=config.api_url, raft=config.raft_addr, pid=None, data_dir=config.data_dir,
+            config=str(layout.config_path(node_id)), log=str(layout.log_path(node_id)),
         ))
-    return Context(cluster_id=uuidlib.uuid4().hex, username="admin", password=password, token=token, nodes=tuple(entries))
+    return Context(cluster_id=uuidlib.uuid4().hex, username=ADMIN_USER, password=credentials.password, token=credentials.token,
+                   nodes=tuple(entries))
 
 
 def _wait_for_leader(context: Context, procs: dict[str, Any], timeout: float) -> dict[str, Any]:
