@@ -78,6 +78,7 @@ def cli(ctx: click.Context, api: tuple[str, ...], token: Optional[str], deadline
 
 
 def _register(root: click.Group) -> None:
+    """Every command of :mod:`avictl.commands` under ``root``; SE and VS operations join their kind's CRUD group."""
     kinds = {kind: make_kind_group(kind) for kind in ALL_KINDS}
     for command in SERVICE_ENGINE_COMMANDS:
         kinds["serviceengine"].add_command(command)
