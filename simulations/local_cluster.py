@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -20,7 +19,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Optional
 
-from cluster.config import NodeConfig, PeerConfig, hash_password, hash_token
+from avictl.launcher import Credentials, NodeLayout, loopback_addresses, node_configs
+from cluster.config import NodeConfig
 
 __all__ = ["INTERNAL_ERRORS", "LocalCluster", "die_with_parent", "free_port", "wait_until"]
 
@@ -78,40 +78,21 @@ class LocalCluster:
         self.env = dict(env or {})
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        self.password = secrets.token_urlsafe(12)
-        self.token = secrets.token_urlsafe(24)
-        secret = secrets.token_hex(32)
+        credentials = Credentials.generate()
+        self.password = credentials.password
+        self.token = credentials.token
         self.cloud_home = (self.base_dir / "cloud").resolve()
-        ids = [f"n{i + 1}" for i in range(nodes)]
-        ports = {i: (free_port(), free_port()) for i in ids}
-        self.configs: dict[str, NodeConfig] = {}
-        for node_id in ids:
-            api_port, raft_port = ports[node_id]
-            peers = tuple(
-                PeerConfig(other, f"http://127.0.0.1:{ports[other][0]}", f"127.0.0.1:{ports[other][1]}")
-                for other in ids
-                if other != node_id
-            )
-            self.configs[node_id] = NodeConfig(
-                node_id=node_id,
-                data_dir=str(self.base_dir / node_id / "data"),
-                api_host="127.0.0.1",
-                api_port=api_port,
-                raft_addr=f"127.0.0.1:{raft_port}",
-                peers=peers,
-                cluster_secret=secret,
-                admin_user="admin",
-                admin_password_hash=hash_password(self.password),
-                admin_token_hash=hash_token(self.token),
-                durable_journal=durable_journal,
-                local_cloud_home=str(self.cloud_home) if local_cloud else "",
-            )
+        self.layout = NodeLayout(self.base_dir)
+        self.configs: dict[str, NodeConfig] = node_configs(
+            self.layout, loopback_addresses(nodes), credentials, durable_journal=durable_journal,
+            local_cloud_home=str(self.cloud_home) if local_cloud else "",
+        )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._log_checked: dict[Path, int] = {}
         LocalCluster.instances.add(self)
 
     def log_path(self, node_id: str) -> Path:
-        return self.base_dir / node_id / "controller.log"
+        return self.layout.log_path(node_id)
 
     def new_internal_errors(self) -> list[str]:
         """Log lines naming one of :data:`INTERNAL_ERRORS` written since the last call."""
@@ -139,7 +120,7 @@ class LocalCluster:
         return self.configs[node_id].api_url
 
     def config_path(self, node_id: str) -> Path:
-        return self.base_dir / node_id / "node.json"
+        return self.layout.config_path(node_id)
 
     # The module each controller process runs (``python -m``); a harness may run a wrapper.
     controller_module = "cluster.main"

@@ -48,7 +48,7 @@ from typing import Iterable, Optional
 
 import attrs
 
-from cluster.config import PeerConfig
+from avictl.launcher import NodeAddress, readdress
 from simulations.local_cluster import LocalCluster
 
 __all__ = ["NetnsCluster", "NetnsUnavailable", "check_netns_support", "cleanup_stale"]
@@ -214,11 +214,7 @@ class NetnsCluster(LocalCluster):
                 fcntl.flock(lock, fcntl.LOCK_UN)
         self.addrs = {n: str(self.net.subnet.network_address + 11 + i) for i, n in enumerate(ids)}
         self.host_addr = str(self.net.subnet.network_address + 1)
-        for node_id in ids:
-            peers = tuple(PeerConfig(o, f"http://{self.addrs[o]}:{API_PORT}", f"{self.addrs[o]}:{RAFT_PORT}")
-                          for o in ids if o != node_id)
-            self.configs[node_id] = attrs.evolve(self.configs[node_id], api_host=self.addrs[node_id], api_port=API_PORT,
-                                                 raft_addr=f"{self.addrs[node_id]}:{RAFT_PORT}", peers=peers)
+        self.configs = readdress(self.configs, {n: NodeAddress(self.addrs[n], API_PORT, RAFT_PORT) for n in ids})
 
     def _build(self) -> None:
         net = self.net

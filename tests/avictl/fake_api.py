@@ -3,7 +3,11 @@
 It speaks the wire format the CLI relies on: list responses ``{count, results, next}``, refs
 returned as URLs with ``#name``, ``_last_modified`` checked on PUT (412 when stale), errors as
 ``{"error": {"code", "message", "field"}}``, and server defaults filled into stored objects (so
-the CLI's subset comparison is exercised).
+the CLI's subset comparison is exercised). Kinds and their top-level fields are the real schema's
+(:data:`cluster.schema.KINDS`); a referenced object is not deleted (409).
+
+``tests/avictl/test_api_contract.py`` runs the same checks against this fake and a real
+controller: where they differ, this fake is wrong.
 """
 
 from __future__ import annotations
@@ -13,14 +17,18 @@ import threading
 import uuid as uuidlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import attrs
 
-SERVER_FIELDS = ("uuid", "url", "_last_modified", "tenant_ref")
+from cluster.schema import KINDS
+
+# What the server computes: dropped from a written body (``runtime`` is read-only state).
+SERVER_FIELDS = ("uuid", "url", "_last_modified", "tenant_ref", "runtime")
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "pool": {"lb_algorithm": "LB_ALGORITHM_LEAST_CONNECTIONS", "default_server_port": 80, "graceful_disable_timeout": 1},
-    "healthmonitor": {"send_interval": 10, "receive_timeout": 4},
+    "pool": {"lb_algorithm": "LB_ALGORITHM_LEAST_CONNECTIONS", "default_server_port": 80, "graceful_disable_timeout": 1,
+             "health_monitor_refs": []},
+    "healthmonitor": {"send_interval": 10, "receive_timeout": 4, "successful_checks": 2, "failed_checks": 2},
     "virtualservice": {"enabled": True, "type": "VS_TYPE_NORMAL"},
 }
 
@@ -106,8 +114,9 @@ class FakeApi:
 
     def _normalize(self, kind: str, body: dict[str, Any]) -> tuple[Optional[tuple[str, str]], dict[str, Any]]:
         body = {k: v for k, v in body.items() if k not in SERVER_FIELDS}
-        if "bogus" in body:
-            return ("unknown field bogus", "bogus"), body
+        unknown = sorted(set(body) - set(KINDS[kind].fields))
+        if unknown:
+            return ("unknown field (not supported by avictl)", unknown[0]), body
         out = {**DEFAULTS.get(kind, {}), **body}
         for field, value in list(out.items()):
             if field.endswith("_ref"):
@@ -116,10 +125,10 @@ class FakeApi:
                     return (err, field), out
             elif field.endswith("_refs") and isinstance(value, list):
                 resolved = []
-                for v in value:
+                for i, v in enumerate(value):
                     err, r = self._resolve(field, v)
                     if err:
-                        return (err, field), out
+                        return (err, f"{field}[{i}]"), out
                     resolved.append(r)
                 out[field] = resolved
         if kind == "pool":
@@ -127,8 +136,8 @@ class FakeApi:
         return None, out
 
     def _create(self, kind: str, body: dict[str, Any], command_id: Optional[str], uuid: str) -> tuple[int, Any]:
-        if not isinstance(body.get("name"), str):
-            return 422, _err(422, "name is required", "name")
+        if not isinstance(body.get("name"), str) or not body["name"]:
+            return 422, _err(422, "name is required: a non-empty string", "name")
         if self.by_name(kind, body["name"]) is not None:
             return 409, _err(409, f"{kind} named {body['name']!r} already exists", "name")
         problem, stored = self._normalize(kind, body)
@@ -194,7 +203,8 @@ class FakeApi:
         parts = [p for p in path.split("/") if p]
         if path == "/api/cluster":
             return 200, {"leader": "n1", "state": "CLUSTER_UP_NO_HA", "nodes": [
-                {"id": "n1", "api": self.url, "role": "leader", "term": 2, "commit_index": 7, "applied_revision": self.revision}]}, {}
+                {"id": "n1", "api": self.url, "raft": "127.0.0.1:1", "role": "leader", "term": 2, "commit_index": 7,
+                 "applied_index": 7, "applied_revision": self.revision, "leader": "127.0.0.1:1", "has_quorum": True}]}, {}
         if path == "/api/events":
             since = int(query.get("since", ["1"])[0])
             limit = int(query.get("limit", ["100"])[0])
@@ -203,6 +213,8 @@ class FakeApi:
         if len(parts) < 2 or parts[0] != "api":
             return 404, _err(404, f"no route {path}"), {}
         kind = parts[1]
+        if kind not in KINDS:
+            return 404, _err(404, f"unknown object kind {kind!r}; known: {', '.join(sorted(KINDS))}"), {}
         if len(parts) == 2 and method == "GET":
             items = [o for u, o in self.objects.items() if self.kinds[u] == kind]
             if "name" in query:
@@ -213,12 +225,14 @@ class FakeApi:
             chunk = items[(page - 1) * size: page * size]
             doc: dict[str, Any] = {"count": len(items), "results": [self.render(o, host) for o in chunk]}
             if page * size < len(items):
-                doc["next"] = f"http://{host}/api/{kind}?page={page + 1}&page_size={size}"
+                doc["next"] = f"http://{host}/api/{kind}?" + urlencode({**{k: v[0] for k, v in query.items()}, "page": str(page + 1)})
             return 200, doc, {}
         if len(parts) == 2 and method == "POST":
             if not isinstance(body, dict):
-                return 400, _err(400, "the request body must be a JSON object", "body"), {}
+                return 400, _err(400, "the request body must be a JSON object"), {}
             uuid = headers.get("slug") or f"{kind}-{uuidlib.uuid4()}"
+            if not uuid.startswith(f"{kind}-") or len(uuid) > 128:
+                return 400, _err(400, f"Slug must be a uuid starting with {kind}-", "Slug"), {}
             status, obj = self._create(kind, body, command_id, uuid)
             return status, (self.render(obj, host) if status == 201 else obj), {}
         if len(parts) == 3:
@@ -228,13 +242,19 @@ class FakeApi:
             if method == "GET":
                 return 200, self.render(obj, host), {}
             if method == "DELETE":
+                users = sorted(f"{self.kinds[u]} {o['name']!r}" for u, o in self.objects.items() if _refers_to(o, obj["uuid"]))
+                if users:
+                    return 409, _err(409, f"{kind} {obj['name']!r} is in use by {', '.join(users)}"), {}
                 del self.objects[parts[2]]
                 self._event(kind, "ObjectDeleted", obj, command_id)
                 return 204, None, {}
             if method == "PUT":
+                if not isinstance(body, dict):
+                    return 400, _err(400, "the request body must be a JSON object", "body"), {}
                 stale = body.get("_last_modified")
                 if stale is not None and str(stale) != str(obj["_rev"]):
-                    return 412, _err(412, f"{kind} {obj['name']!r} was modified at revision {obj['_rev']}", "_last_modified"), {}
+                    return 412, _err(412, f"{kind} {obj['name']!r} was modified at revision {obj['_rev']}, not {stale}",
+                                     "_last_modified"), {}
                 problem, stored = self._normalize(kind, {**body, "name": body.get("name", obj["name"])})
                 if problem:
                     return 422, _err(422, problem[0], problem[1]), {}
@@ -311,6 +331,15 @@ class FakeApi:
                 self._serve("PATCH")
 
         return Handler
+
+
+def _refers_to(obj: dict[str, Any], uuid: str) -> bool:
+    """Whether a stored object's top-level refs (``/api/<kind>/<uuid>``) name ``uuid``."""
+    for field, value in obj.items():
+        refs = [value] if field.endswith("_ref") else value if field.endswith("_refs") and isinstance(value, list) else []
+        if any(isinstance(r, str) and r.rsplit("/", 1)[-1] == uuid for r in refs):
+            return True
+    return False
 
 
 def _err(status: int, message: str, field: Optional[str] = None) -> dict[str, Any]:

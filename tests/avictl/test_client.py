@@ -68,7 +68,7 @@ def test_api_error_is_decoded_with_field(api: FakeApi) -> None:
     with pytest.raises(ApiError) as info:
         c.post("/api/pool", {"name": "web", "bogus": 1})
     assert (422, "validation_failed", "bogus") == (info.value.status, info.value.code, info.value.field)
-    assert "unknown field bogus (field: bogus)" == str(info.value)
+    assert "unknown field (not supported by avictl) (field: bogus)" == str(info.value)
     assert 1 == len(api.writes())
 
 
