@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from avictl.launcher import Credentials, NodeLayout, loopback_addresses, node_configs
+from avictl.nodes import free_ports
 from cluster.config import NodeConfig
 
 __all__ = ["INTERNAL_ERRORS", "LocalCluster", "die_with_parent", "free_port", "wait_until"]
@@ -44,13 +44,13 @@ def die_with_parent() -> None:
         pass
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port the kernel reports free on ``host`` (bound and released at once)."""
+    return free_ports(1, host)[0]
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something true (returned); TimeoutError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -1,25 +1,23 @@
-"""The small helpers every test package shares: a free port, and waiting on a condition with a deadline."""
+"""The small helpers every test package shares: free ports, and waiting on a condition with a deadline."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import Any, Callable
 
-from simulations.local_cluster import free_port as _free_port
-from simulations.local_cluster import wait_until
+from avictl.nodes import free_ports
+from simulations.local_cluster import free_port, wait_until
 
-__all__ = ["free_port", "wait_for", "wait_until"]
+__all__ = ["free_port", "free_ports", "wait_for", "wait_until", "wait_until_or_none"]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the kernel reports free on ``host`` (bound and released at once)."""
-    if host == "127.0.0.1":
-        return _free_port()
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def wait_until_or_none(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Like :func:`wait_until`, but None instead of TimeoutError when ``timeout`` passes first."""
+    try:
+        return wait_until(predicate, timeout, interval)
+    except TimeoutError:
+        return None
 
 
 async def wait_for(condition: Callable[[], Any], timeout: float, *, interval: float = 0.01, what: str = "condition") -> Any:

@@ -348,12 +348,6 @@ def _child_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p))
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def _http_get_status(host: str, port: int, path: str = "/", timeout: float = 1.0) -> Optional[int]:
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
@@ -920,7 +914,10 @@ def _run_loads(bench: _Bench, out: dict[str, Any], loads: tuple[str, ...], targe
 
 
 def _run_se(bench: _Bench, children: _Children, tmp: Path, proxy_cpu: int, backend_ports: list[int], loads: tuple[str, ...]) -> dict[str, Any]:
-    l4_port, l7_port = _free_port(_SE_L4), _free_port(_SE_L7)
+    # Imported here, not at the top: this module is also the se-child and bulk-client processes (and the bench CLI imports every subcommand module), which stay on the standard library.
+    from simulations.local_cluster import free_port
+
+    l4_port, l7_port = free_port(_SE_L4), free_port(_SE_L7)
     slice_path = tmp / "slice.json"
     slice_path.write_text(json.dumps(_slice(l4_port, l7_port, backend_ports), indent=2))
     cmd = ["taskset", "-c", str(proxy_cpu), sys.executable, "-m", "simulations.bench.data_plane", "se-child", str(slice_path)]
@@ -954,7 +951,9 @@ def _run_se(bench: _Bench, children: _Children, tmp: Path, proxy_cpu: int, backe
 def _run_haproxy(
     bench: _Bench, children: _Children, tmp: Path, proxy_cpu: int, backend_ports: list[int], mode: str, loads: tuple[str, ...], request_logs: bool
 ) -> dict[str, Any]:
-    l4_port, l7_port = _free_port(_HA_L4), _free_port(_HA_L7)
+    from simulations.local_cluster import free_port
+
+    l4_port, l7_port = free_port(_HA_L4), free_port(_HA_L7)
     conf = tmp / f"haproxy-{mode}.cfg"
     conf.write_text(_haproxy_conf(tmp, mode, l4_port, l7_port, backend_ports, request_logs))
     check = subprocess.run(["haproxy", "-c", "-f", str(conf)], capture_output=True, text=True, timeout=10)
@@ -1186,6 +1185,8 @@ def _table(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from simulations.local_cluster import free_port
+
     missing = _missing_tools()
     if missing:
         packages = sorted({_PACKAGES[t] for t in missing})
@@ -1210,7 +1211,7 @@ def run(args: argparse.Namespace) -> int:
         os.chmod(tmp, 0o755)  # nginx workers may run as nobody
         (tmp / "www").mkdir(mode=0o755)
         _make_bulk_file(tmp / "www" / _BULK_PATH.lstrip("/"), args.bulk_mib)
-        backend_ports = [_free_port(_BACKEND_HOST), _free_port(_BACKEND_HOST)]
+        backend_ports = [free_port(_BACKEND_HOST), free_port(_BACKEND_HOST)]
         (tmp / "nginx.conf").write_text(_nginx_conf(tmp, backend_ports))
         nginx_log = (tmp / "nginx-stderr.log").open("wb")
         nginx = children.start(

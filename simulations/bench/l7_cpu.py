@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations.bench import data_plane as dp
+from simulations.local_cluster import free_port
 
 
 def _proc_cpu_ticks(pid: int) -> tuple[int, int]:
@@ -105,7 +106,7 @@ def main() -> int:
     try:
         os.chmod(tmp, 0o755)
         (tmp / "www").mkdir(mode=0o755)
-        backend_ports = [dp._free_port(dp._BACKEND_HOST), dp._free_port(dp._BACKEND_HOST)]
+        backend_ports = [free_port(dp._BACKEND_HOST), free_port(dp._BACKEND_HOST)]
         (tmp / "nginx.conf").write_text(dp._nginx_conf(tmp, backend_ports))
         nginx = children.start(["taskset", "-c", str(load_cpu), "nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "nginx-error.log")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -122,7 +123,7 @@ def main() -> int:
             ses["base"] = base
         hosts = {"se": dp._SE_L7, "base": "127.0.0.6"}
         for name, root in ses.items():
-            l4_port, l7_port = dp._free_port(dp._SE_L4), dp._free_port(hosts[name])
+            l4_port, l7_port = free_port(dp._SE_L4), free_port(hosts[name])
             sl = dp._slice(l4_port, l7_port, backend_ports)
             sl["virtual_services"][1]["vip"] = hosts[name]
             sl["virtual_services"] = sl["virtual_services"][1:]  # L7 only
@@ -137,7 +138,7 @@ def main() -> int:
             dp._wait_http(hosts[name], l7_port, 10.0, se.proc)
             targets[name] = (se.proc.pid, f"http://{hosts[name]}:{l7_port}/")
         if not args.no_haproxy:
-            l4_port, l7_port = dp._free_port(dp._HA_L4), dp._free_port(dp._HA_L7)
+            l4_port, l7_port = free_port(dp._HA_L4), free_port(dp._HA_L7)
             conf = tmp / "haproxy.cfg"
             conf.write_text(dp._haproxy_conf(tmp, "default", l4_port, l7_port, backend_ports, dp._engine_logs_requests()))
             ha = children.start(["taskset", "-c", str(proxy_cpu), "haproxy", "-db", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

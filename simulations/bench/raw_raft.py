@@ -17,7 +17,6 @@ import os
 import queue
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from typing import IO, Any
 import attrs
 
 from simulations.bench._stats import latency_summary
+from simulations.local_cluster import free_port
 
 __all__ = ["RawResult", "pysyncobj_default_conf", "run_raw_baseline", "tuned_conf"]
 
@@ -84,12 +84,6 @@ class RawResult:
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pump(index: int, stream: IO[bytes], lines: queue.Queue[tuple[int, str | None]]) -> None:
@@ -148,7 +142,7 @@ def run_raw_baseline(
     tmp_root: str | None = None,
 ) -> RawResult:
     """Run one baseline trial; raises RuntimeError (with the children's stderr tails) when it cannot finish."""
-    ports = [_free_port() for _ in range(nodes)]
+    ports = [free_port() for _ in range(nodes)]
     addrs = [f"127.0.0.1:{p}" for p in ports]
     password = secrets.token_urlsafe(16)
     budget_s = leader_timeout_s * 2 + duration_s + drain_timeout_s + lone_budget_s + 15.0

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any
 
 import pytest
 
 from simulations.chaos.checkers import check_gaps, check_no_failures, fault_window
 from simulations.chaos.workloads import DataPlaneWorkload
+from tests.helpers import wait_for
 
 
 def _every(start: float, end: float, step: float = 0.02, ok: bool = True, took: float = 0.005) -> list[tuple[float, float, bool]]:
@@ -120,15 +120,9 @@ def test_workload_records_requests_drops_and_reconnects() -> None:
         dp = DataPlaneWorkload("127.0.0.1", port, interval=0.02, keepalive=2, keepalive_interval=0.05, timeout=0.5)
         stop_at = time.monotonic() + 1.6
         run = asyncio.create_task(dp.run(stop_at))
-        async def until(predicate: Any, what: str, timeout: float = 3.0) -> None:
-            deadline = time.monotonic() + timeout
-            while not predicate():
-                assert time.monotonic() < deadline, f"timed out waiting for {what}"
-                await asyncio.sleep(0.01)
-
-        await until(lambda: dp.counts()["new"]["ok"] >= 20, "20 successful new connections")
+        await wait_for(lambda: dp.counts()["new"]["ok"] >= 20, 3.0, what="20 successful new connections")
         state["drop"] = True  # every connection is cut on its next request
-        await until(lambda: dp.counts()["new"]["failed"] >= 5 and dp.counts()["keepalive"]["drops"] >= 2, "failures while dropping")
+        await wait_for(lambda: dp.counts()["new"]["failed"] >= 5 and dp.counts()["keepalive"]["drops"] >= 2, 3.0, what="failures while dropping")
         state["drop"] = False
         await run
         server.close()

@@ -19,15 +19,15 @@ import json
 import os
 import select
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, Self
+
+from tests.helpers import free_ports, wait_until_or_none
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PASSWORD = "raft-proc-test-password"
@@ -207,32 +207,6 @@ def _journal_main(cfg: dict[str, Any]) -> None:
 # -- parent --------------------------------------------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out for 127.0.0.1 (bound to port 0, then released)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes (None)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
-
-
 def spawn_child(mode: str, cfg: dict[str, Any], stderr_path: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(stderr_path, "ab") as err:
@@ -375,7 +349,7 @@ class Cluster:
                 return None
             return next(n for n in self.nodes if n.addr == addr)
 
-        return wait_for(find, timeout, interval=0.05)
+        return wait_until_or_none(find, timeout, interval=0.05)
 
 
 def livelock_trial(base_dir: str, patch: bool, pause: float = 8.0, catchup_timeout: float = 20.0,
@@ -394,7 +368,7 @@ def livelock_trial(base_dir: str, patch: bool, pause: float = 8.0, catchup_timeo
         for node in cluster.nodes:
             node.request("write", rate=rate, inflight=400, duration=pause + 20.0)
         # Load the leader for a while, so it holds unreplicated entries when it stops.
-        if not wait_for(lambda: (old.request("status") or {}).get("writer", {}).get("ok", 0) > rate, 10.0):
+        if not wait_until_or_none(lambda: (old.request("status") or {}).get("writer", {}).get("ok", 0) > rate, 10.0, interval=0.02):
             raise RuntimeError("writes do not commit before the pause")
         before = old.status()
         old.signal(signal.SIGSTOP)
@@ -402,7 +376,7 @@ def livelock_trial(base_dir: str, patch: bool, pause: float = 8.0, catchup_timeo
         new = cluster.leader(timeout=5.0, exclude=old)
         if new is None:
             raise RuntimeError("no new leader while the old one was paused")
-        wait_for(lambda: time.monotonic() - paused_at >= pause, pause + 1.0, interval=0.05)
+        wait_until_or_none(lambda: time.monotonic() - paused_at >= pause, pause + 1.0, interval=0.05)
         new_before_resume = new.status()
         for node in cluster.nodes:
             if node is not old:
@@ -421,7 +395,7 @@ def livelock_trial(base_dir: str, patch: bool, pause: float = 8.0, catchup_timeo
                 return time.monotonic() - resumed_at
             return None
 
-        result["catchup_s"] = wait_for(caught_up, catchup_timeout, interval=0.02)
+        result["catchup_s"] = wait_until_or_none(caught_up, catchup_timeout, interval=0.02)
         result.update(
             paused_s=round(resumed_at - paused_at, 2),
             old_before_pause={k: before.get(k) for k in ("term", "commit", "last_idx")} if before else None,
@@ -440,10 +414,10 @@ def throughput_trial(base_dir: str, durable: bool, seconds: float = 4.0, infligh
         if leader is None:
             raise RuntimeError("no leader elected")
         leader.request("write", rate=None, inflight=inflight, duration=seconds + 10.0)
-        wait_for(lambda: (leader.request("status") or {}).get("writer", {}).get("ok", 0) > 500, 10.0)
+        wait_until_or_none(lambda: (leader.request("status") or {}).get("writer", {}).get("ok", 0) > 500, 10.0, interval=0.02)
         first = leader.request("status")
         t0 = time.monotonic()
-        wait_for(lambda: time.monotonic() - t0 >= seconds, seconds + 1.0, interval=0.05)
+        wait_until_or_none(lambda: time.monotonic() - t0 >= seconds, seconds + 1.0, interval=0.05)
         last = leader.request("status")
         t1 = time.monotonic()
         leader.request("stop_writes")

@@ -8,26 +8,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
 from cluster.cloud import CloudDriver, CloudError, SeSpec
 from cluster.cloud.local import LocalCloud
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 
 UNREACHABLE = ["http://127.0.0.1:9"]
 TOKEN = "local-cloud-test-token"
 DEADLINE = 20.0
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.02)
 
 
 def proc_gone(pid: int) -> bool:
@@ -116,8 +109,8 @@ def test_killed_se_disappears_and_is_restarted(cloud: LocalCloud) -> None:
     cloud.ensure_running(specs("Avi-1", "Avi-2"))
     before = cloud.running()
     os.kill(before["Avi-1"], signal.SIGKILL)
-    wait_for(lambda: "Avi-1" not in cloud.running(), "killed SE leaves running()")
-    wait_for(lambda: proc_gone(before["Avi-1"]), "killed SE reaped")
+    wait_until(lambda: "Avi-1" not in cloud.running(), DEADLINE, interval=0.02, what="killed SE leaves running()")
+    wait_until(lambda: proc_gone(before["Avi-1"]), DEADLINE, interval=0.02, what="killed SE reaped")
     assert {"Avi-2": before["Avi-2"]} == cloud.running()
     assert ["Avi-1"] == cloud.ensure_running(specs("Avi-1", "Avi-2"))
     after = cloud.running()
@@ -129,11 +122,11 @@ def test_se_log_is_appended(cloud: LocalCloud, home: Path) -> None:
     """The SE writes its log to se.log, and a restart appends to it."""
     log = home / "se" / "Avi-1" / "se.log"
     cloud.ensure_running(specs("Avi-1"))
-    wait_for(lambda: b"se_register_retry" in log.read_bytes(), "the SE logs its retries")
+    wait_until(lambda: b"se_register_retry" in log.read_bytes(), DEADLINE, interval=0.02, what="the SE logs its retries")
     first = log.read_bytes()
     assert cloud.stop("Avi-1")
     cloud.ensure_running(specs("Avi-1"))
-    wait_for(lambda: len(log.read_bytes()) > len(first), "the restarted SE appends")
+    wait_until(lambda: len(log.read_bytes()) > len(first), DEADLINE, interval=0.02, what="the restarted SE appends")
     assert log.read_bytes().startswith(first)
 
 
@@ -170,7 +163,7 @@ def test_second_instance_adopts(cloud: LocalCloud, home: Path) -> None:
     pid = other.running()["Avi-2"]
     assert other.stop("Avi-2")
     assert ["Avi-1"] == list(cloud.running())
-    wait_for(lambda: proc_gone(pid), "the stopped SE is reaped by the instance that started it")
+    wait_until(lambda: proc_gone(pid), DEADLINE, interval=0.02, what="the stopped SE is reaped by the instance that started it")
 
 
 def test_adopted_from_another_process(home: Path, tmp_path: Path) -> None:
@@ -187,7 +180,7 @@ def test_adopted_from_another_process(home: Path, tmp_path: Path) -> None:
     adopter = LocalCloud(home, UNREACHABLE, TOKEN)
     pid = adopter.running()["Avi-7"]
     assert adopter.stop("Avi-7")
-    wait_for(lambda: proc_gone(pid), "the orphaned SE is gone")
+    wait_until(lambda: proc_gone(pid), DEADLINE, interval=0.02, what="the orphaned SE is gone")
 
 
 def test_stale_pid_files_are_not_running(cloud: LocalCloud, home: Path) -> None:

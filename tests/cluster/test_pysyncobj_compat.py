@@ -29,6 +29,7 @@ from pysyncobj.journal import FileJournal, MemoryJournal
 
 from cluster import _pysyncobj_compat as compat
 from tests.cluster import _raft_proc
+from tests.helpers import free_ports, wait_until_or_none
 
 PASSWORD = _raft_proc.PASSWORD
 DurableFileJournal = compat.DurableFileJournal
@@ -352,7 +353,7 @@ def test_real_nodes_sync_before_commit_and_ack(tmp_path: Any, monkeypatch: pytes
     """In a real 3-node cluster no commit index is stored and no success ack is sent while
     the journal holds unsynced entries."""
     monkeypatch.setattr(compat, "DurableFileJournal", _SpyJournal)
-    addrs = [f"127.0.0.1:{p}" for p in _raft_proc.free_ports(3)]
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
     violations: list[str] = []
     acks: list[int] = []
     nodes: list[_Counter] = []
@@ -381,15 +382,15 @@ def test_real_nodes_sync_before_commit_and_ack(tmp_path: Any, monkeypatch: pytes
             transport.send = send
 
         results: list[tuple[Any, Any]] = []
-        assert _raft_proc.wait_for(lambda: any(n._isLeader() for n in nodes), 10.0)
+        assert wait_until_or_none(lambda: any(n._isLeader() for n in nodes), 10.0, interval=0.02)
         for _ in range(200):
             nodes[0].add(1, callback=lambda res, err: results.append((res, err)))
-        assert _raft_proc.wait_for(lambda: len(results) == 200, 10.0)
-        assert _raft_proc.wait_for(lambda: all(n.counter == 200 for n in nodes), 10.0)
+        assert wait_until_or_none(lambda: len(results) == 200, 10.0, interval=0.02)
+        assert wait_until_or_none(lambda: all(n.counter == 200 for n in nodes), 10.0, interval=0.02)
     finally:
         for node in nodes:
             node.destroy()
-        _raft_proc.wait_for(lambda: not any(n.tick_thread_alive() for n in nodes), 5.0)
+        wait_until_or_none(lambda: not any(n.tick_thread_alive() for n in nodes), 5.0, interval=0.02)
 
     commits = [ev for n in nodes for ev in n._SyncObj__raftLog.events if ev[0] == "commit"]
     dirty_commits = [ev for ev in commits if ev[1][1]]

@@ -18,6 +18,7 @@ import uvloop
 
 from engine.config import PoolConfig, SliceConfig
 from engine.dataplane import DataPlane
+from tests.helpers import free_port, wait_for
 
 RR = "LB_ALGORITHM_ROUND_ROBIN"
 LC = "LB_ALGORITHM_LEAST_CONNECTIONS"
@@ -25,12 +26,6 @@ HASH = "LB_ALGORITHM_CONSISTENT_HASH"
 TEST_TIMEOUT = 9.0
 
 # -- helpers shared with test_l4 / test_l7 ---------------------------------------------------------
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def pool_doc(servers: list[Any], *, uuid: str = "pool-1", name: str = "p1", algorithm: str = RR, grace: float = 60.0, monitors: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
@@ -87,14 +82,6 @@ class StubChecker:
 
 def stub_dataplane(**kwargs: Any) -> DataPlane:
     return DataPlane(health_factory=StubChecker, **kwargs)
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def both_loops(fn: Callable[[], Awaitable[None]]) -> Any:
@@ -339,7 +326,7 @@ async def test_removed_vs_stops_accepting_but_established_connection_runs_on() -
         writer.write_eof()
         assert b"a-eof" == await reader.read()
         writer.close()
-        await eventually(lambda: not dp._retired or not dp._retired[0].connections, what="drained")
+        await wait_for(lambda: not dp._retired or not dp._retired[0].connections, 5.0, what="drained")
         assert {} == dp.telemetry()
     finally:
         await dp.close()
@@ -483,7 +470,7 @@ async def test_real_health_checker_takes_a_dead_server_out_and_back() -> None:
     try:
         pool = pool_doc([("127.0.0.1", live.port), ("127.0.0.1", dead_port)], monitors=[_tcp_monitor()])
         assert {} == await dp.apply(slice_of(vs_doc("tcp", "127.0.0.1", port, "l4", pool)))
-        await eventually(lambda: dp.server_states()["p1"][dead_key] is False, what="dead server down")
+        await wait_for(lambda: dp.server_states()["p1"][dead_key] is False, 5.0, what="dead server down")
         assert [("pool-1", dead_key, False)] == dp.drain_health_changes()
         for _ in range(4):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -493,7 +480,7 @@ async def test_real_health_checker_takes_a_dead_server_out_and_back() -> None:
 
         revived = TcpBackend(b"b", greet=True)
         revived.server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", dead_port)
-        await eventually(lambda: dp.server_states()["p1"][dead_key] is True, what="server back up")
+        await wait_for(lambda: dp.server_states()["p1"][dead_key] is True, 5.0, what="server back up")
         assert [("pool-1", dead_key, True)] == dp.drain_health_changes()
     finally:
         await dp.close()

@@ -26,6 +26,7 @@ import pytest
 from engine import ha
 from engine.config import PlacementConfig, SliceConfig, SliceError
 from engine.ha import Claim
+from tests.helpers import free_port, wait_for, wait_until
 
 LEGACY = "HA_MODE_LEGACY_ACTIVE_STANDBY"
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,12 +181,6 @@ def _vip(n: int) -> str:
     return f"127.10.{os.getpid() % 200 + 20}.{n}"
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def get(vip: str, port: int, timeout: float = 1.0) -> Optional[str]:
     """One HTTP request on a new connection; the body, or None when it failed."""
     try:
@@ -201,17 +196,6 @@ def get(vip: str, port: int, timeout: float = 1.0) -> Optional[str]:
     return data.split(b"\r\n\r\n", 1)[1].decode()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 class SE:
     """One SE process of ``_ha_proc``; its slice and status are files in ``workdir``."""
 
@@ -220,7 +204,7 @@ class SE:
         self.scaleout_mode = "auto"
         self.workdir = workdir
         self.ha_dir = ha_dir
-        self.backend_port = _free_port("127.0.0.1")
+        self.backend_port = free_port("127.0.0.1")
         self.slice_file = workdir / f"{name}.slice.json"
         self.status_file = workdir / f"{name}.status.json"
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -273,7 +257,7 @@ class SE:
             want = {"role": role, "accepting": role == "active", **extra}
             return vs if all(vs.get(k) == v for k, v in want.items()) else None
 
-        return dict(wait_for(ok, timeout, f"{self.name} to be {role} {extra}: last {self.vs()}"))
+        return dict(wait_until(ok, timeout, interval=0.01, what=f"{self.name} to be {role} {extra}: last {self.vs()}"))
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -355,7 +339,7 @@ def test_only_the_active_accepts(pair: tuple[SE, SE, str]) -> None:
     """While both run, every new connection to the VIP is served by the active SE."""
     a, b, _ = pair
     vip = _vip(1)
-    port = _free_port(vip)
+    port = free_port(vip)
     _start_pair(a, b, vip, port)
     bodies = [get(vip, port) for _ in range(30)]
     assert ["se=se-a"] * 30 == bodies
@@ -377,18 +361,18 @@ def test_kill_of_the_active_moves_the_vip(pair: tuple[SE, SE, str]) -> None:
     """kill -9 of the active: the standby serves the VIP within 1 s and no request fails after that; three times, alternating."""
     a, b, _ = pair
     vip = _vip(2)
-    port = _free_port(vip)
+    port = free_port(vip)
     _start_pair(a, b, vip, port)
     active, standby = a, b
     gaps = []
     for round_ in range(3):
         prober = Prober(vip, port, max_requests=200)
         prober.start()
-        wait_for(lambda prober=prober: sum(1 for r in prober.results if r[2] is not None) >= 10, 5, "requests before the kill")
+        wait_until(lambda prober=prober: sum(1 for r in prober.results if r[2] is not None) >= 10, 5, interval=0.01, what="requests before the kill")
         killed_at, killed_wall = time.monotonic(), time.time()
         active.signal(signal.SIGKILL)
-        wait_for(lambda prober=prober, killed_at=killed_at: any(r[2] is not None and r[0] > killed_at + 0.3 for r in prober.results), 5,
-                 "requests after the kill")
+        wait_until(lambda prober=prober, killed_at=killed_at: any(r[2] is not None and r[0] > killed_at + 0.3 for r in prober.results), 5,
+                   interval=0.01, what="requests after the kill")
         time.sleep(0.2)  # a few more requests after the first success after the kill
         results = prober.finish()
         gap, failures = _kill_gap(results, killed_at)
@@ -415,11 +399,11 @@ def test_frozen_active_is_fenced(pair: tuple[SE, SE, str]) -> None:
     """SIGSTOP of the active: the standby takes over; after SIGCONT the old active does not serve and turns standby."""
     a, b, _ = pair
     vip = _vip(3)
-    port = _free_port(vip)
+    port = free_port(vip)
     _start_pair(a, b, vip, port)
     prober = Prober(vip, port, max_requests=400, timeout=0.8)
     prober.start()
-    wait_for(lambda: len(prober.results) >= 5, 5, "requests before the pause")
+    wait_until(lambda: len(prober.results) >= 5, 5, interval=0.01, what="requests before the pause")
     stopped_at, stopped_wall = time.monotonic(), time.time()
     a.signal(signal.SIGSTOP)
     took = b.wait_role("active", took_over_from="se-a")
@@ -428,7 +412,7 @@ def test_frozen_active_is_fenced(pair: tuple[SE, SE, str]) -> None:
     continued_at = time.monotonic()
     a.signal(signal.SIGCONT)
     a.wait_role("standby")
-    wait_for(lambda: len([r for r in prober.results if r[0] > continued_at]) >= 20, 5, "requests after the pause")
+    wait_until(lambda: len([r for r in prober.results if r[0] > continued_at]) >= 20, 5, interval=0.01, what="requests after the pause")
     results = prober.finish()
     after = [body for start, _, body in results if start > continued_at]
     ends = [end for _, end, body in results if body is not None]
@@ -453,7 +437,7 @@ def test_switchover_keeps_established_connections(pair: tuple[SE, SE, str], told
     """A new placement naming the standby first (sent to both SEs, or to one only): new connections go to it, a keep-alive connection on the old active keeps working."""
     a, b, _ = pair
     vip = _vip({"both": 4, "new-active": 8, "old-active": 9}[told])
-    port = _free_port(vip)
+    port = free_port(vip)
     _start_pair(a, b, vip, port)
     kept = socket.create_connection((vip, port), timeout=2)
     try:
@@ -482,14 +466,14 @@ def test_shared_pair_passes_connections_to_the_secondary(pair: tuple[SE, SE, str
     """A shared pair: the primary accepts and passes about half the new connections to its secondary; when the secondary dies it keeps them all."""
     a, b, _ = pair
     vip = _vip(10)
-    port = _free_port(vip)
+    port = free_port(vip)
     for se in (a, b):
         se.write_slice(vip, port, [a.name, b.name], 10, revision=10, mode="HA_MODE_SHARED_PAIR")
     a.start()
     a.wait_role("active", distribution="fd_passing")
     b.start()
     b.wait_role("secondary", holding=True)
-    wait_for(lambda: get(vip, port) == "se=se-b", 5, "se-a to pass a connection to se-b")
+    wait_until(lambda: get(vip, port) == "se=se-b", 5, interval=0.01, what="se-a to pass a connection to se-b")
     bodies = [get(vip, port) for _ in range(40)]
     print(f"shared pair: {bodies.count('se=se-a')} served by se-a, {bodies.count('se=se-b')} by se-b")
     assert 40 == bodies.count("se=se-a") + bodies.count("se=se-b")
@@ -499,7 +483,7 @@ def test_shared_pair_passes_connections_to_the_secondary(pair: tuple[SE, SE, str
     b.signal(signal.SIGKILL)
     assert b.proc is not None
     b.proc.wait(5)
-    wait_for(lambda: get(vip, port) == "se=se-a", 5, "se-a to serve alone")
+    wait_until(lambda: get(vip, port) == "se=se-a", 5, interval=0.01, what="se-a to serve alone")
     assert ["se=se-a"] * 20 == [get(vip, port) for _ in range(20)]
 
 
@@ -575,15 +559,6 @@ class _InProcess:
             backend.close()
 
 
-async def _until(condition: Callable[[], Any], what: str, timeout: float = 5.0) -> None:
-    import asyncio
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 def _run_in_process(n: int, scenario: Callable[[_InProcess], Any], loop_name: str = "uvloop", ha_dir: Optional[str] = None) -> None:
     import asyncio
 
@@ -592,7 +567,7 @@ def _run_in_process(n: int, scenario: Callable[[_InProcess], Any], loop_name: st
     made = ha_dir is None
     ha_dir = ha_dir or tempfile.mkdtemp(prefix="avha", dir="/tmp")
     vip = _vip(n)
-    env = _InProcess(ha_dir, vip, _free_port(vip))
+    env = _InProcess(ha_dir, vip, free_port(vip))
 
     async def main() -> None:
         try:
@@ -616,13 +591,13 @@ def test_connection_accepted_after_a_stall_waits_for_confirmation(loop_name: str
 
     async def scenario(env: _InProcess) -> None:
         a = await env.start("se-a", ["se-a", "se-b"])
-        await _until(lambda: a.ha.status()["vs-web"]["accepting"], "se-a accepting")
+        await wait_for(lambda: a.ha.status()["vs-web"]["accepting"], 5.0, what="se-a accepting")
         b = await env.start("se-b", ["se-a", "se-b"])
-        await _until(lambda: b.ha.status()["vs-web"]["holding"], "se-b holding the socket")
+        await wait_for(lambda: b.ha.status()["vs-web"]["holding"], 5.0, what="se-b holding the socket")
         a.ha._last_tick -= 10  # as if the process had been stopped for 10 s
         assert "se=se-a" == await env.get()
         assert (1, 0, "active") == (a.ha.refused, a.ha.handed_off, a.ha.status()["vs-web"]["role"])
-        await _until(lambda: a.ha.status()["vs-web"]["accepting"], "se-a accepting again")
+        await wait_for(lambda: a.ha.status()["vs-web"]["accepting"], 5.0, what="se-a accepting again")
 
     _run_in_process(5, scenario, loop_name)
 
@@ -633,16 +608,16 @@ def test_superseded_active_passes_the_connection_to_the_new_owner(loop_name: str
 
     async def scenario(env: _InProcess) -> None:
         a = await env.start("se-a", ["se-a", "se-b"])
-        await _until(lambda: a.ha.status()["vs-web"]["accepting"], "se-a accepting")
+        await wait_for(lambda: a.ha.status()["vs-web"]["accepting"], 5.0, what="se-a accepting")
         b = await env.start("se-b", ["se-a", "se-b"])
-        await _until(lambda: b.ha.status()["vs-web"]["holding"], "se-b holding the socket")
+        await wait_for(lambda: b.ha.status()["vs-web"]["holding"], 5.0, what="se-b holding the socket")
         # se-b has taken over (it has not started accepting yet) while se-a was stopped.
         b.ha._set_claim("vs-web", ha.takeover(Claim(10, 0, "se-a"), "se-b"))
         a.ha._last_tick -= 10
         assert "se=se-b" == await env.get()
         assert (1, 1, 1) == (a.ha.refused, a.ha.handed_off, b.ha.taken)
         assert {"role": "standby", "accepting": False} == {k: a.ha.status()["vs-web"][k] for k in ("role", "accepting")}
-        await _until(lambda: b.ha.status()["vs-web"]["accepting"], "se-b accepting")
+        await wait_for(lambda: b.ha.status()["vs-web"]["accepting"], 5.0, what="se-b accepting")
         assert "se=se-b" == await env.get()
 
     _run_in_process(6, scenario, loop_name)
@@ -684,7 +659,7 @@ def test_unusable_ha_dir_still_serves(tmp_path: Path) -> None:
 
     async def scenario(env: _InProcess) -> None:
         a = await env.start("se-a", ["se-a", "se-b"])
-        await _until(lambda: a.ha.status()["vs-web"]["accepting"], "se-a accepting without its Unix socket")
+        await wait_for(lambda: a.ha.status()["vs-web"]["accepting"], 5.0, what="se-a accepting without its Unix socket")
         assert "se=se-a" == await env.get()
 
     _run_in_process(11, scenario, ha_dir=str(blocker / "run"))

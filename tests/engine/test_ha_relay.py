@@ -24,8 +24,9 @@ import uvloop
 
 from engine import ha
 from engine.config import SliceConfig
-from tests.engine.test_ha import SE, _free_port, _until, _vip, get, wait_for
+from tests.engine.test_ha import SE, _vip, get
 from tests.engine.test_ha import pair as pair  # noqa: F401  (a fixture, found by name)
+from tests.helpers import free_port, wait_for, wait_until
 
 SHARED = "HA_MODE_SHARED_PAIR"
 CLIENT_IP = "127.0.0.77"  # the test's clients connect from here; the relay comes from 127.0.0.1
@@ -173,12 +174,12 @@ class _Pair:
 
     async def start_pair(self, mode_a: str, mode_b: str = "auto") -> tuple[Any, Any]:
         a = await self.start("se-a", mode_a)
-        await _until(lambda: a.ha.status()["vs-web"]["accepting"], "se-a accepting")
+        await wait_for(lambda: a.ha.status()["vs-web"]["accepting"], 5.0, what="se-a accepting")
         b = await self.start("se-b", mode_b)
-        await _until(lambda: b.ha.status()["vs-web"]["holding"] and a.ha.relays.knows("se-b"), "se-b linked, holding the socket")
+        await wait_for(lambda: b.ha.status()["vs-web"]["holding"] and a.ha.relays.knows("se-b"), 5.0, what="se-b linked, holding the socket")
         # se-a looks busy: every new connection goes to se-b.
         a.open_connections = lambda: 1000
-        await _until(lambda: a.ha.shares.own_open == 1000, "se-a to report itself busy")
+        await wait_for(lambda: a.ha.shares.own_open == 1000, 5.0, what="se-a to report itself busy")
         return a, b
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -204,7 +205,7 @@ class _Pair:
 def _run(n: int, application: str, scenario: Callable[[_Pair], Awaitable[None]], timeout: float = 10, loop_name: str = "uvloop") -> None:
     ha_dir = tempfile.mkdtemp(prefix="avha", dir="/tmp")
     vip = _vip(n)
-    env = _Pair(ha_dir, vip, _free_port(vip), application)
+    env = _Pair(ha_dir, vip, free_port(vip), application)
 
     async def main() -> None:
         try:
@@ -236,7 +237,7 @@ def test_relay_mode_serves_on_the_secondary_with_the_client_address(loop_name: s
         # Served by the primary itself (now se-b looks busy): the same client address, taken the usual way.
         del a.open_connections
         b.open_connections = lambda: 1000
-        await _until(lambda: a.ha.shares.own_open == 0 and a.ha.shares.peer_open.get("se-b") == 1000, "se-b to look busy")
+        await wait_for(lambda: a.ha.shares.own_open == 0 and a.ha.shares.peer_open.get("se-b") == 1000, 5.0, what="se-b to look busy")
         assert [f"se=se-a xff={CLIENT_IP}"] * 2 == [await env.get() for _ in range(2)]
 
     _run(30, "http", scenario, loop_name=loop_name)
@@ -251,7 +252,7 @@ def test_relay_carries_a_large_l4_transfer_both_ways_with_back_pressure_and_half
         a, b = await env.start_pair("relay")
         reader, writer = await env.connect()
         assert b"hi se=se-b\n" == await reader.readline()
-        await _until(lambda: len(a.ha.relays.active) == 1, "the relay")
+        await wait_for(lambda: len(a.ha.relays.active) == 1, 5.0, what="the relay")
         relay = next(iter(a.ha.relays.active))
         chunk = os.urandom(256 * 1024)
         sent = hashlib.sha256()
@@ -269,7 +270,7 @@ def test_relay_carries_a_large_l4_transfer_both_ways_with_back_pressure_and_half
 
         writing = asyncio.create_task(write())
         # Nobody reads the echo: the primary must stop reading from the secondary, not buffer.
-        await _until(lambda: not relay.server.transport.is_reading(), "back-pressure on the relay", timeout=8)
+        await wait_for(lambda: not relay.server.transport.is_reading(), 8, what="back-pressure on the relay")
         buffered = relay.client.transport.get_write_buffer_size()
         stop.set()
         got = hashlib.sha256()
@@ -288,7 +289,7 @@ def test_relay_carries_a_large_l4_transfer_both_ways_with_back_pressure_and_half
         print(f"relayed {total >> 20} MiB each way; primary buffered {buffered} bytes to the client while it did not read")
         assert (total, sent.hexdigest(), b"bye\n") == (received, got.hexdigest(), tail)
         assert buffered < 1 << 20
-        await _until(lambda: not a.ha.relays.active and not b.open_connections(), "the relay and the secondary's connection to end")
+        await wait_for(lambda: not a.ha.relays.active and not b.open_connections(), 5.0, what="the relay and the secondary's connection to end")
         assert {"se-b": 1} == a.ha.status()["vs-web"]["relayed"]
 
     _run(31, "l4", scenario, timeout=15, loop_name=loop_name)
@@ -364,7 +365,7 @@ def test_relay_mode_processes_share_connections(pair: tuple[SE, SE, str]) -> Non
     through the relay and the status says so; when the secondary dies the primary keeps them all."""
     a, b, _ = pair
     vip = _vip(35)
-    port = _free_port(vip)
+    port = free_port(vip)
     a.scaleout_mode = "relay"
     for se in (a, b):
         se.write_slice(vip, port, [a.name, b.name], 10, revision=10, mode=SHARED)
@@ -372,18 +373,18 @@ def test_relay_mode_processes_share_connections(pair: tuple[SE, SE, str]) -> Non
     a.wait_role("active", distribution="relay")
     b.start()
     b.wait_role("secondary", holding=True)
-    wait_for(lambda: get(vip, port) == "se=se-b", 5, "se-a to relay a connection to se-b")
+    wait_until(lambda: get(vip, port) == "se=se-b", 5, interval=0.01, what="se-a to relay a connection to se-b")
     bodies = [get(vip, port) for _ in range(40)]
     print(f"relayed pair: {bodies.count('se=se-a')} served by se-a, {bodies.count('se=se-b')} by se-b")
     assert 40 == bodies.count("se=se-a") + bodies.count("se=se-b")
     assert bodies.count("se=se-b") >= 10 and bodies.count("se=se-a") >= 10
     relayed = bodies.count("se=se-b") + 1
-    status = wait_for(lambda: a.vs() if a.vs().get("relayed") == {"se-b": relayed} else None, 5, f"se-a to count {relayed} relayed")
+    status = wait_until(lambda: a.vs() if a.vs().get("relayed") == {"se-b": relayed} else None, 5, interval=0.01, what=f"se-a to count {relayed} relayed")
     assert "relay" == status["distribution"]
-    status = wait_for(lambda: b.vs() if b.vs().get("received") == {"relay": relayed} else None, 5, f"se-b to count {relayed} relayed")
+    status = wait_until(lambda: b.vs() if b.vs().get("received") == {"relay": relayed} else None, 5, interval=0.01, what=f"se-b to count {relayed} relayed")
     assert "relay" == status["distribution"]
     b.signal(signal.SIGKILL)
     assert b.proc is not None
     b.proc.wait(5)
-    wait_for(lambda: get(vip, port) == "se=se-a", 5, "se-a to serve alone")
+    wait_until(lambda: get(vip, port) == "se=se-a", 5, interval=0.01, what="se-a to serve alone")
     assert ["se=se-a"] * 20 == [get(vip, port) for _ in range(20)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from typing import Callable
 
 import pytest
 from hypothesis import given
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 from engine import health
 from engine.config import MonitorConfig, PoolConfig, ServerConfig
 from engine.health import DOWN, UNKNOWN, UP, HealthChecker, MonitorUnavailable, ServerHealth, ServerStatus
+from tests.helpers import free_port, wait_for
 
 INTERVAL = 0.2
 TIMEOUT = 0.15
@@ -227,7 +227,7 @@ class Changes:
         self.seen.append((key, up, asyncio.get_running_loop().time()))
         self._event.set()
 
-    async def wait_for(self, key: str, up: bool, within: float) -> float:
+    async def reported(self, key: str, up: bool, within: float) -> float:
         """The loop time of the first report (key, up) at or after now; fails after ``within``."""
         since = asyncio.get_running_loop().time()
         async with asyncio.timeout(within):
@@ -239,19 +239,6 @@ class Changes:
                 await self._event.wait()
 
 
-async def until(condition: Callable[[], bool], within: float) -> None:
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_http_server_goes_down_when_stopped_and_up_when_restarted(backend: Backend) -> None:
     """Stopping the server marks it down within failed_checks x interval + timeout; a restart
     brings it back within successful_checks x interval + timeout."""
@@ -261,16 +248,16 @@ async def test_http_server_goes_down_when_stopped_and_up_when_restarted(backend:
     checker.start()
     try:
         key = backend.server.key
-        await until(lambda: checker.monitor_states()[key]["hm"] == UP, within=3 * INTERVAL + 1)
+        await wait_for(lambda: checker.monitor_states()[key]["hm"] == UP, 3 * INTERVAL + 1)
         assert b"Host: 127.0.0.1:" in backend.requests[0]
         slack = 0.25  # event-loop scheduling on a busy test machine
         await backend.stop()
         stopped = asyncio.get_running_loop().time()
-        went_down = await changes.wait_for(key, False, within=2 * INTERVAL + TIMEOUT + slack)
+        went_down = await changes.reported(key, False, within=2 * INTERVAL + TIMEOUT + slack)
         assert {key: False} == checker.states()
         await backend.start()
         restarted = asyncio.get_running_loop().time()
-        came_up = await changes.wait_for(key, True, within=2 * INTERVAL + TIMEOUT + slack)
+        came_up = await changes.reported(key, True, within=2 * INTERVAL + TIMEOUT + slack)
         assert {key: True} == checker.states()
         print(f"down after {went_down - stopped:.3f}s, up after {came_up - restarted:.3f}s")
     finally:
@@ -284,7 +271,7 @@ async def test_http_500_is_a_failure(backend: Backend) -> None:
     checker = HealthChecker(make_pool([backend.server], [monitor(type="HEALTH_MONITOR_HTTP")]), changes)
     checker.start()
     try:
-        await changes.wait_for(backend.server.key, False, within=3 * INTERVAL + TIMEOUT + 0.5)
+        await changes.reported(backend.server.key, False, within=3 * INTERVAL + TIMEOUT + 0.5)
         assert b"GET / HTTP/1.0\r\n\r\n" == backend.requests[0]
     finally:
         await checker.stop()
@@ -297,7 +284,7 @@ async def test_slow_http_answer_is_a_timeout(backend: Backend) -> None:
     checker = HealthChecker(make_pool([backend.server], [monitor(type="HEALTH_MONITOR_HTTP", failed=1)]), changes)
     checker.start()
     try:
-        await changes.wait_for(backend.server.key, False, within=2 * INTERVAL + TIMEOUT + 0.5)
+        await changes.reported(backend.server.key, False, within=2 * INTERVAL + TIMEOUT + 0.5)
     finally:
         await checker.stop()
 
@@ -309,7 +296,7 @@ async def test_tcp_check_of_a_closed_port_fails() -> None:
     checker = HealthChecker(make_pool([server], [monitor()]), changes)
     checker.start()
     try:
-        await changes.wait_for(server.key, False, within=3 * INTERVAL + TIMEOUT + 0.5)
+        await changes.reported(server.key, False, within=3 * INTERVAL + TIMEOUT + 0.5)
         assert {server.key: {"hm": DOWN}} == checker.monitor_states()
     finally:
         await checker.stop()
@@ -321,7 +308,7 @@ async def test_tcp_check_of_a_listening_port_passes(backend: Backend) -> None:
     checker = HealthChecker(make_pool([backend.server], [monitor(successful=1)]), changes)
     checker.start()
     try:
-        await until(lambda: checker.monitor_states()[backend.server.key]["hm"] == UP, within=2 * INTERVAL + 1)
+        await wait_for(lambda: checker.monitor_states()[backend.server.key]["hm"] == UP, 2 * INTERVAL + 1)
         assert [] == changes.seen
     finally:
         await checker.stop()
@@ -345,7 +332,7 @@ async def test_ping_of_localhost_passes_or_is_refused_up_front() -> None:
     checker = HealthChecker(pool, Changes())
     checker.start()
     try:
-        await until(lambda: checker.monitor_states()["127.0.0.1:80"]["hm"] == UP, within=2 * INTERVAL + 1)
+        await wait_for(lambda: checker.monitor_states()["127.0.0.1:80"]["hm"] == UP, 2 * INTERVAL + 1)
     finally:
         await checker.stop()
 
@@ -358,7 +345,7 @@ async def test_ping_that_cannot_be_sent_fails() -> None:
     checker = HealthChecker(pool, changes)
     checker.start()
     try:
-        await changes.wait_for("255.255.255.255:80", False, within=2 * INTERVAL + TIMEOUT + 0.5)
+        await changes.reported("255.255.255.255:80", False, within=2 * INTERVAL + TIMEOUT + 0.5)
     finally:
         await checker.stop()
 
@@ -383,7 +370,7 @@ async def test_update_keeps_state_of_servers_that_stay() -> None:
     checker = HealthChecker(make_pool([down], [hm]), changes)
     checker.start()
     try:
-        await changes.wait_for(down.key, False, within=2 * INTERVAL + TIMEOUT + 0.5)
+        await changes.reported(down.key, False, within=2 * INTERVAL + TIMEOUT + 0.5)
         added = ServerConfig("127.0.0.1", free_port())
         checker.update(make_pool([ServerConfig(down.ip, down.port, ratio=5), added], [monitor(failed=1, successful=3)]))
         assert {down.key: False, added.key: True} == checker.states()
@@ -419,7 +406,7 @@ async def test_first_checks_are_spread_and_probes_are_bounded() -> None:
     checker = HealthChecker(make_pool(servers, [hm]), changes, max_in_flight=4, rng=random.Random(1))
     checker.start()
     try:
-        await until(lambda: len(backend.accepted_at) >= 100, within=3)
+        await wait_for(lambda: len(backend.accepted_at) >= 100, 3)
         first = backend.accepted_at[:100]
         assert max(first) - min(first) > 0.3
         assert backend.max_active <= 4
@@ -434,7 +421,7 @@ async def test_stop_ends_every_check(backend: Backend) -> None:
     """After stop() no more probes arrive."""
     checker = HealthChecker(make_pool([backend.server], [monitor(send_interval=0.05, receive_timeout=0.04)]), Changes())
     checker.start()
-    await until(lambda: len(backend.accepted_at) >= 2, within=1)
+    await wait_for(lambda: len(backend.accepted_at) >= 2, 1)
     await checker.stop()
     count = len(backend.accepted_at)
     await asyncio.sleep(0.15)
@@ -456,7 +443,7 @@ async def test_a_check_that_breaks_counts_as_a_failure(monkeypatch: pytest.Monke
     checker = HealthChecker(make_pool([server], [monitor(failed=2)]), changes)
     checker.start()
     try:
-        await changes.wait_for(server.key, False, within=3 * INTERVAL + TIMEOUT + 0.5)
-        await until(lambda: calls >= 3, within=2 * INTERVAL + 0.5)
+        await changes.reported(server.key, False, within=3 * INTERVAL + TIMEOUT + 0.5)
+        await wait_for(lambda: calls >= 3, 2 * INTERVAL + 0.5)
     finally:
         await checker.stop()

@@ -19,7 +19,8 @@ import uvloop
 
 from engine import l4
 from engine.l4 import _Splice, splice_enabled
-from tests.engine.test_dataplane import LC, StubChecker, TcpBackend, both_loops, eventually, free_port, pool_doc, slice_of, stub_dataplane, vs_doc
+from tests.engine.test_dataplane import LC, StubChecker, TcpBackend, both_loops, pool_doc, slice_of, stub_dataplane, vs_doc
+from tests.helpers import free_port, wait_for
 
 
 async def _l4(servers: list[tuple], **pool_kwargs):  # type: ignore[no-untyped-def]
@@ -43,7 +44,7 @@ async def test_relays_both_ways_and_half_close() -> None:
         writer.write_eof()
         assert b" worlda-eof" == await reader.read()
         writer.close()
-        await eventually(lambda: dp.telemetry()["tcp"]["open_connections"] == 0, what="connection closed")
+        await wait_for(lambda: dp.telemetry()["tcp"]["open_connections"] == 0, 5.0, what="connection closed")
         stats = dp.telemetry()["tcp"]
         assert (1, 11, 16) == (stats["total_connections"], stats["bytes_in"], stats["bytes_out"])
 
@@ -77,10 +78,10 @@ async def test_large_transfer_with_back_pressure_is_intact() -> None:
             writer.write_eof()
 
         sender = asyncio.create_task(send())
-        await eventually(lambda: len(dp._listeners[("127.0.0.1", port)].connections) == 1, what="connection accepted")
+        await wait_for(lambda: len(dp._listeners[("127.0.0.1", port)].connections) == 1, 5.0, what="connection accepted")
         (conn,) = dp._listeners[("127.0.0.1", port)].connections
         # Nobody reads: the client's buffers fill, and the proxy must stop reading the backend.
-        await eventually(lambda: conn.upstream is not None and not conn.upstream.transport.is_reading(), what="backend reads paused")
+        await wait_for(lambda: conn.upstream is not None and not conn.upstream.transport.is_reading(), 5.0, what="backend reads paused")
         buffered = conn.transport.get_write_buffer_size() + conn.upstream.transport.get_write_buffer_size()
         assert buffered < 1 << 20, "the proxy kept reading although nobody drained its buffers"
         digest = hashlib.sha256()
@@ -169,7 +170,7 @@ async def test_client_is_closed_when_no_server_can_be_reached() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert b"" == await reader.read()
         writer.close()
-        await eventually(lambda: dp.telemetry()["tcp"]["open_connections"] == 0, what="connections closed")
+        await wait_for(lambda: dp.telemetry()["tcp"]["open_connections"] == 0, 5.0, what="connections closed")
     finally:
         await dp.close()
 
@@ -181,11 +182,11 @@ async def test_backend_close_closes_client_and_counts_drop() -> None:
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert b"a" == await reader.readexactly(1)
-        await eventually(lambda: dp._pools["pool-1"].balancer.open_connections(f"127.0.0.1:{a.port}") == 1, what="opened")
+        await wait_for(lambda: dp._pools["pool-1"].balancer.open_connections(f"127.0.0.1:{a.port}") == 1, 5.0, what="opened")
         a.transports[0].close()
         assert b"" == await reader.read()
         writer.close()
-        await eventually(lambda: dp.telemetry()["tcp"]["open_connections"] == 0, what="client closed")
+        await wait_for(lambda: dp.telemetry()["tcp"]["open_connections"] == 0, 5.0, what="client closed")
         assert 0 == dp._pools["pool-1"].balancer.open_connections(f"127.0.0.1:{a.port}")
     finally:
         await dp.close()
@@ -259,16 +260,16 @@ def _reset(transport: Any) -> None:
 
 async def _spliced(dp: Any, port: int) -> _Splice:
     """The splice relay of the one connection on ``port``, once the connection has switched."""
-    await eventually(lambda: len(dp._listeners[("127.0.0.1", port)].connections) == 1, what="connection accepted")
+    await wait_for(lambda: len(dp._listeners[("127.0.0.1", port)].connections) == 1, 5.0, what="connection accepted")
     (conn,) = dp._listeners[("127.0.0.1", port)].connections
-    await eventually(lambda: isinstance(conn._splice, _Splice), what="switch to splice")
+    await wait_for(lambda: isinstance(conn._splice, _Splice), 5.0, what="switch to splice")
     return conn._splice  # type: ignore[no-any-return]
 
 
 async def _closed_everywhere(dp: Any, relay: _Splice, backend_port: int) -> None:
     """Counters back to zero and every fd of the relay closed."""
-    await eventually(lambda: dp.telemetry()["tcp"]["open_connections"] == 0, what="connection closed")
-    await eventually(lambda: dp._pools["pool-1"].balancer.open_connections(f"127.0.0.1:{backend_port}") == 0, what="balancer released")
+    await wait_for(lambda: dp.telemetry()["tcp"]["open_connections"] == 0, 5.0, what="connection closed")
+    await wait_for(lambda: dp._pools["pool-1"].balancer.open_connections(f"127.0.0.1:{backend_port}") == 0, 5.0, what="balancer released")
     assert relay.closed
     assert (-1, -1) == (relay.client.fileno(), relay.backend.fileno())
     assert relay.up is not None and relay.down is not None
@@ -377,7 +378,7 @@ async def test_splice_client_reset_closes_the_backend() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(os.urandom(1 << 20))
         relay = await _spliced(dp, port)
-        await eventually(lambda: peer.received >= 1 << 20, what="upload relayed")
+        await wait_for(lambda: peer.received >= 1 << 20, 5.0, what="upload relayed")
         _reset(writer.transport)
         await asyncio.wait_for(peer.lost.wait(), 5)
         await _closed_everywhere(dp, relay, peer.port)
@@ -420,7 +421,7 @@ async def test_splice_back_pressure_from_a_slow_backend() -> None:
         writer.write(payload)  # buffered by the client's transport as the proxy stops taking it
         relay = await _spliced(dp, port)
         assert relay.up is not None
-        await eventually(lambda: relay.up.writing and not relay.up.reading, what="relay blocked on the backend")  # type: ignore[union-attr]
+        await wait_for(lambda: relay.up.writing and not relay.up.reading, 5.0, what="relay blocked on the backend")  # type: ignore[union-attr]
         taken = dp.telemetry()["tcp"]["bytes_in"]
         assert taken < len(payload) // 2, f"the relay took {taken} bytes although the backend reads nothing"
         assert writer.transport.get_write_buffer_size() > 0
@@ -448,7 +449,7 @@ async def test_splice_back_pressure_from_a_slow_client() -> None:
         head = await reader.read(1 << 16)  # the first bytes; then nobody reads for a while
         relay = await _spliced(dp, port)
         assert relay.down is not None
-        await eventually(lambda: relay.down.writing and not relay.down.reading, what="relay blocked on the client")  # type: ignore[union-attr]
+        await wait_for(lambda: relay.down.writing and not relay.down.reading, 5.0, what="relay blocked on the client")  # type: ignore[union-attr]
         taken = dp.telemetry()["tcp"]["bytes_out"]
         assert taken < len(blob) // 2, f"the relay took {taken} bytes although the client reads nothing"
         assert peer.transport.get_write_buffer_size() > 0

@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 
 from engine.upstreams import UpstreamPool
-from tests.engine.test_dataplane import HttpBackend, StubChecker, both_loops, eventually, free_port, pool_doc, slice_of, stub_dataplane, vs_doc
+from tests.engine.test_dataplane import HttpBackend, StubChecker, both_loops, pool_doc, slice_of, stub_dataplane, vs_doc
+from tests.helpers import free_port, wait_for
 
 
 async def _l7(backends: list[HttpBackend], **pool_kwargs: Any):  # type: ignore[no-untyped-def]
@@ -102,7 +103,7 @@ async def test_idle_backend_connections_are_capped_per_server() -> None:
                     assert b"firstsecond" == await resp.read()
 
             tasks = [asyncio.create_task(one()) for _ in range(5)]
-            await eventually(lambda: backend.accepted == 5, what="5 backend connections")
+            await wait_for(lambda: backend.accepted == 5, 5.0, what="5 backend connections")
             backend.release.set()
             await asyncio.gather(*tasks)
         assert 2 == dp._pools["pool-1"].upstreams.idle_count()
@@ -362,7 +363,7 @@ async def test_stale_idle_backend_connection_is_retried() -> None:
                     return resp.status
 
             task = asyncio.create_task(second())
-            await eventually(lambda: idle.owner is not None, what="the stale connection to be reused")
+            await wait_for(lambda: idle.owner is not None, 5.0, what="the stale connection to be reused")
             idle.transport.resume_reading()
             assert 200 == await task
         assert 2 == backend.accepted
@@ -536,7 +537,7 @@ async def test_concurrent_pipelined_clients_get_every_response_in_order_and_coun
             return got
 
         received = await asyncio.gather(*(client(i) for i in range(20)))
-        await eventually(lambda: dp.telemetry()["web"]["responses"]["2xx"] == 100, what="100 responses counted")
+        await wait_for(lambda: dp.telemetry()["web"]["responses"]["2xx"] == 100, 5.0, what="100 responses counted")
         stats = dp.telemetry()["web"]
         assert (100, sum(received)) == (stats["requests"], stats["bytes_out"])
         assert [f"/{i}/{n}" for i in range(20) for n in range(5)] == sorted((r[1] for r in a.requests + b.requests), key=lambda p: tuple(map(int, p.split("/")[1:])))
