@@ -55,8 +55,9 @@ def _items(model_name: Any, data: Any) -> list[tuple[str, Any, str]]:
     if not data:
         raise CommandError(422, "data must hold at least one object", "data")
     out = []
+    default: Optional[str] = None
     for i, item in enumerate(data):
-        own = item.get("model_name") if isinstance(item, dict) else None
+        own = item.get("model_name") if type(item) is dict else None
         if own is not None:
             try:
                 kind = macro_kind(own)
@@ -64,7 +65,7 @@ def _items(model_name: Any, data: Any) -> list[tuple[str, Any, str]]:
                 raise CommandError(exc.code, exc.message, f"data[{i}].model_name") from None
             item = {k: v for k, v in item.items() if k != "model_name"}
         else:
-            kind = macro_kind(model_name)
+            kind = default = default or macro_kind(model_name)
         out.append((kind, item, f"data[{i}]"))
     return out
 
@@ -96,7 +97,7 @@ class _PendingView:
     def add(self, event: ObjectCreated | ObjectUpdated) -> None:
         # created/modified 0 would read as "built in"; a pending object is newer than the view.
         pending = self._view.revision + 1
-        before = self.get(event.uuid)
+        before = self.get(event.uuid) if isinstance(event, ObjectUpdated) else None
         if before is not None:
             self._by_name.pop((before.kind, before.tenant, before.name), None)
         created = before.created if before is not None else pending
@@ -230,6 +231,8 @@ class _Work:
         self.preconditions.extend(decision.preconditions)
         if len(self.events) > MAX_MACRO_OBJECTS:
             raise CommandError(413, f"a macro may change at most {MAX_MACRO_OBJECTS} objects; split the request", "data")
+        if not self.update:
+            return decision.uuid  # a creation's answer is its events
         entry: dict[str, Any] = {"kind": kind, "name": name, "uuid": decision.uuid}
         if existing is None:
             entry["action"] = "created"

@@ -94,6 +94,8 @@ def _refs(kind: str, body: dict[str, Any]) -> set[str]:
 
 
 Endpoint = tuple[str, int]
+# The kinds whose changes move which VS listens on which VIP address and port.
+_ENDPOINT_KINDS = frozenset({"virtualservice", "vsvip"})
 
 
 def vs_endpoints(vs_body: dict[str, Any], vsvip_body: Optional[dict[str, Any]]) -> dict[Endpoint, str]:
@@ -278,7 +280,7 @@ class ConfigView:
                 names[key] = None
             else:
                 return Rejected(400, f"unknown event {type(event).__name__}", None)
-            if isinstance(event, (ObjectCreated, ObjectUpdated)) and event.kind in ("virtualservice", "vsvip"):
+            if event.kind in _ENDPOINT_KINDS and not isinstance(event, ObjectDeleted):
                 bodies[event.uuid] = event.body
                 bad = self._check_endpoints(event, bodies, claimed, deleted)
                 if bad:
@@ -396,7 +398,8 @@ class ConfigView:
             self._by_uuid[event.uuid] = obj
             self._by_name[(event.kind, event.tenant, event.name)] = event.uuid
             self._link(event.uuid, _refs(event.kind, event.body))
-            self._index_endpoints(obj)
+            if event.kind in _ENDPOINT_KINDS:
+                self._index_endpoints(obj)
         elif isinstance(event, ObjectUpdated):
             obj = self._by_uuid[event.uuid]
             self._unlink(obj.uuid, _refs(obj.kind, obj.body))
@@ -405,7 +408,8 @@ class ConfigView:
                 self._by_name[(obj.kind, event.tenant, event.name)] = obj.uuid
             obj.name, obj.tenant, obj.body, obj.modified = event.name, event.tenant, event.body, revision
             self._link(obj.uuid, _refs(obj.kind, obj.body))
-            self._index_endpoints(obj)
+            if obj.kind in _ENDPOINT_KINDS:
+                self._index_endpoints(obj)
         elif isinstance(event, VirtualServicePlaced):
             self._place(event.vs_uuid, tuple(event.se_uuids), revision)
             if event.pinned:

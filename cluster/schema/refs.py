@@ -150,10 +150,38 @@ def rewrite_refs(kind: str, body: dict[str, Any], fn: Callable[[str, str, str], 
 def check_unique_refs(kind: str, body: dict[str, Any]) -> None:
     """ValidationError naming the item when a list of refs that must be unique names one object
     twice. Run on refs made canonical: two spellings of one ref (by name, by URL) are the same."""
-    for name, f in _ref_holding_fields(kind):
+    for name, f, ref_list in _unique_ref_holding_fields(kind):
         value = body.get(name)
-        if value is not None:
-            _check_unique_refs(f, value, name)
+        if value is None:
+            continue
+        # On the bulk write path: a top-level list of refs is checked with one set first.
+        if ref_list and type(value) is list and (len(value) < 2 or len(set(value)) == len(value)):
+            continue
+        _check_unique_refs(f, value, name)
+
+
+_UNIQUE_REF_HOLDING: dict[str, list[tuple[str, Field, bool]]] = {}
+
+
+def _unique_ref_holding_fields(kind: str) -> list[tuple[str, Field, bool]]:
+    """The top-level fields of ``kind`` under which a list of refs that must be unique can occur,
+    each with whether it is that list itself."""
+    known = _UNIQUE_REF_HOLDING.get(kind)
+    if known is None:
+        known = _UNIQUE_REF_HOLDING[kind] = [
+            (n, f, f.type == "list" and f.item is not None and f.item.type == "ref" and f.unique_by == ("",))
+            for n, f in _ref_holding_fields(kind) if _holds_unique_refs(f)
+        ]
+    return known
+
+
+def _holds_unique_refs(f: Field) -> bool:
+    if f.type == "list":
+        assert f.item is not None
+        return (f.item.type == "ref" and f.unique_by == ("",)) or _holds_unique_refs(f.item)
+    if f.type == "object":
+        return any(_holds_unique_refs(sub) for sub in (f.fields or {}).values())
+    return False
 
 
 def _check_unique_refs(f: Field, value: Any, path: str) -> None:
