@@ -43,7 +43,11 @@ def _one_line(text: str) -> str:
 
 
 def _say(message: str) -> None:
-    click.echo(f"error: {_one_line(message)}", err=True)
+    line = _one_line(message)
+    if not line.isprintable():
+        # What a server names (an object's name) never reaches the terminal raw.
+        line = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in line)
+    click.echo(f"error: {line}", err=True)
 
 
 def _usage_hint(exc: click.UsageError) -> str:

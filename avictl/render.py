@@ -18,6 +18,7 @@ __all__ = [
     "dump",
     "event_row",
     "inline",
+    "printable",
     "ref_name",
     "render_apply",
     "render_cluster",
@@ -36,7 +37,7 @@ Column = tuple[str, Callable[[dict[str, Any]], Any]]
 def inline(value: Any) -> str:
     """A value on one line: text as it is, anything else as compact JSON (``null`` when absent)."""
     if isinstance(value, str):
-        return value
+        return printable(value)
     return json.dumps(value, separators=(", ", ": "), sort_keys=False)
 
 
@@ -56,7 +57,15 @@ def cell(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"))
-    return str(value)
+    return printable(str(value))
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: each control or formatting character (ESC, a newline, a
+    bidi override) shown as its escape (``\\x1b``), never sent raw."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -235,4 +244,4 @@ def render_apply(results: list[dict[str, Any]], fmt: str) -> str:
     """``apply`` results: ``created|updated|unchanged KIND NAME`` lines, or data."""
     if fmt != "table":
         return dump(results, fmt)
-    return "\n".join(f"{r['action']} {r['kind']} {r['name']}" for r in results)
+    return "\n".join(f"{r['action']} {r['kind']} {printable(str(r['name']))}" for r in results)

@@ -208,6 +208,9 @@ def _name_of(body: dict[str, Any]) -> str:
         raise CommandError(422, "name is required: a non-empty string", "name")
     if len(name) > 256:
         raise CommandError(422, "name must be at most 256 characters", "name")
+    if not name.isprintable():
+        # Control characters, escape sequences, bidi overrides: a name is shown in terminals and logs.
+        raise CommandError(422, "name must not hold control or formatting characters (e.g. newline, ESC, NUL, bidi overrides)", "name")
     return name
 
 

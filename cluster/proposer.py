@@ -200,10 +200,24 @@ class GroupCommit:
         self._send_scheduled = False
         while self._outbox and self._inflight < MAX_INFLIGHT_ENTRIES:
             batch, self._outbox = self._outbox[:BATCH_MAX], self._outbox[BATCH_MAX:]
-            futures = [f for _item, f in batch if not f.done()]
+            batch = [(item, f) for item, f in batch if not f.done()]
+            try:
+                payload = codec.encode(ProposalBatch([item for item, _f in batch]))
+            except (TypeError, ValueError, OverflowError):
+                # An item the log cannot hold (the API refuses such values first): it fails
+                # alone, the rest of its batch goes on.
+                kept = []
+                for item, f in batch:
+                    if _encodes(item):
+                        kept.append((item, f))
+                    else:
+                        f.set_exception(RaftError("unencodable"))
+                batch = kept
+                payload = codec.encode(ProposalBatch([item for item, _f in batch]))
+            futures = [f for _item, f in batch]
             if not futures:
                 continue
-            entry = self.raft.propose(codec.encode(ProposalBatch([item for item, f in batch if not f.done()])))
+            entry = self.raft.propose(payload)
             self._inflight += 1
             self._release_when_answered(entry, futures)
 
@@ -233,6 +247,14 @@ class GroupCommit:
 
         entry.add_done_callback(release)
         self._loop.call_later(ENTRY_ANSWER_TIMEOUT, release)
+
+
+def _encodes(item: Any) -> bool:
+    try:
+        codec.encode(item)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def _consume_exception(future: "asyncio.Future[Any]") -> None:

@@ -91,7 +91,7 @@ def apply_cmd(ctx: click.Context, files: tuple[Any, ...], dry_run: bool, fmt: st
     suffix = " (dry run)" if dry_run else ""
     lines = []
     for result in results:
-        lines.append(f"{result['action']} {result['kind']} {result['name']}" + (suffix if result["action"] != "unchanged" else ""))
+        lines.append(f"{result['action']} {result['kind']} {render.printable(str(result['name']))}" + (suffix if result["action"] != "unchanged" else ""))
         if dry_run:
             for field, change in (result.get("changes") or {}).items():
                 lines.append(f"    {field}: {render.inline(change.get('from'))} -> {render.inline(change.get('to'))}")

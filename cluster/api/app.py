@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import json
+import math
+import re
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import msgpack
 import structlog
@@ -21,7 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from cluster import commands as c
 from cluster import schema
-from cluster.api.auth import Authenticator
+from cluster.api.auth import Authenticator, LoginThrottle
+from cluster.api.bodies import check_text, parse_json
 from cluster.api.openapi import build_openapi
 from cluster.decide import CommandError, new_uuid, resolve_ref, visible_in
 from cluster.node import Controller
@@ -37,6 +41,8 @@ __all__ = ["make_app", "API_VERSION"]
 
 API_VERSION = "30.2.1"
 MAX_BODY_BYTES = 1024 * 1024
+# Logins whose password hash is being checked at once (one thread); more are answered 429.
+MAX_LOGINS_CHECKING = 8
 REQUEST_LOGS_KEPT = 1000
 log = structlog.get_logger(__name__)
 
@@ -54,15 +60,19 @@ _STATUS_CODES = {
     413: "body_too_large",
     415: "unsupported_media_type",
     422: "validation_failed",
+    429: "too_many_requests",
     503: "no_quorum",
     504: "outcome_unknown",
 }
 
 
-def error_response(status: int, message: str, field: Optional[str] = None, **extra: Any) -> web.Response:
+def error_response(status: int, message: str, field: Optional[str] = None, *, retry_after: Optional[float] = None,
+                   **extra: Any) -> web.Response:
     body: dict[str, Any] = {"code": _STATUS_CODES.get(status, f"http_{status}"), "message": message, "field": field}
     body.update(extra)
-    headers = {"Retry-After": "1"} if status == 503 else None
+    if retry_after is None and status == 503:
+        retry_after = 1.0
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
     return web.json_response({"error": body}, status=status, headers=headers)
 
 
@@ -71,6 +81,9 @@ class Api:
         self.node = node
         self.reconciler = reconciler
         self.auth = Authenticator(node.config)
+        self.throttle = LoginThrottle()
+        self._logins_checking = 0
+        self._login_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="login")
         self.closing = asyncio.Event()
         self.registry = CollectorRegistry()
         self.requests = Counter("avictl_api_requests_total", "API requests", ["method", "route", "status"], registry=self.registry)
@@ -145,6 +158,8 @@ class Api:
             return error_response(401, "internal endpoints need the cluster's internal token")
         if header.startswith("Bearer "):
             token = header[7:].strip()
+            if not (token.isascii() and token.isprintable()):
+                return error_response(401, "invalid token")
             if self.auth.check_bearer(token):
                 return None
             if self.auth.is_se(token):
@@ -162,8 +177,11 @@ class Api:
                 csrf = request.headers.get("X-CSRFToken", "")
                 if not csrf or csrf != self.auth.csrf_for(cookie):
                     return error_response(401, "a session write needs a matching X-CSRFToken header", "X-CSRFToken")
-                if not request.headers.get("Referer"):
+                referer = request.headers.get("Referer")
+                if not referer:
                     return error_response(401, "a session write needs a Referer header", "Referer")
+                if not self._same_origin(request, referer):
+                    return error_response(403, "a session write's Referer must be this controller's own address", "Referer")
             if not _stale(request):
                 # A logout through any node must bind here at once: look it up in a view that has
                 # caught up with the leader (the read's own barrier, taken early).
@@ -176,9 +194,23 @@ class Api:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    @staticmethod
-    def base_url(request: web.Request) -> str:
-        return f"{request.scheme}://{request.host}"
+    def base_url(self, request: web.Request) -> str:
+        """Where this node is, for every url and ref it answers: its configured address, never
+        the request's Host header (a client could make the node name another site)."""
+        return self.node.config.api_url
+
+    def _same_origin(self, request: web.Request, url: str) -> bool:
+        """``url`` (a Referer or Origin) names this node: the address the client reached (its Host
+        header) or the node's configured address."""
+        try:
+            parts = urlsplit(url)
+            origin = parts.netloc.lower()
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or not origin:
+            return False
+        configured = urlsplit(self.node.config.api_url).netloc.lower()
+        return origin in (configured, (request.host or "").lower())
 
     async def tenant(self, request: web.Request, body: Any = None) -> str:
         """The tenant a request acts in: ``X-Avi-Tenant`` (a name) or ``X-Avi-Tenant-UUID``, or the
@@ -309,10 +341,7 @@ class Api:
         raw = await request.read()
         if not raw:
             raise CommandError(400, "the request needs a JSON body", "body")
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CommandError(400, f"the body is not valid JSON: {exc}", "body") from None
+        return parse_json(raw)
 
     async def consistent(self, request: web.Request) -> None:
         """Serve reads linearizably unless the client asked for ?stale=true."""
@@ -336,19 +365,20 @@ class Api:
     @staticmethod
     def command_id(request: web.Request) -> Optional[str]:
         value = request.headers.get("X-Avi-Command-Id")
-        if value is not None and not (0 < len(value) <= 128):
-            raise CommandError(400, "X-Avi-Command-Id must be 1 to 128 characters", "X-Avi-Command-Id")
+        if value is not None and not (0 < len(value) <= 128 and value.isascii() and value.isprintable()):
+            raise CommandError(400, "X-Avi-Command-Id must be 1 to 128 printable ASCII characters", "X-Avi-Command-Id")
         return value
 
     # -- auth routes ---------------------------------------------------------------------------
 
     async def login(self, request: web.Request) -> web.Response:
-        ctype = request.content_type
-        if ctype == "application/json":
-            try:
-                doc = await request.json()
-            except ValueError:
-                raise CommandError(400, "the body is not valid JSON", "body") from None
+        # A browser posting a form from another site says where from: such a login is refused.
+        for header in ("Origin", "Referer"):
+            value = request.headers.get(header)
+            if value and value != "null" and not self._same_origin(request, value):
+                return error_response(403, f"a login from another site ({header}) is refused", header)
+        if request.content_type == "application/json":
+            doc = await self.read_json(request)
             if not isinstance(doc, dict):
                 raise CommandError(400, "the login body must be an object", "body")
         else:
@@ -357,9 +387,29 @@ class Api:
         password, token = doc.get("password"), doc.get("token")
         if not isinstance(username, str) or not (isinstance(password, str) or isinstance(token, str)):
             raise CommandError(400, "login needs username and password (or token)", "username")
-        if not self.auth.check_credentials(username, password if isinstance(password, str) else None,
-                                           token if isinstance(token, str) and not isinstance(password, str) else None):
+        for field, value in (("username", username), ("password", password), ("token", token)):
+            if isinstance(value, str):
+                check_text(value, field)
+        source = request.remote or "unknown"
+        wait = self.throttle.retry_after(username, source, time.monotonic())
+        if wait > 0:
+            return error_response(429, f"too many failed logins; retry in {wait:.0f} s", None, retry_after=wait)
+        if self._logins_checking >= MAX_LOGINS_CHECKING:
+            return error_response(429, "too many logins being checked; retry shortly", None, retry_after=1.0)
+        self._logins_checking += 1
+        try:
+            # PBKDF2 takes tens of milliseconds: on its own thread, never on the loop.
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self._login_executor, self.auth.check_credentials, username,
+                password if isinstance(password, str) else None,
+                token if isinstance(token, str) and not isinstance(password, str) else None,
+            )
+        finally:
+            self._logins_checking -= 1
+        if not ok:
+            self.throttle.failed(username, source, time.monotonic())
             return error_response(401, "invalid credentials")
+        self.throttle.succeeded(username, source)
         session, csrf = self.auth.issue_session(username)
         response = web.json_response(
             {
@@ -453,8 +503,8 @@ class Api:
         body = await self.read_json(request)
         tenant = await self.tenant(request, body)
         uuid = request.headers.get("Slug") or new_uuid(kind)
-        if not uuid.startswith(f"{kind}-") or len(uuid) > 128:
-            raise CommandError(400, f"Slug must be a uuid starting with {kind}-", "Slug")
+        if not _SLUG.match(uuid) or not uuid.startswith(f"{kind}-"):
+            raise CommandError(400, f"Slug must be {kind}- and then 1 to 100 letters, digits, '-' or '_'", "Slug")
         decision, _ = await self.node.write(c.CreateObject(kind, body, tenant, uuid), command_id=self.command_id(request))
         obj = self.node.view.get(decision.uuid)
         if obj is None:
@@ -663,7 +713,7 @@ class Api:
         """``POST /api/virtualservice/{uuid}/scaleout|scalein|migrate|switchover``, as the real product names them."""
         raw = await request.read()
         try:
-            body = json.loads(raw) if raw.strip() else {}
+            body = parse_json(raw) if raw.strip() else {}
         except (ValueError, UnicodeDecodeError) as exc:
             raise CommandError(400, f"the body is not valid JSON: {exc}", "body") from None
         tenant = await self.tenant(request)
@@ -779,6 +829,9 @@ class Api:
 def _stale(request: web.Request) -> bool:
     return _bool_param(request.query, "stale")
 
+
+# What a client-chosen uuid may be: the kind, a dash and a short token (never a path segment).
+_SLUG = re.compile(r"^[a-z]+-[A-Za-z0-9_-]{1,100}$")
 
 # A write-only value in a change report: it changed, or may have; its value is never shown.
 _SECRET = "(write-only: not shown)"

@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 
 from cluster.config import NodeConfig, verify_password, verify_token
 
-__all__ = ["Authenticator", "SESSION_SECONDS", "Session", "se_token_for"]
+__all__ = ["Authenticator", "LoginThrottle", "SESSION_SECONDS", "Session", "se_token_for"]
 
 SESSION_SECONDS = 8 * 3600
 
@@ -90,3 +90,48 @@ class Authenticator:
         if expires < (now or time.time()) or not session_id:
             return None
         return Session(username, session_id, expires)
+
+
+class LoginThrottle:
+    """Backoff on failed logins, per source address and per user name. Pure: callers pass ``now``.
+
+    A source gets ``FREE_BY_SOURCE`` wrong guesses, a user name ``FREE_BY_USER`` (more, so one
+    guesser cannot lock an operator out as fast); each failure past that doubles the wait before
+    the next attempt is even checked, up to ``MAX_WAIT`` seconds. A success clears both; a key
+    nobody failed on for ``FORGET_AFTER`` seconds is forgotten. At most ``MAX_KEYS`` keys are kept
+    (the oldest go first), so a flood of sources cannot grow memory without bound.
+    """
+
+    FREE_BY_SOURCE = 5
+    FREE_BY_USER = 20
+    MAX_WAIT = 60.0
+    FORGET_AFTER = 900.0
+    MAX_KEYS = 10_000
+
+    def __init__(self) -> None:
+        # key -> (failures, time of the last failure, no attempt before)
+        self._keys: dict[tuple[str, str], tuple[int, float, float]] = {}
+
+    def retry_after(self, user: str, source: str, now: float) -> float:
+        """Seconds before this user may try from this source again (0: try now)."""
+        wait = 0.0
+        for key in (("source", source), ("user", user)):
+            entry = self._keys.get(key)
+            if entry is not None:
+                if now - entry[1] > self.FORGET_AFTER:
+                    del self._keys[key]
+                else:
+                    wait = max(wait, entry[2] - now)
+        return wait
+
+    def failed(self, user: str, source: str, now: float) -> None:
+        for key, free in ((("source", source), self.FREE_BY_SOURCE), (("user", user), self.FREE_BY_USER)):
+            failures = self._keys.pop(key, (0, now, now))[0] + 1
+            wait = min(self.MAX_WAIT, 2.0 ** (failures - free)) if failures >= free else 0.0
+            self._keys[key] = (failures, now, now + wait)
+        while len(self._keys) > self.MAX_KEYS:
+            del self._keys[next(iter(self._keys))]
+
+    def succeeded(self, user: str, source: str) -> None:
+        self._keys.pop(("source", source), None)
+        self._keys.pop(("user", user), None)

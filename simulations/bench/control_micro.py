@@ -72,7 +72,7 @@ def measure(existing: int, macros: int, macro_size: int, reps: int) -> dict[str,
         names += size
 
     api = Api.__new__(Api)  # only render() is used: it reads node.view, node.se_status, node.slices
-    api.node = SimpleNamespace(view=view, se_status={}, slices=None)  # type: ignore[assignment]
+    api.node = SimpleNamespace(view=view, se_status={}, slices=None, config=SimpleNamespace(api_url="http://127.0.0.1:9443"))  # type: ignore[assignment]
     request = SimpleNamespace(scheme="http", host="127.0.0.1:9443")
     per_rep: dict[str, list[float]] = {p: [] for p in _PHASES}
     events_per_rep = macros * macro_size
