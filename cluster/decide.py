@@ -40,6 +40,7 @@ __all__ = [
 
 BUILTIN_NAMESPACE = uuidlib.UUID("5b1c0e0e-7a1c-4f7e-9d1e-a71c7a11c0de")
 SERVER_FIELDS = ("uuid", "url", "_last_modified", "tenant_ref", "runtime")
+_SE_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 _PATH_REF = re.compile(r"^/api/(?P<kind>[a-z]+)/(?P<uuid>[a-z]+-[0-9a-fA-F-]{36})$")
 
 
@@ -341,6 +342,9 @@ def decide_register_se(view: ConfigView, body: Any, *, uuid: str) -> Decision:
     if not isinstance(body, dict):
         raise CommandError(400, "the request body must be a JSON object", None)
     name = _name_of(body)
+    if not _SE_NAME.match(name):
+        # An SE's name becomes a file name and a process identity on its host.
+        raise CommandError(422, "an SE name is a letter or digit, then up to 127 letters, digits, '_', '.' or '-' (no '..')", "name")
     previous = body.get("uuid")
     if previous is not None and not isinstance(previous, str):
         raise CommandError(422, "uuid must be the uuid this SE was registered with", "uuid")

@@ -53,6 +53,8 @@ class Reconciler:
         self._running: dict[str, int] = {}
         self._last_scaled: dict[str, float] = {}  # vs uuid -> when autoscale last acted or alerted
         self.clock = clock
+        #: SE group name -> why the cloud could not start one of its SEs (this leader's last round)
+        self.cloud_errors: dict[str, str] = {}
         self.rounds = 0
         #: rounds that raised (each is a bug: the round's later commands were not proposed);
         #: exported as ``avictl_reconcile_rounds_failed_total`` so tests and operators see them
@@ -174,22 +176,43 @@ class Reconciler:
 
     async def _drive_cloud(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.cloud is not None
-        from cluster.cloud import SeSpec
+        from cluster.cloud import CloudError, SeSpec
 
         view = self.node.view
-        specs = []
+        errors: dict[str, str] = {}  # SE group name -> why one of its SEs could not be driven
+        wanted: set[str] = set()
+        # One SE at a time: an SE the cloud cannot start (a bad name, a full disk) is reported on
+        # its group's runtime and skipped; it never stops the other SEs from being started.
         for name, (group_uuid, _revision) in sorted(view.se_requested().items()):
             group = view.get(group_uuid)
-            memory = int(group.body.get("memory_per_se", 2048)) if group is not None else 2048
-            specs.append(SeSpec(name=name, group=group.name if group is not None else group_uuid, memory_mb=memory))
-        started = await loop.run_in_executor(None, self.cloud.ensure_running, specs)
-        for name in started:
-            self.log.info("se_started_by_cloud", se=name, cloud=self.cloud.kind)
-        wanted = {spec.name for spec in specs}
+            group_name = group.name if group is not None else group_uuid
+            wanted.add(name)
+            try:
+                memory = int(group.body.get("memory_per_se", 2048)) if group is not None else 2048
+                spec = SeSpec(name=name, group=group_name, memory_mb=memory)
+                started = await loop.run_in_executor(None, self.cloud.ensure_running, [spec])
+            except (CloudError, OSError, ValueError) as exc:
+                errors[group_name] = f"cannot start {name}: {exc}"
+                self._log_once("cloud_start_failed", f"{name}: {exc}", se=name, group=group_name, error=str(exc))
+                continue
+            for started_name in started:
+                self.log.info("se_started_by_cloud", se=started_name, cloud=self.cloud.kind)
         for name in sorted(set(self._running) - wanted):
-            stopped = await loop.run_in_executor(None, self.cloud.stop, name)
+            try:
+                stopped = await loop.run_in_executor(None, self.cloud.stop, name)
+            except (CloudError, OSError) as exc:
+                self._log_once("cloud_stop_failed", f"{name}: {exc}", se=name, error=str(exc))
+                continue
             if stopped:
                 self.log.info("se_stopped_by_cloud", se=name, cloud=self.cloud.kind)
+        self.cloud_errors = errors
+
+    def _log_once(self, event_name: str, key: str, **fields: Any) -> None:
+        """A warning at most once a minute per ``key``: the same failure every round would drown the log."""
+        now = time.monotonic()
+        if now - self._logged_failures.get(key, -60.0) >= 60.0:
+            self._logged_failures[key] = now
+            self.log.warning(event_name, **fields)
 
 
 def _describe(event: Any) -> dict[str, Any]:

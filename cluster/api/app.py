@@ -326,6 +326,10 @@ class Api:
                 "pinned": view.pinned(obj.uuid),
                 "se_roles": roles,
             }
+        if obj.kind == "serviceenginegroup":
+            # Known on the leader, whose reconciler drives the cloud.
+            error = self.reconciler.cloud_errors.get(obj.name) if self.reconciler is not None else None
+            return {"cloud_error": error} if error else None
         if obj.kind == "pool":
             servers: dict[str, dict[str, str]] = {}
             for se_uuid, status in self.node.se_status.items():

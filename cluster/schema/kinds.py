@@ -182,7 +182,8 @@ _SEGROUP = KindSchema(
         vs_scaleout_timeout=_integer(600, 0, None, description="Seconds."),
         vs_scalein_timeout=_integer(30, 0, None, description="Seconds to drain a scaled-in SE."),
         se_deprovision_delay=_integer(120, 0, 525600, description="Minutes an unused SE is kept."),
-        se_name_prefix=_string(default="Avi", min_length=1),
+        se_name_prefix=_string(default="Avi", min_length=1, format="name_token",
+                               description="SEs the cloud starts for the group are named <se_name_prefix>-<n>."),
         vcenter_folder=_string(default="AviSeFolder", min_length=1),
         vcenter_datastore_mode=_enum(
             ("VCENTER_DATASTORE_ANY", "VCENTER_DATASTORE_LOCAL", "VCENTER_DATASTORE_SHARED"),

@@ -157,3 +157,33 @@ async def test_a_failed_round_is_counted_and_logged(node: Controller, monkeypatc
     stop.set()
     await asyncio.wait_for(task, 5.0)
     assert reconciler.last_failure == "RuntimeError: boom"
+
+
+async def test_an_se_the_cloud_cannot_start_is_reported_and_the_others_start(node: Controller, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the real local cloud: one group's SE cannot be started (its directory is a file), the
+    other group's SE starts; the round does not fail, and the bad group's runtime says why."""
+    from cluster.cloud.local import LocalCloud
+
+    home = tmp_path / "cloud"
+    monkeypatch.setenv("AVICTL_HOME", str(home))
+    cloud = LocalCloud(home, ["http://127.0.0.1:9"], "unused-token")
+    (home / "se").mkdir(parents=True)
+    (home / "se" / "Bad-1").write_text("not a directory")
+    for prefix in ("Good", "Bad"):
+        group = await write(node, create("serviceenginegroup", {"name": f"{prefix.lower()}-group", "se_name_prefix": prefix, "buffer_se": 0}))
+        pool = await write(node, create("pool", {"name": f"{prefix}-pool"}))
+        vip = await write(node, create("vsvip", {"name": f"{prefix}-vip", "vip": [{"ip_address": {"addr": f"127.10.5.{len(prefix)}", "type": "V4"}}]}))
+        await write(node, create("virtualservice", {"name": f"{prefix}-vs", "vsvip_ref": f"/api/vsvip/{vip}", "pool_ref": f"/api/pool/{pool}",
+                                                    "services": [{"port": 80}], "se_group_ref": f"/api/serviceenginegroup/{group}"}))
+    reconciler = Reconciler(node, cloud)
+    try:
+        for _ in range(3):
+            await reconciler.round()  # raises on any failure
+        assert set(node.view.se_requested()) == {"Good-1", "Bad-1"}
+        assert "Good-1" in cloud.running() and "Bad-1" not in cloud.running()
+        assert list(reconciler.cloud_errors) == ["bad-group"]
+        assert reconciler.cloud_errors["bad-group"].startswith("cannot start Bad-1:")
+    finally:
+        for name in cloud.running():
+            cloud.stop(name, timeout=2.0)

@@ -182,3 +182,16 @@ def test_login_guessing_is_slowed_down_and_the_api_stays_responsive(tmp_path: Pa
         assert time.monotonic() - waited <= blocked_for + 2
     finally:
         cluster.close()
+
+
+def test_names_that_become_file_names_on_an_se_host_are_refused(node: LocalCluster) -> None:
+    """An SE group's se_name_prefix and an SE's name must be a plain token: '../../etc' is 422 at
+    write time (it used to be accepted and then stop every reconcile round)."""
+    for prefix in ("../../etc", "a/b", ".hidden", "a..b", ""):
+        code, doc, _, _ = send(node, "POST", "/api/serviceenginegroup", json.dumps({"name": f"g-{len(prefix)}", "se_name_prefix": prefix}).encode(), bearer(node))
+        assert (code, doc["error"]["field"]) == (422, "se_name_prefix"), (prefix, doc)
+    code, doc, _, _ = send(node, "POST", "/api/serviceenginegroup", json.dumps({"name": "g-ok", "se_name_prefix": "Edge_1.a"}).encode(), bearer(node))
+    assert code == 201, doc
+    for name in ("../se", "se/1", "-se"):
+        code, doc, _, _ = send(node, "POST", "/api/serviceengine/register", json.dumps({"name": name}).encode(), bearer(node))
+        assert (code, doc["error"]["field"]) == (422, "name"), (name, doc)
