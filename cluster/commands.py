@@ -20,6 +20,7 @@ import attrs
 
 from cluster import decide as d
 from cluster import macro
+from cluster.sealing import Sealer
 from cluster.views import ConfigView, StoredObject
 
 __all__ = [
@@ -162,20 +163,24 @@ Command = Union[
 ]
 
 
-def decide(view: ConfigView, command: Command, now: float) -> d.Decision:
-    """The events and preconditions of one proposal for ``command``, or CommandError."""
+def decide(view: ConfigView, command: Command, now: float, *, seal: Optional[Sealer] = None) -> d.Decision:
+    """The events and preconditions of one proposal for ``command``, or CommandError.
+
+    ``seal``: seals the secrets a command writes (the node passes the cluster's; tests and
+    simulations may store them as sent)."""
     if isinstance(command, CreateObject):
-        return d.decide_create(view, command.kind, command.body, tenant=command.tenant, uuid=command.uuid)
+        return d.decide_create(view, command.kind, command.body, tenant=command.tenant, uuid=command.uuid, seal=seal)
     if isinstance(command, UpdateObject):
-        return d.decide_update(view, _target(view, command.kind, command.uuid, command.tenant), command.body, if_revision=command.if_revision)
+        return d.decide_update(view, _target(view, command.kind, command.uuid, command.tenant), command.body,
+                               if_revision=command.if_revision, seal=seal)
     if isinstance(command, PatchObject):
-        return d.decide_patch(view, _target(view, command.kind, command.uuid, command.tenant), command.patch)
+        return d.decide_patch(view, _target(view, command.kind, command.uuid, command.tenant), command.patch, seal)
     if isinstance(command, DeleteObject):
         return d.decide_delete(view, _target(view, command.kind, command.uuid, command.tenant))
     if isinstance(command, CreateHierarchy):
-        return macro.decide_macro_create(view, command.model_name, command.data, tenant=command.tenant)
+        return macro.decide_macro_create(view, command.model_name, command.data, tenant=command.tenant, seal=seal)
     if isinstance(command, ApplyHierarchy):
-        return macro.decide_macro_apply(view, command.model_name, command.data, tenant=command.tenant)
+        return macro.decide_macro_apply(view, command.model_name, command.data, tenant=command.tenant, seal=seal)
     if isinstance(command, DeleteHierarchy):
         return macro.decide_macro_delete(view, command.model_name, command.data, tenant=command.tenant)
     if isinstance(command, RegisterServiceEngine):

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import attrs
 
 from cluster import schema
+from cluster.sealing import Sealer, is_sealed
 from cluster.views import ConfigView, StoredObject, ref_uuid
 from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Precondition, SessionEnded, VirtualServicePlaced
 
@@ -163,10 +164,13 @@ def _client_body(body: Any) -> dict[str, Any]:
 
 
 def _normalize(
-    view: ConfigView, kind: str, body: dict[str, Any], tenant: str, existing: Optional[dict[str, Any]]
+    view: ConfigView, kind: str, body: dict[str, Any], tenant: str, existing: Optional[dict[str, Any]], seal: Optional[Sealer] = None
 ) -> dict[str, Any]:
     try:
         stored = schema.normalize(kind, body, existing=existing)
+        if seal is not None:
+            # Secrets enter the log sealed (cluster/sealing.py): never in clear on disk or on the wire.
+            schema.seal_write_only(kind, stored, existing, seal.seal, is_sealed)
     except schema.ValidationError as exc:
         raise CommandError(422, exc.message, exc.field) from None
 
@@ -223,20 +227,20 @@ def _check_kind(kind: str, *, creating: bool = False) -> None:
         raise CommandError(405, f"{kind} objects are managed by the cluster and cannot be written here", None)
 
 
-def decide_create(view: ConfigView, kind: str, body: Any, *, tenant: str, uuid: str) -> Decision:
+def decide_create(view: ConfigView, kind: str, body: Any, *, tenant: str, uuid: str, seal: Optional[Sealer] = None) -> Decision:
     _check_kind(kind, creating=True)
     client = _client_body(body)
     name = _name_of(client)
     if view.by_name(kind, name, tenant) is not None:
         raise CommandError(409, f"{kind} named {name!r} already exists", "name")
-    stored = _normalize(view, kind, client, tenant, None)
+    stored = _normalize(view, kind, client, tenant, None, seal)
     if kind == "virtualservice":
         _check_endpoints(view, kind, uuid, stored)
     event = ObjectCreated(kind=kind, uuid=uuid, name=name, tenant=tenant, body=stored)
     return Decision((event,), _ref_preconditions(view, kind, stored), uuid)
 
 
-def decide_update(view: ConfigView, obj: StoredObject, body: Any, *, if_revision: Optional[int]) -> Decision:
+def decide_update(view: ConfigView, obj: StoredObject, body: Any, *, if_revision: Optional[int], seal: Optional[Sealer] = None) -> Decision:
     """PUT: ``body`` replaces the object. ``if_revision`` (from ``_last_modified``) must match, else 412."""
     _check_kind(obj.kind)
     if if_revision is not None and if_revision != obj.modified:
@@ -248,7 +252,7 @@ def decide_update(view: ConfigView, obj: StoredObject, body: Any, *, if_revision
     other = view.by_name(obj.kind, name, obj.tenant)
     if other is not None and other.uuid != obj.uuid:
         raise CommandError(409, f"{obj.kind} named {name!r} already exists", "name")
-    stored = _normalize(view, obj.kind, client, obj.tenant, obj.body)
+    stored = _normalize(view, obj.kind, client, obj.tenant, obj.body, seal)
     if stored == obj.body and name == obj.name:
         return Decision((), (), obj.uuid)
     _check_endpoints(view, obj.kind, obj.uuid, stored)
@@ -257,7 +261,7 @@ def decide_update(view: ConfigView, obj: StoredObject, body: Any, *, if_revision
     return Decision((event,), pre, obj.uuid)
 
 
-def decide_patch(view: ConfigView, obj: StoredObject, patch: Any) -> Decision:
+def decide_patch(view: ConfigView, obj: StoredObject, patch: Any, seal: Optional[Sealer] = None) -> Decision:
     _check_kind(obj.kind)
     if (not isinstance(patch, dict) or not patch or set(patch) - {"add", "replace", "delete", "json_patch"}
             or all(value is None for value in patch.values())):
@@ -273,7 +277,7 @@ def decide_patch(view: ConfigView, obj: StoredObject, patch: Any) -> Decision:
         body = schema.apply_patch(obj.kind, obj.body, patch, resolve=resolve)
     except schema.ValidationError as exc:
         raise CommandError(422, exc.message, exc.field) from None
-    return decide_update(view, obj, body, if_revision=None)
+    return decide_update(view, obj, body, if_revision=None, seal=seal)
 
 
 def decide_delete(view: ConfigView, obj: StoredObject) -> Decision:

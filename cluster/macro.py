@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from cluster import schema
 from cluster.decide import SERVER_FIELDS, CommandError, Decision, decide_create, decide_update, new_uuid
+from cluster.sealing import Sealer
 from cluster.views import ConfigView, Endpoint, Rejected, StoredObject, ref_uuid, vs_endpoints
 from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Precondition
 
@@ -147,14 +148,16 @@ class _PendingView:
 
 
 def decide_macro_create(
-    view: ConfigView, model_name: Any, data: Any, *, tenant: str, make_uuid: Callable[[str], str] = new_uuid
+    view: ConfigView, model_name: Any, data: Any, *, tenant: str, make_uuid: Callable[[str], str] = new_uuid,
+    seal: Optional[Sealer] = None,
 ) -> Decision:
     """Create a hierarchy (or a list of them): one decision holding every ``ObjectCreated``, children first."""
-    return _decide_hierarchy(view, model_name, data, tenant, make_uuid, update=False)
+    return _decide_hierarchy(view, model_name, data, tenant, make_uuid, update=False, seal=seal)
 
 
 def decide_macro_apply(
-    view: ConfigView, model_name: Any, data: Any, *, tenant: str, make_uuid: Callable[[str], str] = new_uuid
+    view: ConfigView, model_name: Any, data: Any, *, tenant: str, make_uuid: Callable[[str], str] = new_uuid,
+    seal: Optional[Sealer] = None,
 ) -> Decision:
     """``PUT /api/macro``: make a hierarchy (or a list of them) so, in one decision. Each object,
     found by name in the tenant, is created when absent; when present, the fields given are laid
@@ -162,13 +165,14 @@ def decide_macro_apply(
     are kept), and it is updated only if that changes it. The decision's ``report`` lists every
     object named, in request order (children first), as created, updated (with the fields that
     change, as stored) or unchanged."""
-    return _decide_hierarchy(view, model_name, data, tenant, make_uuid, update=True)
+    return _decide_hierarchy(view, model_name, data, tenant, make_uuid, update=True, seal=seal)
 
 
 def _decide_hierarchy(
-    view: ConfigView, model_name: Any, data: Any, tenant: str, make_uuid: Callable[[str], str], *, update: bool
+    view: ConfigView, model_name: Any, data: Any, tenant: str, make_uuid: Callable[[str], str], *, update: bool,
+    seal: Optional[Sealer] = None,
 ) -> Decision:
-    work = _Work(_PendingView(view), tenant, make_uuid, update)
+    work = _Work(_PendingView(view), tenant, make_uuid, update, seal)
     tops = [work.place(kind, item, path, 0) for kind, item, path in _items(model_name, data)]
     return Decision(tuple(work.events), tuple(work.preconditions), tops[0], report=tuple(work.report))
 
@@ -176,7 +180,9 @@ def _decide_hierarchy(
 class _Work:
     """One hierarchy decision in progress: the events so far, and what each named object became."""
 
-    def __init__(self, pending: _PendingView, tenant: str, make_uuid: Callable[[str], str], update: bool) -> None:
+    def __init__(self, pending: _PendingView, tenant: str, make_uuid: Callable[[str], str], update: bool,
+                 seal: Optional[Sealer] = None) -> None:
+        self.seal = seal
         self.pending = pending
         self.tenant = tenant
         self.make_uuid = make_uuid
@@ -219,10 +225,10 @@ class _Work:
             existing = None  # admin's object or a built-in of that name is not the tenant's to change: create says why
         try:
             if existing is None:
-                decision = decide_create(self.pending, kind, body, tenant=self.tenant, uuid=self.make_uuid(kind))  # type: ignore[arg-type]
+                decision = decide_create(self.pending, kind, body, tenant=self.tenant, uuid=self.make_uuid(kind), seal=self.seal)  # type: ignore[arg-type]
             else:
                 laid_over = {k: v for k, v in body.items() if k not in SERVER_FIELDS}
-                decision = decide_update(self.pending, existing, _merge(existing.body, laid_over), if_revision=None)  # type: ignore[arg-type]
+                decision = decide_update(self.pending, existing, _merge(existing.body, laid_over), if_revision=None, seal=self.seal)  # type: ignore[arg-type]
         except CommandError as exc:
             raise CommandError(exc.code, exc.message, _join(path, exc.field)) from None
         for event in decision.events:

@@ -31,6 +31,7 @@ from cluster.decide import CommandError, Decision, builtin_events
 from cluster.pipeline import ApplyPipeline
 from cluster.proposer import NO_LEADER_GRACE_MIN, GroupCommit, LeaderWatch, NoQuorum, OutcomeUnknown
 from cluster.raft import RaftLog, RaftTuning
+from cluster.sealing import Sealer
 from cluster.slices import SliceCache
 from cluster.views import Accepted, ConfigView, Duplicate, Rejected
 from storage import codec
@@ -50,6 +51,7 @@ class Controller:
         self.tuning = tuning or RaftTuning.from_env(durable_journal=config.durable_journal)
         self.data_dir = Path(config.data_dir)
         self.log = log.bind(node_id=config.node_id)
+        self.sealer = Sealer(config.cluster_secret)
         self.started_at = time.time()
         self.pipeline: ApplyPipeline
         self.raft: RaftLog
@@ -170,7 +172,7 @@ class Controller:
                 # A retry of a command that was applied (maybe after its first answer was lost).
                 return self._decision_of(command_id, earlier), earlier
             try:
-                decision = decide(self.view, command, time.time())
+                decision = decide(self.view, command, time.time(), seal=self.sealer)
             except CommandError:
                 if caught_up:
                     raise

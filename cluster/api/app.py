@@ -555,7 +555,7 @@ class Api:
         nothing (the same checks, so the same refusals); None for a dry run, after answering it."""
         if _bool_param(request.query, "dry_run"):
             await self.consistent(request)
-            decision = c.decide(self.node.view, command, time.time())
+            decision = c.decide(self.node.view, command, time.time(), seal=self.node.sealer)
             request["dry_run_answer"] = web.json_response({"dry_run": True, "results": self._report(request, decision)})
             return None
         return await self.node.write(command, command_id=self.command_id(request))

@@ -83,6 +83,7 @@ from cluster.schema.refs import (
     rewrite_refs,
     without_defaults,
 )
+from cluster.schema.secrets import seal_write_only
 
 __all__ = [
     "APPLICATION_PROFILES",
@@ -112,6 +113,7 @@ __all__ = [
     "redact",
     "ref_fields",
     "rewrite_refs",
+    "seal_write_only",
     "thaw",
     "without_defaults",
 ]

@@ -1,5 +1,6 @@
 """A secret written to the cluster never leaves it: not in any API response, event, watch stream,
-error, metrics page, CLI output or controller log (three real controller processes)."""
+error, metrics page, CLI output or controller log, and it is stored only sealed (three real
+controller processes)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,3 +108,16 @@ def test_a_planted_secret_appears_in_no_output(cluster3: LocalCluster) -> None:
     for secret in planted:
         leaks = [text[max(0, text.find(secret) - 200): text.find(secret) + 50] for text in outputs if secret in text]
         assert not leaks, f"secret found in output: {leaks[0]}"
+
+    # At rest: the event segments, the Raft journal and dump, the view snapshots of every node.
+    cluster3.wait_converged()
+    files = [p for node in cluster3.ids for p in Path(cluster3.configs[node].data_dir).rglob("*") if p.is_file()]
+    assert any("events" in p.parts for p in files) and any("raft" in p.parts for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for secret in planted[:3]:
+            assert secret.encode() not in data, f"secret stored in clear in {path}"
+    code, body = cluster3.request("n1", "GET", f"/api/cloud/{cloud['uuid']}")
+    body["vcenter_configuration"]["password"] = "$sealed$1$" + "A" * 40
+    code, refused = cluster3.request("n1", "PUT", f"/api/cloud/{cloud['uuid']}", body)
+    assert (code, refused["error"]["field"]) == (422, "vcenter_configuration.password"), refused
