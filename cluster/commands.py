@@ -33,6 +33,7 @@ __all__ = [
     "DeleteHierarchy",
     "DeleteObject",
     "EndSession",
+    "IssueSeEnrolment",
     "PatchObject",
     "PlaceVirtualService",
     "RegisterServiceEngine",
@@ -109,6 +110,17 @@ class RegisterServiceEngine:
     body: Any
     #: the uuid a new SE gets (an SE registering again keeps its own)
     uuid: str
+    #: what the request authenticated with (see :func:`cluster.decide.decide_register_se`)
+    proof: str = "admin"
+
+
+@attrs.frozen
+class IssueSeEnrolment:
+    """An enrolment token for one new SE: the log keeps its hash, the operator gets the token."""
+
+    token_hash: str
+    name: str
+    ttl: Any
 
 
 @attrs.frozen
@@ -156,6 +168,7 @@ Command = Union[
     DeleteHierarchy,
     DeleteObject,
     EndSession,
+    IssueSeEnrolment,
     PatchObject,
     PlaceVirtualService,
     RegisterServiceEngine,
@@ -184,7 +197,9 @@ def decide(view: ConfigView, command: Command, now: float, *, seal: Optional[Sea
     if isinstance(command, DeleteHierarchy):
         return macro.decide_macro_delete(view, command.model_name, command.data, tenant=command.tenant)
     if isinstance(command, RegisterServiceEngine):
-        return d.decide_register_se(view, command.body, uuid=command.uuid)
+        return d.decide_register_se(view, command.body, uuid=command.uuid, proof=command.proof, now=now)
+    if isinstance(command, IssueSeEnrolment):
+        return d.decide_issue_enrolment(view, command.token_hash, command.name, command.ttl, now)
     if isinstance(command, PlaceVirtualService):
         return d.decide_place(view, _target(view, "virtualservice", command.vs_uuid, command.tenant), command.se_refs)
     if isinstance(command, ActOnVirtualService):

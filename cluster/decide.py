@@ -20,7 +20,16 @@ import attrs
 from cluster import schema
 from cluster.sealing import Sealer, is_sealed
 from cluster.views import ConfigView, StoredObject, ref_uuid
-from storage.events import ObjectCreated, ObjectDeleted, ObjectUpdated, Precondition, SessionEnded, VirtualServicePlaced
+from storage.events import (
+    ObjectCreated,
+    ObjectDeleted,
+    ObjectUpdated,
+    Precondition,
+    SeEnrolmentIssued,
+    SeEnrolmentUsed,
+    SessionEnded,
+    VirtualServicePlaced,
+)
 
 __all__ = [
     "BUILTIN_NAMESPACE",
@@ -31,6 +40,7 @@ __all__ = [
     "decide_create",
     "decide_delete",
     "decide_end_session",
+    "decide_issue_enrolment",
     "decide_patch",
     "decide_update",
     "decide_vs_action",
@@ -341,8 +351,16 @@ def builtin_events() -> list[Any]:
     return events
 
 
-def decide_register_se(view: ConfigView, body: Any, *, uuid: str) -> Decision:
-    """An SE announces itself: create its serviceengine object once; registering again changes nothing."""
+def decide_register_se(view: ConfigView, body: Any, *, uuid: str, proof: str = "admin", now: float = 0.0) -> Decision:
+    """An SE announces itself: create its serviceengine object once; registering again changes nothing.
+
+    ``proof`` is what the request authenticated with: ``admin`` (an operator's token: any name,
+    idempotent), ``se:<uuid>`` (an SE's own credential: only that SE, again), ``cloud:<name>``
+    (what the cloud gave the SE it started: that requested name, before it is registered) or
+    ``issued:<sha256>`` (an operator's enrolment token: one new SE, once, before it expires).
+    An SE's identity cannot be taken: a name that is registered is refused to any proof but
+    the operator's and that SE's own.
+    """
     if not isinstance(body, dict):
         raise CommandError(400, "the request body must be a JSON object", None)
     name = _name_of(body)
@@ -357,7 +375,21 @@ def decide_register_se(view: ConfigView, body: Any, *, uuid: str) -> Decision:
         # running under that identity is fenced, never let back in as a new SE.
         raise CommandError(410, f"serviceengine {view.se_deleted(previous)!r} ({previous}) was deleted; this SE process must stop", "uuid")
     existing = view.by_name("serviceengine", name)
+    proof_kind, _, proof_value = proof.partition(":")
+    if proof_kind == "se" and (previous != proof_value or existing is None or existing.uuid != proof_value):
+        raise CommandError(403, "an SE's credential registers only that SE (send its uuid and name)", "uuid")
+    if proof_kind == "cloud" and proof_value != name:
+        raise CommandError(403, f"this enrolment is for the SE named {proof_value!r}, not {name!r}", "name")
+    if proof_kind == "cloud" and existing is None and name not in view.se_requested():
+        raise CommandError(403, f"no SE group asked for an SE named {name!r}", "name")
+    enrolment = view.enrolment(proof_value) if proof_kind == "issued" else None
+    if proof_kind == "issued" and (enrolment is None or enrolment[1] < now):
+        raise CommandError(403, "the enrolment token is unknown, used already or expired", "token")
+    if enrolment is not None and enrolment[0] and enrolment[0] != name:
+        raise CommandError(403, f"this enrolment token is for the SE named {enrolment[0]!r}, not {name!r}", "name")
     if existing is not None:
+        if proof_kind in ("cloud", "issued"):
+            raise CommandError(409, f"serviceengine {name!r} is registered already; its process uses its own credential", "name")
         return Decision((), (), existing.uuid)
     try:
         stored = schema.normalize("serviceengine", _client_body(body), internal=True)
@@ -372,8 +404,21 @@ def decide_register_se(view: ConfigView, body: Any, *, uuid: str) -> Decision:
         return resolve_ref(view, target, value, "admin", field or target) if value else value
 
     stored = _map_refs_with_fields("serviceengine", stored, canonical)
-    event = ObjectCreated(kind="serviceengine", uuid=uuid, name=name, tenant="admin", body=stored)
-    return Decision((event,), (), uuid)
+    events: tuple[Any, ...] = (ObjectCreated(kind="serviceengine", uuid=uuid, name=name, tenant="admin", body=stored),)
+    if proof_kind == "issued":
+        events += (SeEnrolmentUsed(token_hash=proof_value, se_uuid=uuid, at=now),)
+    return Decision(events, (), uuid)
+
+
+def decide_issue_enrolment(view: ConfigView, token_hash: str, name: str, ttl: Any, now: float) -> Decision:
+    """An operator's enrolment token for one new SE (named ``name`` when not empty), good for ``ttl`` seconds."""
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 60 <= ttl <= 7 * 24 * 3600:
+        raise CommandError(422, "ttl is the token's lifetime in seconds, 60 to 604800", "ttl")
+    if name and not _SE_NAME.match(name):
+        raise CommandError(422, "an SE name is a letter or digit, then up to 127 letters, digits, '_', '.' or '-' (no '..')", "name")
+    if name and view.by_name("serviceengine", name) is not None:
+        raise CommandError(409, f"serviceengine {name!r} is registered already", "name")
+    return Decision((SeEnrolmentIssued(token_hash=token_hash, name=name, expires=now + ttl, at=now),), (), "")
 
 
 def decide_place(view: ConfigView, vs: StoredObject, se_refs: Any, reason: str = "pinned by request") -> Decision:

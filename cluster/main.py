@@ -49,13 +49,14 @@ def _cloud_of(config: NodeConfig) -> Optional[CloudDriver]:
         return None
     from pathlib import Path
 
-    from cluster.api.auth import se_token_for
+    from cluster.api.auth import cloud_enrolment_for
     from cluster.cloud.local import LocalCloud
 
     controllers = [config.api_url, *(p.api_url for p in config.peers)]
     home = Path(config.local_cloud_home)
     # One HA socket directory per cloud home, so SEs of two clusters on one host never meet.
-    return LocalCloud(home, controllers, se_token_for(config.cluster_secret), ha_dir=home / "run")
+    # Each SE the cloud starts gets an enrolment good for its own name only, once.
+    return LocalCloud(home, controllers, lambda name: cloud_enrolment_for(config.cluster_secret, name), ha_dir=home / "run")
 
 
 def run_controller(config: NodeConfig) -> None:

@@ -24,6 +24,8 @@ from storage.events import (
     ObjectDeleted,
     ObjectUpdated,
     Proposal,
+    SeEnrolmentIssued,
+    SeEnrolmentUsed,
     ServiceEngineReleased,
     ServiceEngineRequested,
     ServiceEngineStatusChanged,
@@ -128,6 +130,7 @@ class ConfigView:
         self._se_ready: set[str] = set()  # se uuids the leader has declared up at least once
         self._sessions_ended: dict[str, int] = {}  # session id -> when its cookie expires
         self._se_deleted: dict[str, str] = {}  # se uuid -> its name, for every SE object deleted
+        self._enrolments: dict[str, tuple[str, float]] = {}  # token sha256 -> (SE name or "", expires): unused ones
         # Derived (rebuilt from the objects on snapshot load): which VS serves each VIP address and port.
         self._vs_endpoints: dict[str, frozenset[Endpoint]] = {}  # vs uuid -> its (addr, port)s
         self._endpoint_holders: dict[Endpoint, set[str]] = {}  # (addr, port) -> vs uuids
@@ -199,6 +202,10 @@ class ConfigView:
         process may not register again under that identity."""
         return self._se_deleted.get(se_uuid)
 
+    def enrolment(self, token_hash: str) -> Optional[tuple[str, float]]:
+        """An unused operator enrolment token: (the SE name it is for, or "", when it expires)."""
+        return self._enrolments.get(token_hash)
+
     def session_ended(self, session_id: str) -> bool:
         """The login session was ended (logged out) and its cookie must be refused."""
         return session_id in self._sessions_ended
@@ -229,14 +236,21 @@ class ConfigView:
         names: dict[tuple[str, str, str], Optional[str]] = {}
         bodies: dict[str, dict[str, Any]] = {}  # uuid -> body, as earlier events of this proposal left it
         claimed: dict[Endpoint, str] = {}  # VIP address and port -> the VS that took it earlier in this proposal
+        used_tokens: set[str] = set()  # enrolment tokens used earlier in this proposal
         for event in events:
             if isinstance(event, VirtualServicePlaced):
                 bad = self._check_placement(event, created, deleted)
                 if bad:
                     return bad
                 continue
-            if isinstance(event, (AutoscaleAlerted, SessionEnded)):
-                continue  # always valid: a record for operators, a session that may end at any time
+            if isinstance(event, (AutoscaleAlerted, SessionEnded, SeEnrolmentIssued)):
+                continue  # always valid: a record for operators, a session that may end, a new token
+            if isinstance(event, SeEnrolmentUsed):
+                enrolment = self._enrolments.get(event.token_hash)
+                if enrolment is None or enrolment[1] < event.at or event.token_hash in used_tokens:
+                    return Rejected(409, "the enrolment token was used already or has expired", "token")
+                used_tokens.add(event.token_hash)
+                continue
             if isinstance(event, (ServiceEngineRequested, ServiceEngineStatusChanged, ServiceEngineReleased)):
                 bad = self._check_se_event(event, deleted)
                 if bad:
@@ -426,6 +440,12 @@ class ConfigView:
             else:
                 self._se_down.pop(event.se_uuid, None)
                 self._se_ready.add(event.se_uuid)
+        elif isinstance(event, SeEnrolmentIssued):
+            self._forget_expired_enrolments(event.at)
+            self._enrolments[event.token_hash] = (event.name, event.expires)
+        elif isinstance(event, SeEnrolmentUsed):
+            self._forget_expired_enrolments(event.at)
+            self._enrolments.pop(event.token_hash, None)
         elif isinstance(event, SessionEnded):
             # Forget sessions whose cookies have expired by now: they are refused anyway.
             for session_id in [s for s, expires in self._sessions_ended.items() if expires < event.at]:
@@ -448,6 +468,10 @@ class ConfigView:
             self._by_name.pop((obj.kind, obj.tenant, obj.name), None)
             self._unlink(obj.uuid, _refs(obj.kind, obj.body))
             self._referrers.pop(obj.uuid, None)
+
+    def _forget_expired_enrolments(self, now: float) -> None:
+        for token_hash in [h for h, (_name, expires) in self._enrolments.items() if expires < now]:
+            del self._enrolments[token_hash]
 
     def _index_endpoints(self, obj: StoredObject) -> None:
         if obj.kind == "virtualservice":
@@ -509,7 +533,8 @@ class ConfigView:
              "placements": placements, "pinned": sorted(self._pinned),
              "se_requested": [[n, g, r] for n, (g, r) in sorted(self._se_requested.items())],
              "se_down": sorted(self._se_down.items()), "se_ready": sorted(self._se_ready),
-             "sessions_ended": sorted(self._sessions_ended.items()), "se_deleted": sorted(self._se_deleted.items())},
+             "sessions_ended": sorted(self._sessions_ended.items()), "se_deleted": sorted(self._se_deleted.items()),
+             "enrolments": sorted([h, n, e] for h, (n, e) in self._enrolments.items())},
             use_bin_type=True,
         )
 
@@ -541,4 +566,5 @@ class ConfigView:
         view._se_ready = set(doc.get("se_ready", []))
         view._sessions_ended = dict(doc.get("sessions_ended", []))
         view._se_deleted = dict(doc.get("se_deleted", []))
+        view._enrolments = {h: (n, e) for h, n, e in doc.get("enrolments", [])}
         return view

@@ -96,6 +96,21 @@ class ServiceEngineAgent:
     def _state_file(self) -> Path:
         return self.state_dir / "slice.json"
 
+    def _identity_file(self) -> Path:
+        return self.state_dir / "identity.json"
+
+    def _save_identity(self) -> None:
+        """The uuid and own credential the cluster gave this SE, kept (owner only) before anything
+        else: the enrolment it registered with cannot register it again."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._identity_file().with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"uuid": self.uuid, "credential": self.token}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._identity_file())
+
     def _save(self, doc: dict[str, Any]) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._state_file().with_suffix(".tmp")
@@ -107,13 +122,21 @@ class ServiceEngineAgent:
 
     async def _restore(self) -> None:
         try:
+            identity = json.loads(self._identity_file().read_text())
+            if isinstance(identity, dict) and isinstance(identity.get("credential"), str):
+                self.uuid, self.token = identity.get("uuid"), identity["credential"]
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            self.log.warning("se_identity_unreadable", error=str(exc))
+        try:
             saved = json.loads(self._state_file().read_text())
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
             self.log.warning("se_state_unreadable", error=str(exc))
             return
-        self.uuid = saved.get("uuid")
+        self.uuid = self.uuid or saved.get("uuid")
         await self.apply(saved.get("slice"), persist=False)
         self.log.info("se_restored_last_slice", revision=self.applied_revision)
 
@@ -164,6 +187,9 @@ class ServiceEngineAgent:
                         body = await resp.json(content_type=None)
                         if resp.status == 200:
                             self.uuid = body["uuid"]
+                            if isinstance(body.get("credential"), str):
+                                self.token = body["credential"]
+                                self._save_identity()
                             self.log.info("se_registered", uuid=self.uuid, controller=url)
                             return
                         if resp.status == 410:
@@ -196,6 +222,12 @@ class ServiceEngineAgent:
                         self.log.warning("se_unknown_to_cluster", controller=url)
                         await self._register(stop)
                         continue
+                    if resp.status == 410:
+                        body = await resp.json(content_type=None)
+                        self.retired = str(((body or {}).get("error") or {}).get("message") or "deleted by the cluster")
+                        self.log.critical("se_retired", uuid=self.uuid, controller=url, reason=self.retired)
+                        stop.set()
+                        return
                     if resp.status != 200:
                         raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
                     self.connected_to = url

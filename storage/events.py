@@ -27,6 +27,8 @@ __all__ = [
     "ServiceEngineReleased",
     "ServiceEngineRequested",
     "ServiceEngineStatusChanged",
+    "SeEnrolmentIssued",
+    "SeEnrolmentUsed",
     "SessionEnded",
     "VirtualServicePlaced",
 ]
@@ -150,6 +152,28 @@ class SessionEnded:
     at: float
 
 
+@codec.registered("SeEnrolmentIssued", 1)
+@attrs.frozen
+class SeEnrolmentIssued:
+    """An operator made an enrolment token: it registers one new SE (named ``name``, when not
+    empty) before ``expires`` (Unix seconds), once. The log keeps the token's sha256, never the token."""
+
+    token_hash: str
+    name: str
+    expires: float
+    at: float
+
+
+@codec.registered("SeEnrolmentUsed", 1)
+@attrs.frozen
+class SeEnrolmentUsed:
+    """The enrolment token registered the SE ``se_uuid`` (at ``at``): it cannot register another."""
+
+    token_hash: str
+    se_uuid: str
+    at: float
+
+
 Event = Union[
     AutoscaleAlerted,
     ObjectCreated,
@@ -160,6 +184,8 @@ Event = Union[
     ServiceEngineStatusChanged,
     ServiceEngineReleased,
     SessionEnded,
+    SeEnrolmentIssued,
+    SeEnrolmentUsed,
 ]
 
 

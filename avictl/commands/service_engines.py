@@ -34,16 +34,22 @@ __all__ = ["SERVICE_ENGINE_COMMANDS", "VIRTUAL_SERVICE_COMMANDS"]
 @click.option("--scaleout-mode", type=click.Choice(["auto", "relay"]), default="auto", show_default=True,
               help="How an active/active primary hands connections to its secondaries: auto passes the accepted "
                    "socket (relaying only when that fails); relay always relays them through this SE.")
+@click.option("--enrol-token", envvar="AVICTL_ENROL_TOKEN", metavar="TOKEN",
+              help="A single-use enrolment token ('avictl se enrol'): registers this SE once; it then uses its own credential.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.pass_context
 def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_dir: Optional[str], report_interval: float,
-           metrics_listen: Optional[str], ha_dir: Optional[str], scaleout_mode: str, log_level: str) -> None:
-    """Run a Service Engine in the foreground: it registers, receives the VSs placed on it and serves them."""
+           metrics_listen: Optional[str], ha_dir: Optional[str], scaleout_mode: str, enrol_token: Optional[str], log_level: str) -> None:
+    """Run a Service Engine in the foreground: it registers, receives the VSs placed on it and serves them.
+
+    It registers with --enrol-token (or the global --token) and keeps the credential the cluster
+    answers with in its state directory (owner only): after that it needs no other token.
+    """
     from cluster.logsetup import configure_logging
 
     opts = settings(ctx)
     urls = [u.strip() for value in (controllers or opts.api) for u in value.split(",") if u.strip()]
-    token = opts.token
+    token = enrol_token or opts.token
     if not urls or not token:
         context = load_context()
         if context is None:
@@ -146,5 +152,19 @@ def vs_switchover(ctx: click.Context, name: str, fmt: str) -> None:
 
 
 # Added to the ``serviceengine`` and ``virtualservice`` kind groups, beside their CRUD verbs.
-SERVICE_ENGINE_COMMANDS = (se_run,)
+@click.command("enrol")
+@click.option("--name", default="", help="The SE name the token may register (default: any new name).")
+@click.option("--ttl", type=click.IntRange(60, 7 * 24 * 3600), default=3600, show_default=True, help="Seconds the token stays good.")
+@output_option
+@click.pass_context
+def se_enrol(ctx: click.Context, name: str, ttl: int, fmt: str) -> None:
+    """Make a single-use enrolment token for one new Service Engine ('avictl se run --enrol-token').
+
+    The token is shown once; the cluster keeps only its hash.
+    """
+    made = client_of(ctx).post("/api/serviceengine/enrolment", {"name": name, "ttl": ttl} if name else {"ttl": ttl})
+    emit(made["token"] if fmt == "table" else render.dump(made, fmt))
+
+
+SERVICE_ENGINE_COMMANDS = (se_run, se_enrol)
 VIRTUAL_SERVICE_COMMANDS = (vs_place, vs_scale_out, vs_scale_in, vs_migrate, vs_switchover)

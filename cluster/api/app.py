@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from cluster import commands as c
 from cluster import schema
-from cluster.api.auth import Authenticator, LoginThrottle
+from cluster.api.auth import Authenticator, LoginThrottle, RateLimit, new_enrolment_token
 from cluster.api.bodies import check_text, parse_json
 from cluster.api.openapi import build_openapi
 from cluster.decide import CommandError, new_uuid, resolve_ref, visible_in
@@ -44,6 +44,10 @@ MAX_BODY_BYTES = 1024 * 1024
 # Logins whose password hash is being checked at once (one thread); more are answered 429.
 MAX_LOGINS_CHECKING = 8
 REQUEST_LOGS_KEPT = 1000
+# An SE's status report: its size, the size of one request log record in it, and how often.
+MAX_STATUS_BYTES = 256 * 1024
+MAX_LOG_RECORD_BYTES = 4096
+SE_REPORTS_PER_S = 20.0
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -82,6 +86,7 @@ class Api:
         self.reconciler = reconciler
         self.auth = Authenticator(node.config)
         self.throttle = LoginThrottle()
+        self.se_reports = RateLimit(SE_REPORTS_PER_S, burst=40)
         self._logins_checking = 0
         self._login_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="login")
         self.closing = asyncio.Event()
@@ -162,13 +167,19 @@ class Api:
                 return error_response(401, "invalid token")
             if self.auth.check_bearer(token):
                 return None
-            if self.auth.is_se(token):
-                if path.startswith("/api/serviceengine/") and (
-                    path == "/api/serviceengine/register" or path.endswith("/slice") or path.endswith("/status")
-                ):
-                    return None
-                return error_response(403, "a service engine token is good only for the service engine routes")
-            return error_response(401, "invalid token")
+            identity = self.auth.read_se_token(token)
+            if identity is None:
+                return error_response(401, "invalid token")
+            # An SE token is good for the SE routes of its own identity only (checked again in _se).
+            if path == "/api/serviceengine/register" and request.method == "POST":
+                request["se_identity"] = identity
+                return None
+            if identity.kind == "se" and path.startswith("/api/serviceengine/") and (path.endswith("/slice") or path.endswith("/status")):
+                if self.node.view.se_deleted(identity.value) is not None:
+                    return error_response(410, "this service engine was deleted; its process must stop")
+                request["se_identity"] = identity
+                return None
+            return error_response(403, "a service engine token is good only for its own service engine routes")
         cookie = request.cookies.get("sessionid") or request.cookies.get("avi-sessionid")
         session = self.auth.check_session(cookie) if cookie else None
         if session is not None:
@@ -621,12 +632,34 @@ class Api:
     # -- service engines -----------------------------------------------------------------------
 
     async def register_se(self, request: web.Request) -> web.Response:
+        """An SE registers (or again, after losing its stream); the answer carries its own
+        credential, the one token it uses from then on."""
         body = await self.read_json(request)
-        decision, _ = await self.node.write(c.RegisterServiceEngine(body, new_uuid("serviceengine")), command_id=self.command_id(request))
+        identity = request.get("se_identity")
+        proof = "admin" if identity is None else f"{identity.kind}:{identity.value}"
+        command = c.RegisterServiceEngine(body, new_uuid("serviceengine"), proof)
+        decision, _ = await self.node.write(command, command_id=self.command_id(request))
         obj = self.node.view.get(decision.uuid)
         if obj is None:
             raise CommandError(409, "the service engine was deleted while registering")
-        return web.json_response(self.render(request, obj), status=200)
+        return web.json_response({**self.render(request, obj), "credential": self.auth.se_credential(obj.uuid)}, status=200)
+
+    async def issue_enrolment(self, request: web.Request) -> web.Response:
+        """``POST /api/serviceengine/enrolment {name?, ttl?}``: a single-use token that registers one
+        new SE (``avictl se run --enrol-token``); shown once, the log keeps only its hash."""
+        body = await self.read_json(request)
+        if not isinstance(body, dict):
+            raise CommandError(400, "the request body must be a JSON object", "body")
+        extra = sorted(set(body) - {"name", "ttl"})
+        if extra:
+            raise CommandError(422, f"unknown field {extra[0]!r}: an enrolment takes name and ttl", extra[0])
+        name = body.get("name") or ""
+        if not isinstance(name, str):
+            raise CommandError(422, "name must be a string", "name")
+        token, token_hash = new_enrolment_token()
+        ttl = body.get("ttl", 3600)
+        await self.node.write(c.IssueSeEnrolment(token_hash, name, ttl), command_id=self.command_id(request))
+        return web.json_response({"token": token, "name": name or None, "ttl": ttl}, status=201)
 
     async def _se(self, request: web.Request) -> StoredObject:
         ref = request.match_info["uuid"]
@@ -642,6 +675,9 @@ class Api:
             obj = find()
         if obj is None:
             raise CommandError(404, f"serviceengine {ref} does not exist")
+        identity = request.get("se_identity")
+        if identity is not None and (identity.kind != "se" or identity.value != obj.uuid):
+            raise CommandError(403, "a service engine's credential is good for its own routes only")
         return obj
 
     async def se_slice(self, request: web.Request) -> web.StreamResponse:
@@ -676,6 +712,11 @@ class Api:
 
     async def se_status(self, request: web.Request) -> web.Response:
         se = await self._se(request)
+        if request.content_length is not None and request.content_length > MAX_STATUS_BYTES:
+            raise CommandError(413, f"a status report is at most {MAX_STATUS_BYTES} bytes", "body")
+        wait = self.se_reports.wait(se.uuid, time.monotonic())
+        if wait > 0:
+            return error_response(429, f"status reports come at most {SE_REPORTS_PER_S:g} a second", None, retry_after=wait)
         body = await self.read_json(request)
         if not isinstance(body, dict):
             raise CommandError(400, "the status report must be a JSON object", "body")
@@ -689,10 +730,13 @@ class Api:
         body["acked_at"] = previous["acked_at"] if same else body["time"]
         logs = body.pop("request_logs", None) or {}
         if isinstance(logs, dict):
+            placed = self.node.view.placed_on(se.uuid)
             for vs_uuid, records in logs.items():
-                if isinstance(records, list) and self.node.view.get(str(vs_uuid)) is not None:
+                # An SE reports logs of the VSs placed on it, in bounded records; the rest is dropped.
+                if isinstance(records, list) and str(vs_uuid) in placed:
                     kept = self.node.request_logs.setdefault(str(vs_uuid), collections.deque(maxlen=REQUEST_LOGS_KEPT))
-                    kept.extend(dict(r, se=se.name) for r in records if isinstance(r, dict))
+                    kept.extend(dict(r, se=se.name) for r in records[:REQUEST_LOGS_KEPT]
+                                if isinstance(r, dict) and len(r) <= 32 and len(json.dumps(r)) <= MAX_LOG_RECORD_BYTES)
         # A full report replaces what the SE said before; an ACK only updates its fields.
         self.node.se_status[se.uuid] = {**previous, **body}
         return web.json_response({"ok": True})
@@ -940,6 +984,7 @@ def make_app(node: Controller, *, reconciler: Optional["Reconciler"] = None) -> 
     r.add_get("/internal/status", api.internal_status)
     r.add_get("/internal/records", api.internal_records)
     r.add_post("/api/serviceengine/register", api.register_se)
+    r.add_post("/api/serviceengine/enrolment", api.issue_enrolment)
     r.add_get("/api/serviceengine/{uuid}/slice", api.se_slice)
     r.add_post("/api/serviceengine/{uuid}/status", api.se_status)
     r.add_post("/api/virtualservice/{uuid}/placement", api.place_vs)

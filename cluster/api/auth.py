@@ -15,7 +15,10 @@ from typing import NamedTuple, Optional
 
 from cluster.config import NodeConfig, verify_password, verify_token
 
-__all__ = ["Authenticator", "LoginThrottle", "SESSION_SECONDS", "Session", "se_token_for"]
+__all__ = [
+    "Authenticator", "LoginThrottle", "RateLimit", "SESSION_SECONDS", "SeIdentity", "Session",
+    "cloud_enrolment_for", "enrolment_hash", "new_enrolment_token",
+]
 
 SESSION_SECONDS = 8 * 3600
 
@@ -26,9 +29,38 @@ class Session(NamedTuple):
     expires: int
 
 
-def se_token_for(cluster_secret: str) -> str:
-    """The bearer token of service engines the cluster starts itself (SE routes only)."""
-    return hashlib.sha256(b"avictl-se\0" + cluster_secret.encode()).hexdigest()
+# Service Engine tokens, each good only for the SE routes, bound to one identity:
+#   avse1.<se uuid>.<mac>      an SE's own credential (its slice and its status), issued at registration
+#   avenrol1.<se name>.<mac>   what the cloud hands an SE it starts: registers that one name, once
+#   avenrol2.<random>          an enrolment token an operator made (POST /api/serviceengine/enrolment):
+#                              registers one new SE, once, before it expires (the view holds its hash)
+SE_CREDENTIAL, CLOUD_ENROLMENT, ISSUED_ENROLMENT = "avse1", "avenrol1", "avenrol2"
+
+
+class SeIdentity(NamedTuple):
+    #: "se" (value: the SE's uuid), "cloud" (value: the SE name), "issued" (value: the token's sha256)
+    kind: str
+    value: str
+
+
+def _se_key(cluster_secret: str) -> bytes:
+    return hashlib.sha256(b"avictl-se\0" + cluster_secret.encode()).digest()
+
+
+def cloud_enrolment_for(cluster_secret: str, se_name: str) -> str:
+    """What the cloud driver hands the SE ``se_name`` it starts: it registers that name, once."""
+    mac = hmac.new(_se_key(cluster_secret), b"enrol\0" + se_name.encode(), hashlib.sha256).hexdigest()
+    return f"{CLOUD_ENROLMENT}.{se_name}.{mac}"
+
+
+def new_enrolment_token() -> tuple[str, str]:
+    """A new operator enrolment token and the hash the log keeps of it."""
+    token = f"{ISSUED_ENROLMENT}.{secrets.token_urlsafe(32)}"
+    return token, enrolment_hash(token)
+
+
+def enrolment_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Authenticator:
@@ -36,8 +68,7 @@ class Authenticator:
         self._config = config
         self._key = hashlib.sha256(b"avictl-session\0" + config.cluster_secret.encode()).digest()
         self.internal_token = hashlib.sha256(b"avictl-internal\0" + config.cluster_secret.encode()).hexdigest()
-        # What the cloud driver hands the SEs it starts: good only for the SE routes.
-        self.se_token = se_token_for(config.cluster_secret)
+        self._se_key = _se_key(config.cluster_secret)
 
     def check_credentials(self, username: str, password: Optional[str], token: Optional[str]) -> bool:
         if not hmac.compare_digest(username.encode(), self._config.admin_user.encode()):
@@ -53,8 +84,24 @@ class Authenticator:
             return self._config.admin_user
         return None
 
-    def is_se(self, token: str) -> bool:
-        return hmac.compare_digest(token.encode(), self.se_token.encode())
+    def se_credential(self, se_uuid: str) -> str:
+        """The SE ``se_uuid``'s own bearer token: its slice and its status routes, nothing else."""
+        mac = hmac.new(self._se_key, b"se\0" + se_uuid.encode(), hashlib.sha256).hexdigest()
+        return f"{SE_CREDENTIAL}.{se_uuid}.{mac}"
+
+    def read_se_token(self, token: str) -> Optional[SeIdentity]:
+        """Who an SE token names, when its mac holds (an issued enrolment token is checked against the view)."""
+        kind, _, rest = token.partition(".")
+        if kind == ISSUED_ENROLMENT:
+            return SeIdentity("issued", enrolment_hash(token)) if rest else None
+        value, _, mac = rest.rpartition(".")
+        if kind == SE_CREDENTIAL and value:
+            expected = self.se_credential(value)
+            return SeIdentity("se", value) if hmac.compare_digest(expected.encode(), token.encode()) else None
+        if kind == CLOUD_ENROLMENT and value:
+            expected = f"{CLOUD_ENROLMENT}.{value}." + hmac.new(self._se_key, b"enrol\0" + value.encode(), hashlib.sha256).hexdigest()
+            return SeIdentity("cloud", value) if hmac.compare_digest(expected.encode(), token.encode()) else None
+        return None
 
     def is_internal(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self.internal_token.encode())
@@ -135,3 +182,26 @@ class LoginThrottle:
     def succeeded(self, user: str, source: str) -> None:
         self._keys.pop(("source", source), None)
         self._keys.pop(("user", user), None)
+
+
+class RateLimit:
+    """A token bucket per key: ``rate`` a second on average, ``burst`` at once. Pure: callers pass ``now``."""
+
+    MAX_KEYS = 10_000
+
+    def __init__(self, rate: float, *, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when last counted)
+
+    def wait(self, key: str, now: float) -> float:
+        """0 and one token taken when ``key`` may act now; else the seconds until it may."""
+        tokens, then = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > self.MAX_KEYS:
+            del self._buckets[next(iter(self._buckets))]
+        return (1.0 - tokens) / self.rate

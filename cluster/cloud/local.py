@@ -24,7 +24,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from cluster.cloud import SE_NAME_PATTERN, CloudError, SeSpec
 
@@ -103,7 +103,7 @@ class LocalCloud:
         self,
         home: Path,
         controllers: list[str],
-        token: str,
+        token: str | Callable[[str], str],
         *,
         report_interval: float = 1.0,
         ha_dir: Optional[Path] = None,
@@ -206,7 +206,10 @@ class LocalCloud:
         if not self.controllers:
             raise CloudError(f"cannot start SE {name}: this local cloud has no controller URL for it")
         directory = self.se_dir(name)
-        env = {**os.environ, TOKEN_ENV: self._token, "PYTHONUNBUFFERED": "1"}
+        # The SE's first token: the same for every SE, or (what the controllers pass) one made
+        # for this SE's name; it registers and then uses the credential the cluster answers with.
+        token = self._token(name) if callable(self._token) else self._token
+        env = {**os.environ, TOKEN_ENV: token, "PYTHONUNBUFFERED": "1"}
         try:
             directory.mkdir(parents=True, exist_ok=True)
             with open(directory / LOG_FILE, "ab") as log:
