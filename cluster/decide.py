@@ -9,6 +9,7 @@ invariant, so a decision taken on stale data is refused at apply time, never app
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 import uuid as uuidlib
@@ -194,15 +195,54 @@ def _normalize(
         raise CommandError(422, exc.message, exc.field) from None
     if kind == "vsvip":
         cloud = _cloud_of(view, stored)
-        if cloud is None or cloud.body.get("vtype", "CLOUD_NONE") == "CLOUD_NONE":
-            for i, vip in enumerate(stored.get("vip") or []):
-                addr = ((vip or {}).get("ip_address") or {}).get("addr")
-                if addr is not None:
-                    try:
-                        schema.check_local_vip(addr)
-                    except schema.ValidationError as exc:
-                        raise CommandError(422, exc.message, f"vip[{i}].ip_address.addr") from None
+        vtype = cloud.body.get("vtype", "CLOUD_NONE") if cloud is not None else "CLOUD_NONE"
+        for i, vip in enumerate(stored.get("vip") or []):
+            addr = ((vip or {}).get("ip_address") or {}).get("addr")
+            if addr is None:
+                continue
+            if vtype == "CLOUD_NONE":
+                try:
+                    schema.check_local_vip(addr)
+                except schema.ValidationError as exc:
+                    raise CommandError(422, exc.message, f"vip[{i}].ip_address.addr") from None
+            elif vtype == "CLOUD_LINUXSERVER":
+                assert cloud is not None
+                _check_reachable_vip(view, cloud, addr, f"vip[{i}].ip_address.addr")
+    if kind == "virtualservice":
+        _check_same_cloud(view, stored)
     return stored
+
+
+def _check_reachable_vip(view: ConfigView, cloud: StoredObject, addr: str, field: str) -> None:
+    """A VIP of a cloud of hosts must lie in a data network of one of its SEs (an address it can
+    take and announce), and must not be an SE's own address."""
+    vip = ipaddress.IPv4Address(addr)
+    reachable = False
+    for se in view.list("serviceengine"):
+        if ref_uuid(se.body.get("cloud_ref") or "") != cloud.uuid:
+            continue
+        for vnic in se.body.get("data_vnics") or []:
+            for network in vnic.get("vnic_networks") or []:
+                own = ipaddress.IPv4Address(network["ip"]["ip_addr"]["addr"])
+                if own == vip:
+                    raise CommandError(422, f"{addr} is serviceengine {se.name!r}'s own address; a VIP needs an address of its own", field)
+                if vip in ipaddress.IPv4Network(f"{own}/{network['ip']['mask']}", strict=False):
+                    reachable = True
+    if not reachable:
+        raise CommandError(422, f"{addr} is in no data network of an SE host of cloud {cloud.name!r} (register an SE on that network first)", field)
+
+
+def _check_same_cloud(view: ConfigView, stored: dict[str, Any]) -> None:
+    """A virtual service, its SE group and its vsvip are in one cloud."""
+    cloud = _cloud_of(view, stored)
+    for field in ("se_group_ref", "vsvip_ref"):
+        ref = stored.get(field)
+        other = view.get(ref_uuid(ref)) if ref else None
+        if other is None or cloud is None:
+            continue
+        theirs = _cloud_of(view, other.body)
+        if theirs is not None and theirs.uuid != cloud.uuid:
+            raise CommandError(422, f"{other.kind} {other.name!r} is in cloud {theirs.name!r}, not {cloud.name!r} (the virtual service's cloud_ref)", field)
 
 
 def _map_refs_with_fields(kind: str, body: dict[str, Any], fn: Callable[..., Any]) -> dict[str, Any]:
@@ -399,6 +439,17 @@ def decide_register_se(view: ConfigView, body: Any, *, uuid: str, proof: str = "
     if requested is not None:
         # An SE a group asked the cloud for joins that group, whatever it was started with.
         stored["se_group_ref"] = f"/api/serviceenginegroup/{requested[0]}"
+    host = _cloud_host_of(view, stored)
+    if host is not None:
+        # An SE on a host an operator listed in a cloud of hosts belongs to that cloud, in the
+        # host's SE group, or the cloud's first group by name.
+        cloud, group_ref = host
+        groups = sorted((g for g in view.list("serviceenginegroup") if ref_uuid(g.body.get("cloud_ref") or "") == cloud.uuid), key=lambda g: g.name)
+        group_uuid = ref_uuid(group_ref) if group_ref else (groups[0].uuid if groups else None)
+        if group_uuid is None:
+            raise CommandError(409, f"cloud {cloud.name!r} has no SE group for this SE: create one with cloud_ref {cloud.name!r}", "se_group_ref")
+        stored["cloud_ref"] = f"/api/cloud/{cloud.uuid}"
+        stored["se_group_ref"] = f"/api/serviceenginegroup/{group_uuid}"
 
     def canonical(target: str, value: Any, field: str = "") -> Any:
         return resolve_ref(view, target, value, "admin", field or target) if value else value
@@ -408,6 +459,20 @@ def decide_register_se(view: ConfigView, body: Any, *, uuid: str, proof: str = "
     if proof_kind == "issued":
         events += (SeEnrolmentUsed(token_hash=proof_value, se_uuid=uuid, at=now),)
     return Decision(events, (), uuid)
+
+
+def _cloud_host_of(view: ConfigView, se_body: dict[str, Any]) -> Optional[tuple[StoredObject, Optional[str]]]:
+    """The cloud of hosts that lists one of the SE's data addresses, and that host's se_group_ref."""
+    addrs = {n["ip"]["ip_addr"]["addr"] for v in se_body.get("data_vnics") or [] for n in v.get("vnic_networks") or []}
+    if not addrs:
+        return None
+    for cloud in sorted(view.list("cloud"), key=lambda c: c.name):
+        if cloud.body.get("vtype") != "CLOUD_LINUXSERVER":
+            continue
+        for host in (cloud.body.get("linuxserver_configuration") or {}).get("hosts") or []:
+            if host["host_ip"]["addr"] in addrs:
+                return cloud, host.get("se_group_ref")
+    return None
 
 
 def decide_issue_enrolment(view: ConfigView, token_hash: str, name: str, ttl: Any, now: float) -> Decision:

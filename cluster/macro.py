@@ -136,6 +136,12 @@ class _PendingView:
         # An object renamed earlier in this macro no longer answers to its old name.
         return None if found is not None and found.uuid in self._by_uuid else found
 
+    def list(self, kind: str) -> list[StoredObject]:
+        """The objects of ``kind``: the committed ones as this macro left them, and its new ones."""
+        committed = [self._by_uuid.get(o.uuid, o) for o in self._view.list(kind)]
+        known = {o.uuid for o in committed}
+        return committed + [o for o in self._by_uuid.values() if o.kind == kind and o.uuid not in known]
+
     def referrers(self, uuid: str) -> set[str]:
         """The committed view's referrers (what this macro adds refers through its own events,
         checked as each is decided)."""

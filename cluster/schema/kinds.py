@@ -131,18 +131,44 @@ _VCENTER_CONFIGURATION = _object(
 # (normalizers.py) handles conditional fields after unconditional ones, so the order of
 # declaration is free.
 
+_LINUXSERVER_CONFIGURATION = _object(
+    "LinuxServerConfiguration",
+    {
+        "hosts": _list(
+            _object(
+                "LinuxServerHost",
+                {
+                    "host_ip": attrs.evolve(_IP_ADDR, required=True, description="The host's address: an SE whose data interface holds it belongs to this cloud."),
+                    "se_group_ref": _ref("serviceenginegroup", description="The SE group the host's SE joins (default: Default-Group)."),
+                },
+            ),
+            unique_by=("host_ip.addr",),
+            description="The hosts an operator provides; on each, 'avictl se run --data-interface IF' runs one SE.",
+        ),
+    },
+)
+
 _CLOUD = KindSchema(
     "cloud",
     "Cloud",
     _common(
-        vtype=_enum(("CLOUD_NONE", "CLOUD_VCENTER"), default="CLOUD_NONE", description="CLOUD_NONE is the local cloud (VIPs in 127.0.0.0/8)."),
+        vtype=_enum(
+            ("CLOUD_NONE", "CLOUD_LINUXSERVER", "CLOUD_VCENTER"),
+            default="CLOUD_NONE",
+            description="CLOUD_NONE is the local cloud (VIPs in 127.0.0.0/8); CLOUD_LINUXSERVER, SEs on hosts an operator provides.",
+        ),
         vcenter_configuration=attrs.evolve(
             _VCENTER_CONFIGURATION,
             only_when=("vtype", ("CLOUD_VCENTER",)),
             required_when=("vtype", ("CLOUD_VCENTER",)),
         ),
+        linuxserver_configuration=attrs.evolve(
+            _LINUXSERVER_CONFIGURATION,
+            only_when=("vtype", ("CLOUD_LINUXSERVER",)),
+            required_when=("vtype", ("CLOUD_LINUXSERVER",)),
+        ),
     ),
-    description="Where service engines run: the local host (CLOUD_NONE) or a vCenter.",
+    description="Where service engines run: the local host (CLOUD_NONE), hosts an operator provides (CLOUD_LINUXSERVER) or a vCenter.",
 )
 
 _SEGROUP = KindSchema(
@@ -212,6 +238,30 @@ _SE = KindSchema(
                 "disk": _integer(lo=1, description="GB."),
             },
             read_only=True,
+        ),
+        data_vnics=_list(
+            _object(
+                "vNIC",
+                {
+                    "mac_address": _string(required=True, description="The interface's MAC address."),
+                    "if_name": _string(description="The interface's name on the SE's host."),
+                    "vnic_networks": _list(
+                        _object(
+                            "vNICNetwork",
+                            {
+                                "ip": _object(
+                                    "IpAddrPrefix",
+                                    {"ip_addr": attrs.evolve(_IP_ADDR, required=True), "mask": _integer(required=True, lo=0, hi=32)},
+                                    required=True,
+                                ),
+                                "mode": _enum(("STATIC", "DHCP"), default="STATIC"),
+                            },
+                        ),
+                    ),
+                },
+            ),
+            read_only=True,
+            description="The SE's data interfaces, as it reported them when it registered.",
         ),
     ),
     creatable=False,
