@@ -6,12 +6,15 @@ The slow tests run real pysyncobj nodes in child processes (``tests/cluster/_raf
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
+import threading
 import time
 import types
 import zlib
@@ -19,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pysyncobj.journal
+import pysyncobj.pickle
 import pysyncobj.serializer
 import pysyncobj.syncobj
 import pysyncobj.version
@@ -26,8 +30,13 @@ import pytest
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.encryptor import getEncryptor
 from pysyncobj.journal import FileJournal, MemoryJournal
+from pysyncobj.monotonic import monotonic
+from pysyncobj.poller import POLL_EVENT_TYPE, createPoller
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
+from pysyncobj.transport import TCPTransport
 
 from cluster import _pysyncobj_compat as compat
+from simulations.raft_flood import Flood
 from tests.cluster import _raft_proc
 from tests.helpers import free_ports, wait_until_or_none
 
@@ -475,9 +484,9 @@ def test_raft_port_without_the_password_gets_nothing_and_runs_nothing(tmp_path: 
         write = target.request("add", timeout=10.0, wait=5.0)
 
     assert {name: b"" for name in probes} == {name: received for name, (received, _) in answers.items()}
-    # A well-framed message was read and rejected: the node hung up (random bytes may instead
-    # announce a frame longer than what was sent, which the node then waits for).
-    assert all(closed for name, (_, closed) in answers.items() if name != "garbage"), answers
+    # Each was read and rejected, and the node hung up (garbage announcing a frame longer than the
+    # handshake budget included).
+    assert all(closed for _, closed in answers.values()), answers
     assert not marker.exists()
     assert write is not None and write["ok"], write
 
@@ -542,3 +551,208 @@ def test_a_stale_leaders_append_entries_does_not_make_a_follower_sticky(passed: 
     SyncObj._SyncObj__onMessageReceived(node, "n1", {"type": "append_entries", "term": 6, "commit_index": 1})
     SyncObj._SyncObj__onMessageReceived(node, "n3", _vote(9))
     assert [m["type"] for m in passed] == ["append_entries", "request_vote"]
+
+
+# -- strangers on the Raft port ------------------------------------------------------------------
+
+
+@functools.cache
+def _encryptor() -> Any:
+    return getEncryptor(PASSWORD)
+
+
+def _sealed(message: Any, encryptor: Any = None) -> bytes:
+    """``message`` framed as ``TcpConnection.send`` frames it (tcp_connection.py l.141-147)."""
+    data = (encryptor or _encryptor()).encrypt_at_time(zlib.compress(pickle.dumps(message), 3), int(monotonic()))
+    return _frame(data)
+
+
+@pytest.fixture
+def accepted() -> Iterator[tuple[TcpConnection, socket.socket, list[Any]]]:
+    """A TcpConnection on an accepted 127.0.0.1 socket as the transport sets it up (the cluster
+    key, a callback collecting messages), and the client end of it."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        ours, _ = listener.accept()
+    ours.setblocking(False)
+    conn = TcpConnection(createPoller("auto"), socket=ours, timeout=30.0)
+    conn.encryptor = _encryptor()
+    received: list[Any] = []
+    conn.setOnMessageReceivedCallback(received.append)
+    yield conn, client, received
+    conn.disconnect()
+    client.close()
+
+
+def _deliver(conn: TcpConnection, client: socket.socket, data: bytes) -> None:
+    """Send ``data`` and let the connection handle read events until it has read all of it."""
+    client.sendall(data)
+    deadline = time.monotonic() + 2.0
+    while conn.state != CONNECTION_STATE.DISCONNECTED and time.monotonic() < deadline:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0.05)
+        if not readable:
+            break
+        conn._TcpConnection__processConnection(conn.fileno(), POLL_EVENT_TYPE.READ)
+
+
+def _refused_since(before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in compat.refusals().items() if v != before.get(k, 0)}
+
+
+def test_install_wraps_the_connection_and_the_transport_tick() -> None:
+    """install() puts the guard in place; uninstall() restores pysyncobj's methods."""
+    patched = (TcpConnection._TcpConnection__tryReadBuffer, TCPTransport._onTick)
+
+    compat.uninstall()
+    restored = (TcpConnection._TcpConnection__tryReadBuffer, TCPTransport._onTick)
+
+    assert (compat._try_read_buffer, compat._transport_on_tick) == patched
+    assert patched[0] is not restored[0] and patched[1] is not restored[1]
+
+
+def test_a_stranger_announcing_a_huge_frame_is_dropped_at_its_header(accepted: Any) -> None:
+    """The finding's attack: a 2**31-1 length prefix then bytes; the connection is dropped after
+    the first read, having buffered no more than that read."""
+    conn, client, received = accepted
+    before = compat.refusals()
+
+    _deliver(conn, client, struct.pack("i", 2**31 - 1) + b"\xa5" * 1000)
+
+    assert (CONNECTION_STATE.DISCONNECTED, [], {"handshake_frame_length": 1}) == (conn.state, received, _refused_since(before))
+
+
+def test_a_stranger_streaming_past_the_byte_budget_is_dropped(accepted: Any) -> None:
+    """A short first frame followed by more bytes than the handshake budget: dropped unread,
+    before anything is decrypted."""
+    conn, client, received = accepted
+    before = compat.refusals()
+
+    _deliver(conn, client, _frame(b"x" * 100) + b"\xa5" * (2 * compat.HANDSHAKE_MAX_BYTES))
+
+    assert (CONNECTION_STATE.DISCONNECTED, [], {"handshake_bytes": 1}) == (conn.state, received, _refused_since(before))
+
+
+@pytest.mark.parametrize("length", [-1, -(2**31)])
+def test_a_negative_frame_length_is_refused(accepted: Any, length: int) -> None:
+    """pysyncobj reads the length as a signed int; a negative one is refused too."""
+    conn, client, _ = accepted
+    before = compat.refusals()
+
+    _deliver(conn, client, struct.pack("i", length) + b"x" * 64)
+
+    assert (CONNECTION_STATE.DISCONNECTED, {"handshake_frame_length": 1}) == (conn.state, _refused_since(before))
+
+
+def test_a_genuine_handshake_proves_the_connection_and_lifts_the_budget(accepted: Any) -> None:
+    """After a frame that decrypts with the cluster key, frames up to MAX_FRAME_BYTES are
+    accepted (a header announcing exactly that is waited for); a longer one is refused."""
+    conn, client, received = accepted
+    rand_key = os.urandom(32)
+    before = compat.refusals()
+
+    _deliver(conn, client, _sealed(rand_key))
+    _deliver(conn, client, _sealed(b"y" * (4 * compat.HANDSHAKE_MAX_BYTES)))
+    _deliver(conn, client, struct.pack("i", compat.MAX_FRAME_BYTES) + b"z" * 1000)
+    still_open = conn.state
+
+    _deliver(conn, client, b"z" * 1000)  # nothing: the frame above is not complete
+    assert (CONNECTION_STATE.CONNECTED, [rand_key, b"y" * (4 * compat.HANDSHAKE_MAX_BYTES)], {}) == (
+        still_open, received, _refused_since(before))
+
+
+def test_every_frame_header_in_a_read_is_checked(accepted: Any) -> None:
+    """Two frames in one read, the second announcing more than MAX_FRAME_BYTES: dropped, even
+    though the first one is fine."""
+    conn, client, received = accepted
+    _deliver(conn, client, _sealed(b"key"))
+    before = compat.refusals()
+
+    _deliver(conn, client, _sealed(b"fine") + struct.pack("i", compat.MAX_FRAME_BYTES + 1))
+
+    assert (CONNECTION_STATE.DISCONNECTED, {"frame_length": 1}) == (conn.state, _refused_since(before))
+    assert [b"key"] == received[:1]
+
+
+def test_a_frame_with_the_wrong_key_is_not_proof(accepted: Any) -> None:
+    """A frame sealed with another password is rejected by pysyncobj (l.295-298) and proves nothing."""
+    conn, client, received = accepted
+
+    _deliver(conn, client, _sealed(b"key", getEncryptor("not-the-password")))
+
+    assert (CONNECTION_STATE.DISCONNECTED, [], False) == (conn.state, received, conn._avictl_guard.proven)
+
+
+def test_connections_slow_to_prove_the_password_are_dropped_by_the_tick(accepted: Any) -> None:
+    """From the transport's tick: an unproven connection older than HANDSHAKE_MAX_SECONDS is
+    dropped, a younger one and a proven old one are kept."""
+    conn, client, _ = accepted
+    _deliver(conn, client, _sealed(b"key"))
+    conn._avictl_guard.opened_at -= 10.0
+    poller = createPoller("auto")
+    young, old = TcpConnection(poller), TcpConnection(poller)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts nothing, answers nothing
+        for c in (young, old):
+            c.encryptor = _encryptor()
+            assert c.connect(*silent.getsockname())  # unpolled, it stays CONNECTING and unproven
+        old._avictl_guard.opened_at -= compat.HANDSHAKE_MAX_SECONDS + 0.1
+        transport = types.SimpleNamespace(
+            _unknownConnections={young}, _connections={"a": conn, "b": old},
+            _maybeBind=lambda: None, _connectIfNecessary=lambda: None,
+        )
+        before = compat.refusals()
+
+        TCPTransport._onTick(transport)
+
+        states = (conn.state, young.state, old.state)
+        young.disconnect()
+    assert (CONNECTION_STATE.CONNECTED, CONNECTION_STATE.CONNECTING, CONNECTION_STATE.DISCONNECTED) == states
+    assert {"handshake_time": 1} == _refused_since(before)
+
+
+def _command(payload: bytes) -> bytes:
+    """An entry's command as ``@replicated`` makes it (syncobj.py l.1585-1599, l.497)."""
+    return b"\x00" + pysyncobj.pickle.dumps((7, (payload,)))
+
+
+def test_largest_frame_bounds_the_worst_append_entries() -> None:
+    """The biggest append_entries pysyncobj builds - just under a batch of the smallest commands,
+    then the longest one, of random bytes that pickling doubles - announces no more than
+    largest_frame()."""
+    batch = 2**16
+    small = _command(b"\x91\x92\xa7Barrier\x01\xb8barrier-" + os.urandom(8).hex().encode())
+    big = _command(bytes(b | 0x80 for b in os.urandom(2**19)))
+    entries = [(small + b"%04d" % i, 2**40 + i, 2**40) for i in range(batch // (len(small) + 4))]
+    entries.append((big, 2**41, 2**40))
+    message = {"type": "append_entries", "term": 2**40, "commit_index": 2**40, "entries": entries,
+               "prevLogIdx": 2**40, "prevLogTerm": 2**40}
+
+    announced = struct.unpack("i", _sealed(message)[:4])[0]
+
+    assert sum(len(e[0]) for e in entries[:-1]) < batch
+    assert announced <= compat.largest_frame(batch, len(big))
+
+
+@pytest.mark.slow
+def test_a_flood_on_every_raft_port_does_not_stop_commits(tmp_path: Any) -> None:
+    """Every node's port flooded with 2**31-1 length prefixes and bytes for 6 s: a write every
+    50 ms on the leader keeps committing, each within 1 s (without the correction the leader
+    lost leadership within a second and nothing committed)."""
+    latencies: list[float] = []
+    failures: list[Any] = []
+    with _raft_proc.Cluster(str(tmp_path / "cluster")) as cluster:
+        assert cluster.leader(timeout=15.0) is not None
+        with Flood([n.addr for n in cluster.nodes], seconds=6.0) as flood:
+            end = time.monotonic() + 6.0
+            while time.monotonic() < end:
+                leader = cluster.leader(timeout=2.0)
+                started = time.monotonic()
+                reply = leader.request("add", timeout=3.0, wait=2.0) if leader is not None else None
+                if reply is None or not reply["ok"]:
+                    failures.append(reply)
+                else:
+                    latencies.append(time.monotonic() - started)
+                threading.Event().wait(0.05)
+            flood.join(10.0)
+    assert [] == failures
+    assert len(latencies) > 20 and max(latencies) < 1.0, (len(latencies), max(latencies, default=None))
+    assert all(s.connections > 10 for s in flood.stats), flood.stats
