@@ -104,6 +104,24 @@ refers to ``pysyncobj/tcp_connection.py`` and ``pysyncobj/transport.py`` too):
    every :data:`_REFUSAL_LOG_PERIOD` seconds. Not covered: the number of connections; a flood of
    connections still costs an ``accept`` and a ``recv`` each.
 
+5. **A snapshot chunk committed the follower's own stale tail** (found answering finding 10).
+   After any ``append_entries`` pysyncobj raises a follower's commit index to
+   ``min(leader's commit, its own last index)`` (syncobj.py l.1032-1035). That is Raft's rule
+   only for a message whose ``prevLogIdx`` check passed, where pysyncobj has just cut the log to
+   what the leader sent (l.1004). A snapshot chunk (l.1022-1025) or a ``serialized: None``
+   message (the leader's dump is not ready, l.1310-1316) has no such check, yet reaches the same
+   lines: a node that was cut off while leading, holding entries no one else has, raised its
+   commit index over them at the first chunk of the new leader's snapshot and applied them on its
+   next tick, before the last chunk replaced its log. Reproduced with real nodes (a leader cut
+   off with 5 unreplicated writes, the new leader commits 200 and compacts, the cut heals): the
+   old leader applied all 5, at indexes where the cluster had committed other entries, in 8 runs
+   of 9 (5 of 5 with the snapshot's two chunks 30 ms apart). In avictl that node's view and event
+   store would hold proposals never committed and miss committed ones. Now such a message is
+   handed to pysyncobj with its commit index capped at the follower's own; once a dump has loaded
+   (the applied index moved to the dump's, l.1497) the commit index is raised to
+   ``min(leader's commit, dump index)`` as pysyncobj would. Regular ``append_entries`` are
+   untouched.
+
 :func:`set_durable` is read when a journal is created; ``set_durable(False)`` restores pysyncobj's
 own, never-synced ``FileJournal`` for nodes created afterwards (benchmarks, tests).
 """
@@ -347,11 +365,14 @@ _PYSYNCOBJ_ON_MESSAGE_RECEIVED = pysyncobj.syncobj.SyncObj._SyncObj__onMessageRe
 
 
 def _on_message_received(self: pysyncobj.syncobj.SyncObj, node: Any, message: Any) -> None:
-    """Replaces ``SyncObj.__onMessageReceived`` (syncobj.py l.909); see the module docstring, item 3."""
+    """Replaces ``SyncObj.__onMessageReceived`` (syncobj.py l.909); see the module docstring, items 3 and 5."""
     kind = message.get("type") if isinstance(message, dict) else None
     if kind == "append_entries":
         if message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
             self._avictl_leader_heard_at = _monotonic()
+            if "prevLogIdx" not in message:
+                _on_snapshot_message(self, node, message)
+                return
     elif kind == "request_vote" and self._SyncObj__raftState == _FOLLOWER and self._SyncObj__raftLeader is not None:
         heard = getattr(self, "_avictl_leader_heard_at", None)
         if heard is not None and _monotonic() - heard < self._SyncObj__conf.raftMinTimeout:
@@ -359,6 +380,22 @@ def _on_message_received(self: pysyncobj.syncobj.SyncObj, node: Any, message: An
     # pysyncobj's own, not read from _originals: a live node keeps this wrapper (its transport
     # callback is bound at construction) even after uninstall().
     _PYSYNCOBJ_ON_MESSAGE_RECEIVED(self, node, message)
+
+
+def _on_snapshot_message(self: pysyncobj.syncobj.SyncObj, node: Any, message: dict[str, Any]) -> None:
+    """An ``append_entries`` without ``prevLogIdx`` (a snapshot chunk, or ``serialized: None``),
+    handed to pysyncobj with its commit index capped at ours; see the module docstring, item 5."""
+    leader_commit = message.get("commit_index", 0)
+    applied_before = self._SyncObj__raftLastApplied
+    _PYSYNCOBJ_ON_MESSAGE_RECEIVED(self, node, dict(message, commit_index=min(leader_commit, self._SyncObj__raftCommitIndex)))
+    self._SyncObj__leaderCommitIndex = leader_commit
+    if self._SyncObj__raftLastApplied != applied_before:
+        # The dump loaded (__loadDumpFile sets the applied index to the dump's, l.1497): the log
+        # is now the leader's snapshot, committed, and pysyncobj's own rule holds for it.
+        commit = min(leader_commit, self._SyncObj__raftLog[-1][1])
+        if commit > self._SyncObj__raftCommitIndex:
+            self._SyncObj__raftCommitIndex = commit
+            self._SyncObj__raftLog.setRaftCommitIndex(commit)
 
 
 # -- strangers on the Raft port ----------------------------------------------------------------

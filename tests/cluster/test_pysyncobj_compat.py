@@ -7,6 +7,8 @@ The slow tests run real pysyncobj nodes in child processes (``tests/cluster/_raf
 from __future__ import annotations
 
 import functools
+import gzip
+import io
 import json
 import os
 import pickle
@@ -519,7 +521,7 @@ def _vote(term: int) -> dict[str, Any]:
 def test_a_follower_that_just_heard_its_leader_ignores_a_vote_request(passed: list[dict[str, Any]]) -> None:
     """Within raftMinTimeout of the leader's append_entries, a higher-term request_vote is dropped."""
     node = _Voter(state=0)
-    SyncObj._SyncObj__onMessageReceived(node, "n2", {"type": "append_entries", "term": 5, "commit_index": 1})
+    SyncObj._SyncObj__onMessageReceived(node, "n2", {"type": "append_entries", "term": 5, "commit_index": 1, "prevLogIdx": 1})
     SyncObj._SyncObj__onMessageReceived(node, "n3", _vote(9))
     assert [m["type"] for m in passed] == ["append_entries"]
 
@@ -527,7 +529,7 @@ def test_a_follower_that_just_heard_its_leader_ignores_a_vote_request(passed: li
 def test_a_follower_that_has_not_heard_its_leader_lately_votes(passed: list[dict[str, Any]]) -> None:
     """Past raftMinTimeout (the leader may be dead), or without a leader, the vote request goes through."""
     node = _Voter(state=0)
-    SyncObj._SyncObj__onMessageReceived(node, "n2", {"type": "append_entries", "term": 5, "commit_index": 1})
+    SyncObj._SyncObj__onMessageReceived(node, "n2", {"type": "append_entries", "term": 5, "commit_index": 1, "prevLogIdx": 1})
     node._avictl_leader_heard_at -= 0.3  # type: ignore[attr-defined]
     SyncObj._SyncObj__onMessageReceived(node, "n3", _vote(9))
     leaderless = _Voter(state=0, leader=None)
@@ -548,7 +550,7 @@ def test_a_leader_still_steps_down_on_a_higher_term(passed: list[dict[str, Any]]
 def test_a_stale_leaders_append_entries_does_not_make_a_follower_sticky(passed: list[dict[str, Any]]) -> None:
     """append_entries below the current term (a deposed leader) is not hearing from the leader."""
     node = _Voter(state=0, term=7)
-    SyncObj._SyncObj__onMessageReceived(node, "n1", {"type": "append_entries", "term": 6, "commit_index": 1})
+    SyncObj._SyncObj__onMessageReceived(node, "n1", {"type": "append_entries", "term": 6, "commit_index": 1, "prevLogIdx": 1})
     SyncObj._SyncObj__onMessageReceived(node, "n3", _vote(9))
     assert [m["type"] for m in passed] == ["append_entries", "request_vote"]
 
@@ -756,3 +758,128 @@ def test_a_flood_on_every_raft_port_does_not_stop_commits(tmp_path: Any) -> None
     assert [] == failures
     assert len(latencies) > 20 and max(latencies) < 1.0, (len(latencies), max(latencies, default=None))
     assert all(s.connections > 10 for s in flood.stats), flood.stats
+
+
+# -- snapshot messages commit nothing of the follower's own log ----------------------------------
+
+APPLIED: dict[str, list[tuple[int, str]]] = {}
+
+
+class _Recorder(SyncObj):  # type: ignore[misc]
+    """Records what it applies outside its own state (a snapshot would overwrite its attributes)."""
+
+    @replicated
+    def put(self, value: str) -> None:
+        APPLIED.setdefault(self.selfNode.id, []).append((self.raftLastApplied + 1, value))
+
+
+def _put_command(node: SyncObj, value: str) -> bytes:
+    """The command ``node.put(value)`` makes (syncobj.py l.1585-1599)."""
+    return b"\x00" + pysyncobj.pickle.dumps((node._methodToID[node._getFuncName("put")], (value,)))
+
+
+@pytest.fixture
+def stale_follower() -> Iterator[SyncObj]:
+    """A node that never ticks by itself, in term 1: a, b, c committed and applied, then two
+    entries it appended while leading that no one else has."""
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    node = _Recorder(addrs[0], addrs[1:], SyncObjConf(autoTick=False, dynamicMembershipChange=False))
+    APPLIED.pop(node.selfNode.id, None)
+    for idx, value in enumerate(["a", "b", "c", "stale-d", "stale-e"], start=2):
+        node._SyncObj__raftLog.add(_put_command(node, value), idx, 1)
+    node._SyncObj__raftCurrentTerm = 1
+    node._SyncObj__raftCommitIndex = 4
+    node._onTick(0)
+    assert [(2, "a"), (3, "b"), (4, "c")] == APPLIED[node.selfNode.id]
+    yield node
+    node.destroy()
+
+
+def _from_new_leader(node: SyncObj, **fields: Any) -> None:
+    leader = next(iter(node._SyncObj__otherNodes))
+    SyncObj._SyncObj__onMessageReceived(node, leader, {"type": "append_entries", "term": 2, "commit_index": 50, **fields})
+
+
+@pytest.mark.parametrize("serialized", [(b"first chunk of the new leader's dump", True, False), None], ids=["chunk", "none"])
+def test_a_snapshot_message_does_not_commit_the_followers_stale_tail(stale_follower: SyncObj, serialized: Any) -> None:
+    """A first snapshot chunk (or "dump not ready") from a new leader with commit index 50 leaves
+    the commit index at 4: the entries after it were never committed, and are not applied."""
+    _from_new_leader(stale_follower, serialized=serialized)
+    stale_follower._onTick(0)
+
+    assert (4, [(2, "a"), (3, "b"), (4, "c")]) == (stale_follower.raftCommitIndex, APPLIED[stale_follower.selfNode.id])
+    assert 50 == stale_follower._SyncObj__leaderCommitIndex
+
+
+def test_a_snapshot_that_loads_is_committed(stale_follower: SyncObj) -> None:
+    """Once the last chunk arrives the follower's log is the dump's, committed up to its index."""
+    with io.BytesIO() as buffer:
+        with gzip.GzipFile(fileobj=buffer, mode="wb") as g:
+            pysyncobj.pickle.dump(({}, (b"\x01", 300, 2), (b"\x01", 299, 2), []), g)
+        dump = buffer.getvalue()
+
+    _from_new_leader(stale_follower, commit_index=350, serialized=(dump, True, False))
+    _from_new_leader(stale_follower, commit_index=350, serialized=(b"", False, True))
+
+    log = stale_follower._SyncObj__raftLog
+    assert (300, 300, [299, 300]) == (stale_follower.raftCommitIndex, stale_follower.raftLastApplied, [log[0][1], log[1][1]])
+
+
+@pytest.mark.slow
+def test_a_cut_off_leader_never_applies_its_unreplicated_writes(tmp_path: Any) -> None:
+    """A leader cut off with 5 writes no one else has; the others elect a leader, commit 200
+    writes and compact; after the heal the old leader gets the snapshot (its chunks 30 ms apart)
+    and applies only what the cluster committed (pysyncobj alone applied all 5: 5 runs of 5, and
+    8 of 9 without the delay)."""
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    cut: dict[str, Any] = {"node": None}
+    nodes: list[_Recorder] = []
+
+    def partitioned(node: _Recorder) -> None:
+        transport = node._SyncObj__transport
+        real_send = transport.send
+
+        def send(peer: Any, message: Any) -> Any:
+            victim = cut["node"]
+            if victim is not None and (node is victim or peer.id == victim.selfNode.id):
+                return True  # lost on the way
+            sent = real_send(peer, message)
+            if isinstance(message, dict) and "serialized" in message:
+                time.sleep(0.03)  # the network holds the next snapshot chunk back a little
+            return sent
+
+        transport.send = send
+
+    try:
+        for addr in addrs:
+            conf = SyncObjConf(password=PASSWORD, dynamicMembershipChange=False, appendEntriesUseBatch=False,
+                               leaderFallbackTimeout=2.0, **_raft_proc.FAST_CONF)
+            nodes.append(_Recorder(addr, [a for a in addrs if a != addr], conf))
+            APPLIED.pop(addr, None)
+            partitioned(nodes[-1])
+        old = wait_until_or_none(lambda: next((n for n in nodes if n._isLeader()), None), 10.0, interval=0.02)
+        assert old is not None
+        for i in range(20):
+            old.put(f"ok-{i}", sync=True, timeout=5)
+        cut["node"] = old
+        for i in range(5):
+            old.put(f"stale-{i}", callback=lambda _res, _err: None)
+        new = wait_until_or_none(lambda: next((n for n in nodes if n is not old and n._isLeader()), None), 10.0, interval=0.02)
+        assert new is not None
+        for i in range(200):
+            new.put(f"new-{i}", sync=True, timeout=5)
+        new.forceLogCompaction()
+        assert wait_until_or_none(lambda: new._SyncObj__raftLog[0][1] > old._SyncObj__raftLog[-1][1], 10.0, interval=0.02)
+        stale_tail = old._SyncObj__raftLog[-1][1] - old.raftCommitIndex
+        cut["node"] = None
+        assert wait_until_or_none(lambda: old.raftLastApplied >= new.raftLastApplied and not old._isLeader(), 10.0, interval=0.02)
+    finally:
+        for node in nodes:
+            node.destroy()
+        wait_until_or_none(lambda: not any(n.tick_thread_alive() for n in nodes), 5.0, interval=0.02)
+
+    assert stale_tail >= 5, "the old leader held no unreplicated entries: scenario not armed"
+    committed = dict(APPLIED[new.selfNode.id])
+    applied_by_old = APPLIED[old.selfNode.id]
+    assert [] == [value for _, value in applied_by_old if value.startswith("stale")]
+    assert [] == [(i, v, committed[i]) for i, v in applied_by_old if i in committed and committed[i] != v]
