@@ -883,3 +883,97 @@ def test_a_cut_off_leader_never_applies_its_unreplicated_writes(tmp_path: Any) -
     applied_by_old = APPLIED[old.selfNode.id]
     assert [] == [value for _, value in applied_by_old if value.startswith("stale")]
     assert [] == [(i, v, committed[i]) for i, v in applied_by_old if i in committed and committed[i] != v]
+
+
+# -- a success reply never moves nextIndex back --------------------------------------------------
+
+
+@pytest.fixture
+def idle_leader() -> Iterator[tuple[SyncObj, Any]]:
+    """A node that never ticks by itself, made leader of term 1 with entries 1-30, that has sent
+    a follower everything up to 20 (nextIndex 21) and heard it acknowledge 9."""
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    node = _Recorder(addrs[0], addrs[1:], SyncObjConf(autoTick=False, dynamicMembershipChange=False))
+    for idx in range(2, 31):
+        node._SyncObj__raftLog.add(_put_command(node, f"v{idx}"), idx, 1)
+    node._SyncObj__raftCurrentTerm = 1
+    node._SyncObj__raftState = 2  # leader
+    follower = next(iter(node._SyncObj__otherNodes))
+    node._SyncObj__raftNextIndex[follower] = 21
+    node._SyncObj__raftMatchIndex[follower] = 9
+    yield node, follower
+    node.destroy()
+
+
+def _ack(node: SyncObj, follower: Any, next_idx: int, success: bool = True, reset: bool = False) -> tuple[int, int]:
+    SyncObj._SyncObj__onMessageReceived(node, follower, {"type": "next_node_idx", "next_node_idx": next_idx, "reset": reset, "success": success})
+    return node._SyncObj__raftNextIndex[follower], node._SyncObj__raftMatchIndex[follower]
+
+
+def test_a_late_success_reply_raises_the_match_index_but_not_lowers_next_index(idle_leader: Any) -> None:
+    """The acknowledgement of an earlier batch (up to 10) arriving after later batches were sent
+    records the match (10) and keeps nextIndex at 21: entries 11-20 are not sent again."""
+    assert (21, 10) == _ack(*idle_leader, next_idx=11)
+
+
+def test_success_beyond_next_index_and_resets_still_move_it(idle_leader: Any) -> None:
+    """A success past nextIndex moves it forward; a reset (a rejected batch) still moves it back."""
+    node, follower = idle_leader
+
+    assert (26, 25) == _ack(node, follower, next_idx=26)
+    assert (23, 25) == _ack(node, follower, next_idx=23, success=False, reset=True)
+
+
+@pytest.mark.slow
+def test_under_write_bursts_no_follower_truncates_what_it_applied(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 10: bursts of writes from every node for 6 s. pysyncobj
+    resent entries a follower already had whenever an earlier batch's acknowledgement moved
+    nextIndex back, and the follower cut and re-added them, applied ones included (57-77 times
+    in 15 s); with the correction it never does, and every node applies the same sequence."""
+    truncated_applied: list[tuple[str, int, int]] = []
+    original = SyncObj._SyncObj__deleteEntriesFrom
+
+    def delete_entries_from(self: Any, from_idx: int) -> None:
+        if from_idx <= self._SyncObj__raftLastApplied:
+            truncated_applied.append((self.selfNode.id, from_idx, self._SyncObj__raftLastApplied))
+        original(self, from_idx)
+
+    monkeypatch.setattr(SyncObj, "_SyncObj__deleteEntriesFrom", delete_entries_from)
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    nodes: list[_Recorder] = []
+    stop_at = time.monotonic() + 6.0
+
+    def burst_writer(node: _Recorder, seed: int) -> None:
+        sent = 0
+        while time.monotonic() < stop_at:
+            for _ in range(1 + sent % 7):  # one write in flight at a time, as group commit does
+                done = threading.Event()
+                node.put(f"{seed}-{sent}-" + "x" * (200 + sent * 37 % 3000), callback=lambda _r, _e, done=done: done.set())
+                sent += 1
+                done.wait(2.0)
+            time.sleep(0.002 * (sent % 11))
+
+    try:
+        for i, addr in enumerate(addrs):
+            conf = SyncObjConf(password=PASSWORD, dynamicMembershipChange=False, appendEntriesUseBatch=False,
+                               appendEntriesBatchSizeBytes=2**20, leaderFallbackTimeout=2.0,
+                               journalFile=str(tmp_path / f"journal{i}"), fullDumpFile=str(tmp_path / f"dump{i}"),
+                               **dict(_raft_proc.FAST_CONF, autoTickPeriod=0.05))
+            nodes.append(_Recorder(addr, [a for a in addrs if a != addr], conf))
+            APPLIED.pop(addr, None)
+        assert wait_until_or_none(lambda: any(n._isLeader() for n in nodes), 10.0, interval=0.02)
+        writers = [threading.Thread(target=burst_writer, args=(n, i)) for i, n in enumerate(nodes)]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(15.0)
+        assert wait_until_or_none(lambda: len({n.raftLastApplied for n in nodes}) == 1, 10.0, interval=0.02)
+        terms = {n.raftCurrentTerm for n in nodes}
+    finally:
+        for node in nodes:
+            node.destroy()
+        wait_until_or_none(lambda: not any(n.tick_thread_alive() for n in nodes), 5.0, interval=0.02)
+
+    sequences = [APPLIED[a] for a in addrs]
+    assert len(sequences[0]) > 500 and sequences[0] == sequences[1] == sequences[2]
+    assert [] == truncated_applied, f"terms {terms}"
