@@ -6,7 +6,8 @@ idempotent, and it refuses (``RuntimeError``) to patch any pysyncobj other than
 internals and was verified against that version's source only. Line numbers below refer to
 ``pysyncobj/syncobj.py`` and ``pysyncobj/journal.py`` of that version.
 
-What :func:`install` changes (see ``/work/shared/design/pysyncobj-notes.md``, items 6-8):
+What :func:`install` changes (see ``/work/shared/design/pysyncobj-notes.md``, items 6-8; item 4
+refers to ``pysyncobj/tcp_connection.py`` and ``pysyncobj/transport.py`` too):
 
 1. **Follower catch-up livelock** (notes item 7). ``SyncObj._SyncObj__sendNextNodeIdx``
    (syncobj.py l.1098-1106) is wrapped. When a follower rejects an ``append_entries`` batch
@@ -65,16 +66,92 @@ What :func:`install` changes (see ``/work/shared/design/pysyncobj-notes.md``, it
    times out sooner than ``raftMinTimeout`` after that. pysyncobj's leadership transfer
    (``timeout_now``) is not used by avictl; a transfer would need the others to stop being sticky.
 
+4. **Strangers on the Raft port** (finding 1, "Raft port stall"). ``TcpConnection`` reads every
+   byte the socket has before it parses anything (``__tryReadBuffer``, tcp_connection.py
+   l.256-259, appending with ``bytes +=``, l.274) and waits for a frame's whole announced length
+   (a native signed 32-bit int, l.280-282) before it tries to decrypt it. A stranger announcing
+   2**31-1 bytes and streaming kept a node's tick thread in that loop, at 100 % CPU and growing
+   memory: it lost leadership within a second, and with one such connection per node every
+   write stalled. ``__tryReadBuffer`` is replaced and ``__processParseMessage`` (l.277-300) wrapped
+   so that, after every ``recv``, each newly complete frame header is checked:
+
+   * A connection is *proven* once one frame from it decoded - with a password, decrypted with
+     the cluster key (l.285-290): on an incoming connection the peer's random key (its first
+     message, ``transport.py`` l.342-346, sent on connect at l.453-456), on an outgoing one the
+     answer to ours. Until then it may have sent at most :data:`HANDSHAKE_MAX_BYTES` and announce
+     no frame longer than fits in them, and it must prove itself within
+     :data:`HANDSHAKE_MAX_SECONDS` of being accepted (or of our ``connect``, l.114); otherwise it
+     is dropped. A genuine peer sends nothing else before its first frame is answered, so the
+     budget holds its whole handshake. Measured (3 nodes, 127.0.0.1, idle and with the CPUs
+     saturated): the first frame is 232 bytes on an incoming connection and 316-336 bytes on an
+     outgoing one, proven 0.1-35 ms after accept or connect; 4 KiB is 12 times that, and
+     2 s is more than ``connectionTimeout`` (1.5 s in avictl), after which pysyncobj itself drops a
+     connection it has read nothing from (l.227-229). At most one ``recv`` (``recvBufferSize``,
+     64 KiB by default) is read past the budget before the drop. The time budget is enforced from
+     the transport's tick (``TCPTransport._onTick``, transport.py l.305-314, wrapped), so a
+     connection that sends nothing at all is dropped too. Without a password there is nothing to
+     prove and no handshake budget (nor any safety: notes item 1).
+   * Every frame, proven or not, announcing more than :data:`MAX_FRAME_BYTES` (or a negative
+     length) is refused when its 4-byte header arrives, before its body is buffered. The largest
+     frame pysyncobj sends is an ``append_entries`` whose entries add up to less than
+     ``appendEntriesBatchSizeBytes`` plus one entry (``__getEntries`` keeps the entry that crosses
+     the batch size, syncobj.py l.1156-1162; a lone larger entry is sent in batch-size chunks,
+     l.1275-1294; snapshot chunks are ``logCompactionBatchSize``, serializer.py l.143-145):
+     :func:`largest_frame` bounds it, and ``cluster.raft`` keeps its entries and batches below
+     what fits in :data:`MAX_FRAME_BYTES`.
+
+   Dropped connections are counted by reason and logged (``raft_connection_refused``) at most
+   every :data:`_REFUSAL_LOG_PERIOD` seconds. Not covered: the number of connections; a flood of
+   connections still costs an ``accept`` and a ``recv`` each.
+
+5. **A snapshot chunk committed the follower's own stale tail** (found answering finding 10).
+   After any ``append_entries`` pysyncobj raises a follower's commit index to
+   ``min(leader's commit, its own last index)`` (syncobj.py l.1032-1035). That is Raft's rule
+   only for a message whose ``prevLogIdx`` check passed, where pysyncobj has just cut the log to
+   what the leader sent (l.1004). A snapshot chunk (l.1022-1025) or a ``serialized: None``
+   message (the leader's dump is not ready, l.1310-1316) has no such check, yet reaches the same
+   lines: a node that was cut off while leading, holding entries no one else has, raised its
+   commit index over them at the first chunk of the new leader's snapshot and applied them on its
+   next tick, before the last chunk replaced its log. Reproduced with real nodes (a leader cut
+   off with 5 unreplicated writes, the new leader commits 200 and compacts, the cut heals): the
+   old leader applied all 5, at indexes where the cluster had committed other entries, in 8 runs
+   of 9 (5 of 5 with the snapshot's two chunks 30 ms apart). In avictl that node's view and event
+   store would hold proposals never committed and miss committed ones. Now such a message is
+   handed to pysyncobj with its commit index capped at the follower's own; once a dump has loaded
+   (the applied index moved to the dump's, l.1497) the commit index is raised to
+   ``min(leader's commit, dump index)`` as pysyncobj would. Regular ``append_entries`` are
+   untouched.
+
+6. **Late acknowledgements sent entries twice** (finding 10, the "truncating already-applied
+   log entries" critical). A leader sends several ``append_entries`` per tick and advances a
+   follower's ``nextIndex`` as it sends (l.1273); a success reply sets ``nextIndex`` to the end of
+   the batch it acknowledges (l.1079-1082), so the acknowledgement of an earlier batch, arriving
+   after later ones were sent, moved it back, and the leader sent those entries again. A
+   follower cuts its log after ``prevLogIdx`` whenever it holds more than that (l.991-1004, not
+   only on a conflict) and adds the entries again; when it had already applied some of them
+   (a later message carried a commit index covering them) pysyncobj logs the critical. The entries
+   come back identical - same leader, same term, and committed entries are in every later
+   leader's log - so nothing applied is lost or reordered: measured with 3 nodes under write
+   bursts, 57-77 such truncations in 15 s, every truncated applied entry re-added with the same
+   index, term and content, every node applying the same gapless sequence; and in avictl under
+   leader pauses, 38-92 criticals per node with identical event stores. It cost a resend, a
+   journal rewrite and an msync each time, and made the critical meaningless. Now a success reply
+   never lowers ``nextIndex`` (it still raises the match index; a reset still lowers it), as
+   etcd-raft's ``Progress.MaybeUpdate`` does: a batch lost in flight is still recovered, by the
+   follower's reset reply to the next one. Same scenario: no truncation of applied entries.
+
 :func:`set_durable` is read when a journal is created; ``set_durable(False)`` restores pysyncobj's
 own, never-synced ``FileJournal`` for nodes created afterwards (benchmarks, tests).
 """
 
 from __future__ import annotations
 
+import collections
 import os
+import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -86,12 +163,19 @@ import structlog
 from pysyncobj.journal import FileJournal, Journal, MetaStorer
 from pysyncobj.monotonic import monotonic as _monotonic
 from pysyncobj.pickle import dumps as _pysyncobj_dumps
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
+from pysyncobj.transport import TCPTransport
 
 from storage import failpoints
 
 __all__ = [
+    "HANDSHAKE_MAX_BYTES",
+    "HANDSHAKE_MAX_SECONDS",
+    "MAX_FRAME_BYTES",
     "VERIFIED_VERSION",
     "DurableFileJournal",
+    "largest_frame",
+    "refusals",
     "install",
     "is_durable",
     "is_installed",
@@ -112,6 +196,11 @@ class _Originals:
     on_message_received: Callable[..., None]
     create_journal: Callable[..., Journal]
     atomic_replace: Callable[[str, str], Any]
+    connection_init: Callable[..., None]
+    connection_connect: Callable[..., bool]
+    try_read_buffer: Callable[[TcpConnection], None]
+    process_parse_message: Callable[[TcpConnection], Any]
+    transport_on_tick: Callable[[TCPTransport], None]
 
 
 _originals: _Originals | None = None
@@ -294,18 +383,190 @@ _PYSYNCOBJ_ON_MESSAGE_RECEIVED = pysyncobj.syncobj.SyncObj._SyncObj__onMessageRe
 
 
 def _on_message_received(self: pysyncobj.syncobj.SyncObj, node: Any, message: Any) -> None:
-    """Replaces ``SyncObj.__onMessageReceived`` (syncobj.py l.909); see the module docstring, item 3."""
+    """Replaces ``SyncObj.__onMessageReceived`` (syncobj.py l.909); see the module docstring, items 3, 5 and 6."""
     kind = message.get("type") if isinstance(message, dict) else None
     if kind == "append_entries":
         if message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
             self._avictl_leader_heard_at = _monotonic()
+            if "prevLogIdx" not in message:
+                _on_snapshot_message(self, node, message)
+                return
     elif kind == "request_vote" and self._SyncObj__raftState == _FOLLOWER and self._SyncObj__raftLeader is not None:
         heard = getattr(self, "_avictl_leader_heard_at", None)
         if heard is not None and _monotonic() - heard < self._SyncObj__conf.raftMinTimeout:
             return
+    elif kind == "next_node_idx" and message.get("success") and not message.get("reset"):
+        next_index = self._SyncObj__raftNextIndex
+        before = next_index.get(node)
+        _PYSYNCOBJ_ON_MESSAGE_RECEIVED(self, node, message)
+        if before is not None and next_index.get(node, before) < before:
+            next_index[node] = before
+        return
     # pysyncobj's own, not read from _originals: a live node keeps this wrapper (its transport
     # callback is bound at construction) even after uninstall().
     _PYSYNCOBJ_ON_MESSAGE_RECEIVED(self, node, message)
+
+
+def _on_snapshot_message(self: pysyncobj.syncobj.SyncObj, node: Any, message: dict[str, Any]) -> None:
+    """An ``append_entries`` without ``prevLogIdx`` (a snapshot chunk, or ``serialized: None``),
+    handed to pysyncobj with its commit index capped at ours; see the module docstring, item 5."""
+    leader_commit = message.get("commit_index", 0)
+    applied_before = self._SyncObj__raftLastApplied
+    _PYSYNCOBJ_ON_MESSAGE_RECEIVED(self, node, dict(message, commit_index=min(leader_commit, self._SyncObj__raftCommitIndex)))
+    self._SyncObj__leaderCommitIndex = leader_commit
+    if self._SyncObj__raftLastApplied != applied_before:
+        # The dump loaded (__loadDumpFile sets the applied index to the dump's, l.1497): the log
+        # is now the leader's snapshot, committed, and pysyncobj's own rule holds for it.
+        commit = min(leader_commit, self._SyncObj__raftLog[-1][1])
+        if commit > self._SyncObj__raftCommitIndex:
+            self._SyncObj__raftCommitIndex = commit
+            self._SyncObj__raftLog.setRaftCommitIndex(commit)
+
+
+# -- strangers on the Raft port ----------------------------------------------------------------
+
+#: Bytes a connection may send before one of its frames decoded (decrypted with the cluster key).
+HANDSHAKE_MAX_BYTES = 4096
+#: Seconds from accept (or our connect) within which a connection must prove the password.
+HANDSHAKE_MAX_SECONDS = 2.0
+#: The longest frame any connection may announce (the length pysyncobj writes before a frame:
+#: that of the Fernet token of the zlib-compressed pickle, l.144-147).
+MAX_FRAME_BYTES = 32 * 2**20
+_REFUSAL_LOG_PERIOD = 10.0
+_FRAME_HEADER = struct.Struct("i")  # tcp_connection.py l.147 and l.280: native signed 32-bit
+
+# pysyncobj pickles with protocol 2 (pickle.py l.46), which writes ``bytes`` as a latin-1 string
+# in UTF-8: up to 2 bytes per byte. Per entry (a tuple of the command and two ints) it adds 21-47
+# bytes besides (measured); the smallest command avictl writes is longer than 32 bytes (a
+# pickled call, syncobj.py l.1585-1599), and pysyncobj's own no-op (1 byte) is one per term.
+_PICKLE_PER_ENTRY = 64
+_SMALLEST_COMMAND = 32
+_PICKLE_PER_MESSAGE = 512
+
+
+def largest_frame(batch_size_bytes: int, max_command_bytes: int) -> int:
+    """An upper bound of the frame length pysyncobj announces when ``appendEntriesBatchSizeBytes``
+    is ``batch_size_bytes`` and no entry's command is longer than ``max_command_bytes``.
+
+    The commands of one ``append_entries`` add up to less than the batch size plus one command
+    (syncobj.py l.1156-1162), there are at most ``batch_size_bytes / _SMALLEST_COMMAND + 2`` of
+    them, and pickling may double their bytes; the message is then zlib-compressed (which can
+    grow incompressible data by its ``compressBound``) and made a Fernet token (57 bytes of header
+    and MAC, padding to 16, then base64: 4 bytes per 3). A lone command longer than the batch is
+    sent in chunks of the batch size (l.1275-1294), which this bounds too.
+    """
+    count = batch_size_bytes // _SMALLEST_COMMAND + 2
+    pickled = 2 * (batch_size_bytes + max_command_bytes) + count * _PICKLE_PER_ENTRY + _PICKLE_PER_MESSAGE
+    compressed = pickled + (pickled >> 12) + (pickled >> 14) + (pickled >> 25) + 13
+    token = 57 + (compressed // 16 + 1) * 16
+    return 4 * -(-token // 3)
+
+
+@attrs.define
+class _Guard:
+    """What one connection (one socket) has shown: when it opened, whether a frame from it
+    decoded, and where in the read buffer the next frame header not yet checked starts."""
+
+    opened_at: float
+    proven: bool = False
+    next_frame: int = 0
+
+    def refusal(self, buffer: bytes, handshake: bool) -> str | None:
+        """Why a connection whose read buffer is ``buffer`` must be dropped, or None."""
+        unproven = handshake and not self.proven
+        if unproven and len(buffer) > HANDSHAKE_MAX_BYTES:
+            return "handshake_bytes"
+        limit = HANDSHAKE_MAX_BYTES - _FRAME_HEADER.size if unproven else MAX_FRAME_BYTES
+        while self.next_frame + _FRAME_HEADER.size <= len(buffer):
+            (length,) = _FRAME_HEADER.unpack_from(buffer, self.next_frame)
+            if not 0 <= length <= limit:
+                return "handshake_frame_length" if unproven else "frame_length"
+            self.next_frame += _FRAME_HEADER.size + length
+        return None
+
+
+_refusals: collections.Counter[str] = collections.Counter()
+_refusals_logged_at = float("-inf")
+
+
+def refusals() -> dict[str, int]:
+    """Connections dropped by this process, by reason, since it started."""
+    return dict(_refusals)
+
+
+def _refuse(conn: TcpConnection, reason: str) -> None:
+    global _refusals_logged_at
+    _refusals[reason] += 1
+    now = _monotonic()
+    if now - _refusals_logged_at >= _REFUSAL_LOG_PERIOD:
+        _refusals_logged_at = now
+        try:
+            peer = "%s:%s" % conn._TcpConnection__socket.getpeername()[:2]
+        except (OSError, AttributeError, TypeError):
+            peer = None
+        structlog.get_logger("avictl.raft").warning("raft_connection_refused", reason=reason, peer=peer, total=dict(_refusals))
+    conn.disconnect()
+
+
+def _connection_init(self: TcpConnection, *args: Any, **kwargs: Any) -> None:
+    """Wraps ``TcpConnection.__init__`` (tcp_connection.py l.59-91): an accepted socket gets a guard."""
+    assert _originals is not None
+    _originals.connection_init(self, *args, **kwargs)
+    if self._TcpConnection__socket is not None:
+        self._avictl_guard = _Guard(_monotonic())
+
+
+def _connection_connect(self: TcpConnection, host: str, port: int) -> bool:
+    """Wraps ``TcpConnection.connect`` (l.114-139): each new outgoing socket gets a fresh guard."""
+    assert _originals is not None
+    self._avictl_guard = _Guard(_monotonic())
+    return _originals.connection_connect(self, host, port)
+
+
+def _try_read_buffer(self: TcpConnection) -> None:
+    """Replaces ``TcpConnection.__tryReadBuffer`` (l.256-259); see the module docstring, item 4."""
+    guard: _Guard | None = getattr(self, "_avictl_guard", None)
+    handshake = self.encryptor is not None
+    while self._TcpConnection__processRead():
+        if guard is not None:
+            reason = guard.refusal(self._TcpConnection__readBuffer, handshake)
+            if reason is not None:
+                _refuse(self, reason)
+                return
+    self._TcpConnection__lastReadTime = _monotonic()
+
+
+def _process_parse_message(self: TcpConnection) -> Any:
+    """Wraps ``TcpConnection.__processParseMessage`` (l.277-300): a frame consumed from the buffer
+    (it decoded: a frame that does not disconnects, l.295-298) proves the connection."""
+    assert _originals is not None
+    before = len(self._TcpConnection__readBuffer)
+    message = _originals.process_parse_message(self)
+    guard: _Guard | None = getattr(self, "_avictl_guard", None)
+    consumed = before - len(self._TcpConnection__readBuffer)
+    if guard is not None and consumed > 0 and self.state != CONNECTION_STATE.DISCONNECTED:
+        guard.proven = True
+        guard.next_frame -= consumed
+    return message
+
+
+def _drop_unproven(connections: Iterable[TcpConnection], now: float) -> None:
+    """Drop the connections that have not proven the password within HANDSHAKE_MAX_SECONDS."""
+    for conn in list(connections):
+        guard: _Guard | None = getattr(conn, "_avictl_guard", None)
+        if guard is None or guard.proven or conn.encryptor is None or conn.state == CONNECTION_STATE.DISCONNECTED:
+            continue
+        if now - guard.opened_at > HANDSHAKE_MAX_SECONDS:
+            _refuse(conn, "handshake_time")
+
+
+def _transport_on_tick(self: TCPTransport) -> None:
+    """Wraps ``TCPTransport._onTick`` (transport.py l.305-314): also drops connections that are
+    too slow to prove the password - incoming ones still unidentified (l.324, l.367) and our own
+    outgoing ones (l.533)."""
+    assert _originals is not None
+    _originals.transport_on_tick(self)
+    _drop_unproven([*self._unknownConnections, *self._connections.values()], _monotonic())
 
 
 # -- install -----------------------------------------------------------------------------------
@@ -337,12 +598,18 @@ def install() -> None:
             on_message_received=pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived,
             create_journal=pysyncobj.syncobj.createJournal,
             atomic_replace=pysyncobj.serializer.atomicReplace,
+            connection_init=TcpConnection.__init__,
+            connection_connect=TcpConnection.connect,
+            try_read_buffer=TcpConnection._TcpConnection__tryReadBuffer,
+            process_parse_message=TcpConnection._TcpConnection__processParseMessage,
+            transport_on_tick=TCPTransport._onTick,
         )
         _originals = originals
         pysyncobj.syncobj.SyncObj._SyncObj__sendNextNodeIdx = _send_next_node_idx
         pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived = _on_message_received
         pysyncobj.syncobj.createJournal = _create_journal
         pysyncobj.serializer.atomicReplace = _atomic_replace
+        _set_connection_methods(_connection_init, _connection_connect, _try_read_buffer, _process_parse_message, _transport_on_tick)
 
 
 def uninstall() -> None:
@@ -355,7 +622,25 @@ def uninstall() -> None:
         pysyncobj.syncobj.SyncObj._SyncObj__onMessageReceived = _originals.on_message_received
         pysyncobj.syncobj.createJournal = _originals.create_journal
         pysyncobj.serializer.atomicReplace = _originals.atomic_replace
+        o = _originals
+        _set_connection_methods(o.connection_init, o.connection_connect, o.try_read_buffer, o.process_parse_message, o.transport_on_tick)
         _originals = None
+
+
+def _set_connection_methods(
+    init: Callable[..., None],
+    connect: Callable[..., bool],
+    try_read_buffer: Callable[[TcpConnection], None],
+    process_parse_message: Callable[[TcpConnection], Any],
+    transport_on_tick: Callable[[TCPTransport], None],
+) -> None:
+    # setattr: mypy refuses assignments to a method. A transport binds _onTick when it is built
+    # (transport.py l.220), so one built before install() or after uninstall() keeps what it got.
+    setattr(TcpConnection, "__init__", init)  # noqa: B010
+    setattr(TcpConnection, "connect", connect)  # noqa: B010
+    setattr(TcpConnection, "_TcpConnection__tryReadBuffer", try_read_buffer)  # noqa: B010
+    setattr(TcpConnection, "_TcpConnection__processParseMessage", process_parse_message)  # noqa: B010
+    setattr(TCPTransport, "_onTick", transport_on_tick)  # noqa: B010
 
 
 def is_installed() -> bool:

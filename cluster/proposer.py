@@ -3,8 +3,9 @@
 A writer hands an item (a ``Proposal`` or a ``Barrier``) and a deadline to :meth:`GroupCommit.commit`
 and gets the outcome the apply pipeline reached for its key (command id or barrier nonce), or
 :class:`NoQuorum` (nothing was handed to a leader) or :class:`OutcomeUnknown` (it may have
-committed). Items that arrive while our entries are in flight are batched into the next entry,
-so one Raft round trip and one fsync serve many writes. The :class:`LeaderWatch` says how long the
+committed), or a 413 ``CommandError`` (an item longer than one Raft entry may be). Items that
+arrive while our entries are in flight are batched into the next entry (at most
+``MAX_ENTRY_BYTES`` of them), so one Raft round trip and one fsync serve many writes. The :class:`LeaderWatch` says how long the
 node has been without a reachable leader, so a node cut off from the majority answers at once
 instead of at the deadline.
 """
@@ -14,7 +15,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Optional
 
-from cluster.raft import RaftError, RaftLog
+from cluster.decide import CommandError
+from cluster.raft import MAX_ENTRY_BYTES, RaftError, RaftLog
 from cluster.views import Outcome
 from storage import codec
 from storage.events import ProposalBatch
@@ -158,6 +160,11 @@ class GroupCommit:
                         if waiter.done():
                             return waiter.result()
                         continue
+                    if isinstance(exc, RaftError) and exc.reason == "entry_too_large":
+                        raise CommandError(
+                            413, f"the change encodes to more than {MAX_ENTRY_BYTES} bytes, the most one Raft entry carries; "
+                            "split it into smaller requests"
+                        )
                     if isinstance(exc, RaftError) and exc.reason in _RETRY_REASONS:
                         if exc.reason != "missing_leader":
                             maybe_sent = True
@@ -214,12 +221,17 @@ class GroupCommit:
                         f.set_exception(RaftError("unencodable"))
                 batch = kept
                 payload = codec.encode(ProposalBatch([item for item, _f in batch]))
-            futures = [f for _item, f in batch]
-            if not futures:
+            if not batch:
                 continue
+            while len(payload) > MAX_ENTRY_BYTES and len(batch) > 1:
+                # Too big for one Raft entry: send the first half now, the rest next, in order.
+                batch, rest = batch[: len(batch) // 2], batch[len(batch) // 2 :]
+                self._outbox[:0] = rest
+                payload = codec.encode(ProposalBatch([item for item, _f in batch]))
+            # A lone item still too big fails at once (entry_too_large).
             entry = self.raft.propose(payload)
             self._inflight += 1
-            self._release_when_answered(entry, futures)
+            self._release_when_answered(entry, [f for _item, f in batch])
 
     def _release_when_answered(self, entry: Any, futures: list[asyncio.Future[int]]) -> None:
         """Frees the in-flight slot and answers the batch's writers once pysyncobj answers, or

@@ -30,7 +30,7 @@ from pysyncobj.config import FAIL_REASON
 
 from cluster import _pysyncobj_compat
 
-__all__ = ["RaftError", "RaftLog", "RaftTuning", "derive_raft_password"]
+__all__ = ["MAX_COMMAND_BYTES", "MAX_ENTRY_BYTES", "RaftError", "RaftLog", "RaftTuning", "derive_raft_password"]
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +58,25 @@ def derive_raft_password(cluster_secret: str) -> str:
     return hashlib.sha256(b"avictl-raft\0" + cluster_secret.encode()).hexdigest()
 
 
+#: The largest payload one Raft entry may carry. pysyncobj sends an entry in one frame together
+#: with the entries before it (up to ``batch_size_bytes`` of them), and every node refuses a frame
+#: longer than ``_pysyncobj_compat.MAX_FRAME_BYTES``: RaftTuning checks that the two fit, and
+#: ``propose`` refuses a longer payload (``entry_too_large``) rather than wedge replication.
+MAX_ENTRY_BYTES = 4 * 2**20
+# The longest command pysyncobj makes of a payload: a call pickled with protocol 2 (syncobj.py
+# l.1585-1599), which may write each byte of ``bytes`` as two.
+MAX_COMMAND_BYTES = 2 * MAX_ENTRY_BYTES + 64
+
+
+def _fits_in_a_frame(_tuning: Any, _attribute: Any, batch_size_bytes: int) -> None:
+    largest = _pysyncobj_compat.largest_frame(batch_size_bytes, MAX_COMMAND_BYTES)
+    if largest > _pysyncobj_compat.MAX_FRAME_BYTES:
+        raise ValueError(
+            f"batch_size_bytes={batch_size_bytes}: an append_entries could reach {largest} bytes, more than the "
+            f"{_pysyncobj_compat.MAX_FRAME_BYTES} a node accepts in one frame"
+        )
+
+
 @attrs.frozen
 class RaftTuning:
     """pysyncobj settings chosen for avictl (see docs/performance.md for the measurements)."""
@@ -67,7 +86,7 @@ class RaftTuning:
     append_entries_period: float = 0.05
     auto_tick_period: float = 0.05
     use_batch: bool = False
-    batch_size_bytes: int = 2**20
+    batch_size_bytes: int = attrs.field(default=2**20, validator=_fits_in_a_frame)
     leader_fallback_timeout: float = 2.0
     connection_retry_time: float = 0.5
     connection_timeout: float = 1.5
@@ -220,9 +239,13 @@ class RaftLog:
     def propose(self, payload: bytes) -> "asyncio.Future[int]":
         """Submit ``payload``; the future resolves to its raft index once committed here, or fails with RaftError.
 
-        pysyncobj has no timeout of its own on this path: the caller must bound the wait.
+        pysyncobj has no timeout of its own on this path: the caller must bound the wait. A payload
+        longer than MAX_ENTRY_BYTES fails at once with ``entry_too_large``, nothing proposed.
         """
         future: asyncio.Future[int] = self._loop.create_future()
+        if len(payload) > MAX_ENTRY_BYTES:
+            future.set_exception(RaftError("entry_too_large"))
+            return future
         replica = self._replica
         if not replica._isLeader():
             leader = replica._getLeader()

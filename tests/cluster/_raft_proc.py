@@ -53,7 +53,10 @@ def _node_main(cfg: dict[str, Any]) -> None:
     from pysyncobj import SyncObj, SyncObjConf, replicated
 
     from cluster import _pysyncobj_compat
+    from cluster.logsetup import configure_logging
 
+    # stdout carries the JSON-lines protocol: every log line goes to stderr.
+    configure_logging(stream=sys.stderr)
     if cfg["patch"]:
         _pysyncobj_compat.install()
         _pysyncobj_compat.set_durable(cfg["durable"])

@@ -12,7 +12,6 @@ from cluster import decide as d
 from cluster.views import ConfigView, ref_uuid
 from tests.cluster.test_views import commit, fresh_view, proposal_of
 
-
 CLOUD, GROUP = d.new_uuid("cloud"), d.new_uuid("serviceenginegroup")
 
 
