@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 
 import click
 
+from avictl.commands import cluster_hosts as _cluster_hosts  # noqa: F401  (adds 'cluster init' and 'cluster join')
 from avictl.commands._settings import Settings
 from avictl.commands.apply import apply_cmd
 from avictl.commands.chaos import chaos_group

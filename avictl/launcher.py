@@ -9,7 +9,10 @@ process or writes a file; the callers do, each its own way.
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
+import zlib
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -18,7 +21,10 @@ import attrs
 from avictl.nodes import free_ports
 from cluster.config import NodeConfig, PeerConfig, hash_password, hash_token
 
-__all__ = ["ADMIN_USER", "Credentials", "NodeAddress", "NodeLayout", "loopback_addresses", "node_configs", "node_ids", "readdress"]
+__all__ = [
+    "ADMIN_USER", "JOIN_TOKEN_PREFIX", "Credentials", "JoinGrant", "NodeAddress", "NodeLayout",
+    "join_token", "loopback_addresses", "node_configs", "node_ids", "read_join_token", "readdress",
+]
 
 ADMIN_USER = "admin"
 
@@ -132,3 +138,52 @@ def readdress(configs: Mapping[str, NodeConfig], addresses: Mapping[str, NodeAdd
                               raft_addr=addresses[node_id].raft_addr, peers=_peers(addresses, node_id))
         for node_id, config in configs.items()
     }
+
+
+# -- forming a cluster across hosts ----------------------------------------------------------------
+
+JOIN_TOKEN_PREFIX = "avjoin1."
+
+
+@attrs.frozen
+class JoinGrant:
+    """What ``avictl cluster join`` needs on a new host: that node's config (the cluster secret
+    and the admin's hashes in it), the admin's password and token for the host's context, and
+    every node's address."""
+
+    cluster_id: str
+    node: NodeConfig = attrs.field(repr=False)
+    credentials: Credentials
+    addresses: dict[str, NodeAddress]
+
+
+def join_token(grant: JoinGrant) -> str:
+    """``grant`` as one line to copy to the other host. It holds the cluster secret: treat it
+    as one (hand it over a private channel, never in a ticket or a chat)."""
+    doc = {
+        "cluster_id": grant.cluster_id,
+        "node": grant.node.to_json(),
+        "password": grant.credentials.password,
+        "token": grant.credentials.token,
+        "addresses": {n: [a.host, a.api_port, a.raft_port] for n, a in grant.addresses.items()},
+    }
+    packed = zlib.compress(json.dumps(doc, separators=(",", ":")).encode())
+    return JOIN_TOKEN_PREFIX + base64.urlsafe_b64encode(packed).decode().rstrip("=")
+
+
+def read_join_token(token: str, data_dir: str) -> JoinGrant:
+    """The grant in ``token``, with the node's data directory set to ``data_dir`` (this host's);
+    ValueError saying what is wrong."""
+    if not token.startswith(JOIN_TOKEN_PREFIX):
+        raise ValueError(f"a join token starts with {JOIN_TOKEN_PREFIX!r} (made by 'avictl cluster init')")
+    body = token[len(JOIN_TOKEN_PREFIX):].strip()
+    try:
+        doc = json.loads(zlib.decompress(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))))
+        node = dict(doc["node"], data_dir=data_dir)
+        node["peers"] = tuple(PeerConfig(**p) for p in node["peers"])
+        config = NodeConfig(**node)
+        addresses = {n: NodeAddress(h, int(a), int(r)) for n, (h, a, r) in doc["addresses"].items()}
+        credentials = Credentials(cluster_secret=config.cluster_secret, password=doc["password"], token=doc["token"])
+        return JoinGrant(str(doc["cluster_id"]), config, credentials, addresses)
+    except (ValueError, KeyError, TypeError, zlib.error) as exc:
+        raise ValueError(f"the join token is damaged or incomplete ({type(exc).__name__}); copy it again, whole") from None

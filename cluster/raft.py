@@ -182,6 +182,9 @@ class RaftLog:
             logCompactionMinTime=2**62,
             dynamicMembershipChange=False,
             commandsQueueSize=200_000,
+            # pysyncobj binds 0.0.0.0 unless told (transport.py _createServer): Raft listens on the
+            # node's own address only, never on every interface of the host.
+            bindAddress=self_addr,
         )
         self._replica = _Replica(self_addr, self.peers, conf, self._deliver)
 

@@ -146,6 +146,8 @@ def cluster_up(count: Optional[str], base_port: Optional[int], timeout: float, l
             note("--base-port ignored: the existing cluster keeps its ports")
     procs: dict[str, Any] = {}
     for node in context.nodes:
+        if not node.config:
+            continue  # another host's node ('cluster join'): it is started there
         if pid_alive(node.pid, node.config):
             note(f"{node.id} already running (pid {node.pid})")
             continue
