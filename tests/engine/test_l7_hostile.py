@@ -1,0 +1,388 @@
+"""The L7 proxy against hostile clients: request-head limits (414, 431), the head deadline (408),
+request smuggling (400), a client streaming an endless head while others are served, and a fuzz.
+
+What every refusal must do: answer with its status and ``Connection: close``, close the connection,
+and forward nothing of the refused request (the backend sees no byte of it, and no connection when
+nothing else was sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+import httptools
+import pytest
+import uvloop
+
+from engine.config import HttpLimits, read_slice
+from tests.engine.test_dataplane import both_loops, pool_doc, slice_of, stub_dataplane, vs_doc
+from tests.helpers import free_port, wait_for
+
+# Small limits, so that a table row is a few KB: each field and the target 1 KB, the head 4 KB,
+# 10 fields, 0.3 s to send a head.
+SMALL = {"max_header_size": 1024, "max_request_size": 4096, "max_header_count": 10, "header_timeout": 0.3}
+
+
+class Recorder:
+    """A backend that keeps every byte it reads and answers each complete request ``200 ok``.
+
+    ``requests``: the targets of the complete requests it parsed; ``lost``: its connections that
+    ended with a request half read (the proxy aborted them).
+    """
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.accepted = 0
+        self.requests: list[bytes] = []
+        self.lost = 0
+        self.server: Any = None
+        self.port = 0
+
+    async def start(self) -> "Recorder":
+        backend = self
+
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+                self.transport = transport
+                self.parser = httptools.HttpRequestParser(self)
+                self.url = b""
+                self.midway = False
+                backend.accepted += 1
+
+            def data_received(self, data: bytes) -> None:
+                backend.received += data
+                self.midway = True
+                try:
+                    self.parser.feed_data(data)
+                except httptools.HttpParserError:
+                    self.transport.close()
+
+            def on_url(self, url: bytes) -> None:
+                self.url += url
+
+            def on_message_complete(self) -> None:
+                backend.requests.append(self.url)
+                self.url = b""
+                self.midway = False
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+            def connection_lost(self, exc: Optional[BaseException]) -> None:
+                if self.midway:
+                    backend.lost += 1
+
+        self.server = await asyncio.get_running_loop().create_server(Proto, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def web(port: int, backend_port: int, limits: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    doc = vs_doc("web", "127.0.0.1", port, "http", pool_doc([("127.0.0.1", backend_port)]))
+    if limits is not None:
+        doc["http_limits"] = limits
+    return doc
+
+
+async def exchange(port: int, *pieces: bytes, pause: float = 0.0, timeout: float = 5.0, until: bytes = b"") -> tuple[bytes, bool]:
+    """Send ``pieces`` (``pause`` s apart) on a new connection while reading, as a client does; what
+    came back, and whether the proxy closed the connection (EOF or reset) within ``timeout``
+    (``until``: stop reading, not closed, once what came back ends with it)."""
+    got, closed, _first = await exchange_timed(port, *pieces, pause=pause, timeout=timeout, until=until)
+    return got, closed
+
+
+async def exchange_timed(port: int, *pieces: bytes, pause: float = 0.0, timeout: float = 5.0, until: bytes = b"") -> tuple[bytes, bool, Optional[float]]:
+    """:func:`exchange`, plus the loop time the first byte of the answer arrived (None: nothing did)."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    got = bytearray()
+    first: Optional[float] = None
+
+    async def read() -> bool:
+        nonlocal first
+        try:
+            while chunk := await reader.read(65536):
+                if first is None:
+                    first = loop.time()
+                got.extend(chunk)
+                if until and got.endswith(until):
+                    return False
+        except ConnectionError:
+            pass
+        return True
+
+    async def write() -> None:
+        try:
+            for i, piece in enumerate(pieces):
+                if i and pause:
+                    await asyncio.sleep(pause)
+                writer.write(piece)
+                await writer.drain()
+        except ConnectionError:
+            pass
+
+    reading = asyncio.ensure_future(read())
+    writing = asyncio.ensure_future(write())
+    try:
+        closed = await asyncio.wait_for(asyncio.shield(reading), timeout)
+    except TimeoutError:
+        closed = False
+    finally:
+        reading.cancel()
+        writing.cancel()
+        writer.close()
+    return bytes(got), closed, first
+
+
+def _status(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else 0
+
+
+def _fields(n: int, size: int = 8) -> bytes:
+    """``n`` fields ``X-Fnn: vvv`` of ``size`` bytes each (name and value)."""
+    return b"".join(b"X-F%03d: %s\r\n" % (i, b"v" * (size - 6)) for i in range(n))
+
+
+# -- limits ----------------------------------------------------------------------------------------
+
+
+def test_limits_are_read_from_the_slice_with_defaults_when_absent() -> None:
+    """A VS without http_limits (an older controller) gets the product's defaults; given ones are
+    read; the whole head's limit is never below one field's."""
+    config, refused = read_slice({"revision": 1, "se_name": "se-1", "virtual_services": [
+        web(80, 9000), {**web(81, 9000, {**SMALL, "max_request_size": 512}), "uuid": "vs-2", "name": "web2"},
+    ]})
+    assert {} == refused
+    old, new = (vs.http_limits for vs in config.virtual_services)
+    assert (HttpLimits(12288, 49152, 256, 10.0), 49152) == (old, old.head_size)
+    assert (HttpLimits(1024, 512, 10, 0.3), 1024) == (new, new.head_size)
+
+
+@pytest.mark.parametrize(("limits", "field"), [
+    ({"max_header_size": 0}, "max_header_size"),
+    ({"max_request_size": "48"}, "max_request_size"),
+    ({"max_header_count": -1}, "max_header_count"),
+    ({"header_timeout": 0}, "header_timeout"),
+    ({"max_header_count": True}, "max_header_count"),
+])
+def test_bad_limits_refuse_the_vs_alone(limits: dict[str, Any], field: str) -> None:
+    """A limit out of range or of the wrong type refuses that VS, naming the field."""
+    _config, refused = read_slice({"revision": 1, "se_name": "se-1", "virtual_services": [web(80, 9000, limits)]})
+    assert f"virtual_services[0].http_limits.{field}" in refused["web"]
+
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n"  # Host is one field of 5 bytes
+
+LIMIT_CASES = [
+    # (id, limits, pieces, status)
+    ("target-at-limit", SMALL, [b"GET /" + b"a" * 1023 + b" HTTP/1.1\r\nHost: x\r\n\r\n"], 200),
+    ("target-too-long", SMALL, [b"GET /" + b"a" * 1024 + b" HTTP/1.1\r\nHost: x\r\n\r\n"], 414),
+    ("target-too-long-streamed", SMALL, [b"GET /"] + [b"a" * 200] * 10, 414),
+    ("field-at-limit", SMALL, [GET + b"X-Big: " + b"v" * 1019 + b"\r\n\r\n"], 200),
+    ("field-too-long", SMALL, [GET + b"X-Big: " + b"v" * 1020 + b"\r\n\r\n"], 431),
+    ("field-name-too-long", SMALL, [GET + b"X-" + b"n" * 1030 + b": v\r\n\r\n"], 431),
+    ("field-too-long-streamed", SMALL, [GET + b"X-Big: "] + [b"v" * 512] * 16, 431),
+    # 1 + (5 + 4) + 4 * (1000 + 4) = 4026 bytes counted: under 4096
+    ("head-at-limit", SMALL, [GET + _fields(4, 1000) + b"\r\n"], 200),
+    ("head-too-large", SMALL, [GET + _fields(5, 1000) + b"\r\n"], 431),
+    ("head-too-large-in-pieces", SMALL, [GET] + [_fields(1, 1000)] * 5 + [b"\r\n"], 431),
+    ("fields-at-limit", SMALL, [GET + _fields(9) + b"\r\n"], 200),
+    ("too-many-fields", SMALL, [GET + _fields(10) + b"\r\n"], 431),
+    # fields the proxy does not forward as they are count too
+    ("too-many-fields-hop-by-hop", SMALL, [GET + _fields(7) + b"Connection: keep-alive\r\nX-Forwarded-For: 1.2.3.4\r\nKeep-Alive: 5\r\n\r\n"], 431),
+    ("trailers-at-the-limit", SMALL,
+     [b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n" + _fields(5) + b"\r\n2\r\nhi\r\n0\r\n" + _fields(3) + b"\r\n"], 200),
+    ("trailers-count-with-the-head", SMALL,
+     [b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n" + _fields(5) + b"\r\n2\r\nhi\r\n0\r\n" + _fields(4) + b"\r\n"], 431),
+    ("trailer-field-too-long", SMALL,
+     [b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-T: " + b"t" * 1100 + b"\r\n\r\n"], 431),
+    # the defaults (client_max_header_size 12 KB, client_max_request_size 48 KB, max_header_count 256)
+    ("default-field-at-limit", None, [GET + b"X-Big: " + b"v" * (12 * 1024 - 5) + b"\r\n\r\n"], 200),
+    ("default-field-too-long", None, [GET + b"X-Big: " + b"v" * (12 * 1024 - 4) + b"\r\n\r\n"], 431),
+    ("default-target-too-long", None, [b"GET /" + b"a" * (12 * 1024) + b" HTTP/1.1\r\nHost: x\r\n\r\n"], 414),
+    ("default-head-too-large", None, [GET + _fields(5, 10_000) + b"\r\n"], 431),
+    ("default-fields-at-limit", None, [GET + _fields(255) + b"\r\n"], 200),
+    ("default-too-many-fields", None, [GET + _fields(256) + b"\r\n"], 431),
+]
+
+
+@pytest.mark.parametrize(("limits", "pieces", "status"), [pytest.param(*case[1:], id=case[0]) for case in LIMIT_CASES])
+def test_request_head_limits(limits: Optional[dict[str, Any]], pieces: list[bytes], status: int) -> None:
+    """A head within the limits is proxied; past one (target 414; a field, the head, the field
+    count 431) it is refused and the connection closed, nothing forwarded, however it arrives."""
+
+    async def scenario() -> None:
+        backend = await Recorder().start()
+        port = free_port()
+        dp = stub_dataplane()
+        try:
+            assert {} == await dp.apply(slice_of(web(port, backend.port, limits)))
+            response, closed = await exchange(port, *pieces, pause=0.02 if len(pieces) > 1 else 0.0, timeout=2.0, until=b"\r\n\r\nok")
+            assert status == _status(response), response[:200]
+            if status == 200:
+                assert [b"/" + b"a" * 1023 if b"aaa" in pieces[0] else b"/"] == backend.requests
+                assert b"X-F" not in backend.received.split(b"\r\n\r\n", 1)[1]  # trailers are not forwarded
+            else:
+                assert response.endswith(b"\r\nConnection: close\r\n\r\n"), response
+                assert closed
+                assert (b"", 0) == (bytes(backend.received), backend.accepted)
+        finally:
+            await dp.close()
+            backend.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(scenario(), 10))
+
+
+@both_loops
+async def test_slow_head_gets_408_at_the_deadline() -> None:
+    """A head trickled in (a slowloris) is answered 408 once header_timeout has passed since its
+    first read, and closed; a head in two reads within the deadline is proxied, and nothing is left
+    armed for the next request on that connection."""
+    backend = await Recorder().start()
+    port = free_port()
+    dp = stub_dataplane()
+    try:
+        assert {} == await dp.apply(slice_of(web(port, backend.port, SMALL)))
+        started = asyncio.get_running_loop().time()
+        response, closed, answered = await exchange_timed(port, GET, *[b"X-A: 1\r\n"] * 40, pause=0.05, timeout=4.0)
+        assert (408, True) == (_status(response), closed), response
+        assert answered is not None and 0.25 < answered - started < 1.0, answered
+        assert (b"", 0) == (bytes(backend.received), backend.accepted)
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(GET)
+        await asyncio.sleep(0.15)
+        writer.write(b"\r\n")
+        assert b"ok" == (await asyncio.wait_for(reader.readuntil(b"ok"), 2)).split(b"\r\n\r\n")[1]
+        await asyncio.sleep(0.4)  # longer than the deadline, idle
+        writer.write(GET + b"\r\n")
+        assert b"ok" == (await asyncio.wait_for(reader.readuntil(b"ok"), 2)).split(b"\r\n\r\n")[1]
+        writer.close()
+        assert [b"/", b"/"] == backend.requests
+    finally:
+        await dp.close()
+        backend.close()
+
+
+# -- request smuggling -----------------------------------------------------------------------------
+
+POST = b"POST / HTTP/1.1\r\nHost: x\r\n"
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+
+DESYNC_CASES = [
+    # CL.TE and TE.CL: both framings in one request
+    ("cl-te", POST + b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG"),
+    ("te-cl", POST + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n"),
+    ("te-xchunked-cl", POST + b"Transfer-Encoding: xchunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n"),
+    # TE.TE: obfuscated or doubled Transfer-Encoding
+    ("te-xchunked", POST + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + SMUGGLED),
+    ("te-chunked-identity", POST + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+    ("te-identity", POST + b"Transfer-Encoding: identity\r\n\r\n" + SMUGGLED),
+    ("te-gzip-chunked", POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+    ("te-empty-element", POST + b"Transfer-Encoding: ,chunked\r\n\r\n0\r\n\r\n"),
+    ("te-parameter", POST + b"Transfer-Encoding: chunked;q=1\r\n\r\n0\r\n\r\n"),
+    ("te-twice", POST + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ("te-identity-then-chunked", POST + b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ("te-chunked-then-identity", POST + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n"),
+    ("te-space-before-colon", POST + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+    ("te-leading-space", POST + b" Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ("te-obs-fold", POST + b"Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n"),
+    ("te-vertical-tab", POST + b"Transfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n"),
+    ("te-nul", POST + b"Transfer-Encoding: chunked\x00\r\n\r\n0\r\n\r\n"),
+    ("te-lf-only", POST + b"Transfer-Encoding: chunked\n\r\n0\r\n\r\n"),
+    ("te-in-http-1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + SMUGGLED),
+    ("te-in-http-1.0-keep-alive", b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n" + hex(len(SMUGGLED))[2:].encode() + b"\r\n" + SMUGGLED + b"\r\n0\r\n\r\n"),
+    # Content-Length
+    ("cl-twice-same", POST + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc"),
+    ("cl-twice-different", POST + b"Content-Length: 3\r\nContent-Length: 40\r\n\r\nabc" + SMUGGLED),
+    ("cl-list", POST + b"Content-Length: 3, 3\r\n\r\nabc"),
+    ("cl-negative", POST + b"Content-Length: -3\r\n\r\nabc"),
+    ("cl-plus", POST + b"Content-Length: +3\r\n\r\nabc"),
+    ("cl-hex", POST + b"Content-Length: 0x3\r\n\r\nabc"),
+    ("cl-overflow", POST + b"Content-Length: 99999999999999999999999\r\n\r\nabc"),
+    # chunk sizes
+    ("chunk-size-not-hex", POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
+    ("chunk-size-overflow", POST + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff1\r\nabc\r\n0\r\n\r\n"),
+    ("chunk-size-wraps-to-small", POST + b"Transfer-Encoding: chunked\r\n\r\n10000000000000003\r\nabc\r\n0\r\n\r\n"),
+    ("chunk-size-negative", POST + b"Transfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n"),
+    ("chunk-size-0x", POST + b"Transfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n"),
+    ("chunk-size-space", POST + b"Transfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n"),
+    ("chunk-size-lf-only", POST + b"Transfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n"),
+    ("chunk-longer-than-its-size", POST + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize("request_bytes", [pytest.param(raw, id=name) for name, raw in DESYNC_CASES])
+def test_desync_attempts_are_refused_before_anything_is_forwarded(request_bytes: bytes) -> None:
+    """Every classic desync request (CL.TE, TE.CL, TE.TE, doubled or malformed Content-Length,
+    Transfer-Encoding in HTTP/1.0, bad chunk sizes) is answered 400 by the SE and closed; the
+    backend sees no byte and no connection."""
+
+    async def scenario() -> None:
+        backend = await Recorder().start()
+        port = free_port()
+        dp = stub_dataplane()
+        try:
+            assert {} == await dp.apply(slice_of(web(port, backend.port)))
+            response, closed = await exchange(port, request_bytes, timeout=2.0)
+            assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n"), response
+            assert response.endswith(b"\r\nConnection: close\r\n\r\n") and closed, response
+            assert (b"", 0) == (bytes(backend.received), backend.accepted)
+        finally:
+            await dp.close()
+            backend.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(scenario(), 10))
+
+
+@both_loops
+async def test_a_refused_request_after_good_ones_is_answered_after_them() -> None:
+    """Pipelined behind two good requests, a bad one gets its 400 after their responses, then the
+    connection closes; the backend got the good requests and nothing of the bad one."""
+    backend = await Recorder().start()
+    port = free_port()
+    dp = stub_dataplane()
+    try:
+        assert {} == await dp.apply(slice_of(web(port, backend.port)))
+        response, closed = await exchange(
+            port,
+            b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+            + POST + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+            timeout=3.0,
+        )
+        assert 3 == response.count(b"HTTP/1.1 "), response
+        assert response.endswith(b"ok" + b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"), response
+        assert closed
+        assert [b"/1", b"/2"] == backend.requests
+        assert b"smuggled" not in backend.received and b"xchunked" not in backend.received
+    finally:
+        await dp.close()
+        backend.close()
+
+
+@both_loops
+async def test_a_bad_chunk_after_the_head_went_out_aborts_the_backend_connection() -> None:
+    """When a chunked body turns bad in a later read (the head was forwarded already), the client
+    gets 400 and is closed, and the backend connection is aborted with its request unfinished."""
+    backend = await Recorder().start()
+    port = free_port()
+    dp = stub_dataplane()
+    try:
+        assert {} == await dp.apply(slice_of(web(port, backend.port)))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(POST + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await wait_for(lambda: b"hello" in backend.received, 3.0, what="the head and first chunk at the backend")
+        writer.write(b"zz\r\n" + SMUGGLED)
+        response = await asyncio.wait_for(reader.read(), 3)
+        assert response == b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        writer.close()
+        await wait_for(lambda: backend.lost == 1, 3.0, what="the backend connection to be aborted")
+        assert [] == backend.requests
+        assert b"smuggled" not in backend.received
+    finally:
+        await dp.close()
+        backend.close()
