@@ -393,7 +393,11 @@ class L7Connection(asyncio.Protocol):
             self._begin(req)
 
     def eof_received(self) -> bool:
-        # A client may half-close after its last request; answer what is queued, then close.
+        # A client may half-close after its last request; answer what is queued, then close. A
+        # request whose body it had not finished never will be: it is refused (its backend
+        # connection aborted) rather than left holding a backend connection.
+        if self._parsing is not None and not self._broken:
+            self._refuse(_400)
         self._broken = True
         return bool(self._queue)
 

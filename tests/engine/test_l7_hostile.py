@@ -9,11 +9,17 @@ nothing else was sent).
 from __future__ import annotations
 
 import asyncio
+import socket
+import statistics
+import threading
+import time
 from typing import Any, Optional
 
 import httptools
 import pytest
 import uvloop
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from engine.config import HttpLimits, read_slice
 from tests.engine.test_dataplane import both_loops, pool_doc, slice_of, stub_dataplane, vs_doc
@@ -28,7 +34,8 @@ class Recorder:
     """A backend that keeps every byte it reads and answers each complete request ``200 ok``.
 
     ``requests``: the targets of the complete requests it parsed; ``lost``: its connections that
-    ended with a request half read (the proxy aborted them).
+    ended with a request half read (the proxy aborted them); ``garbage``: reads it could not parse
+    as HTTP (what a smuggled request looks like from here).
     """
 
     def __init__(self) -> None:
@@ -36,8 +43,14 @@ class Recorder:
         self.accepted = 0
         self.requests: list[bytes] = []
         self.lost = 0
+        self.garbage = 0
         self.server: Any = None
         self.port = 0
+        self._open: set[Any] = set()
+
+    def midway_count(self) -> int:
+        """Connections holding part of a request (bytes read since the last complete one)."""
+        return sum(1 for proto in self._open if proto.midway)
 
     async def start(self) -> "Recorder":
         backend = self
@@ -49,6 +62,7 @@ class Recorder:
                 self.url = b""
                 self.midway = False
                 backend.accepted += 1
+                backend._open.add(self)
 
             def data_received(self, data: bytes) -> None:
                 backend.received += data
@@ -56,6 +70,7 @@ class Recorder:
                 try:
                     self.parser.feed_data(data)
                 except httptools.HttpParserError:
+                    backend.garbage += 1
                     self.transport.close()
 
             def on_url(self, url: bytes) -> None:
@@ -68,6 +83,7 @@ class Recorder:
                 self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
             def connection_lost(self, exc: Optional[BaseException]) -> None:
+                backend._open.discard(self)
                 if self.midway:
                     backend.lost += 1
 
@@ -386,3 +402,340 @@ async def test_a_bad_chunk_after_the_head_went_out_aborts_the_backend_connection
     finally:
         await dp.close()
         backend.close()
+
+
+# -- one client must not stall the loop ------------------------------------------------------------
+
+
+class ServedInThread:
+    """One HTTP VS (to a :class:`Recorder`) served by a DataPlane on a uvloop in its own thread, so
+    that clients can be blocking sockets in other threads. ``max_stall``: the longest a 5 ms ticker
+    on that loop ran late, in seconds."""
+
+    TICK = 0.005
+
+    def __init__(self, limits: Optional[dict[str, Any]] = None) -> None:
+        self.limits = limits
+        self.port = 0
+        self.max_stall = 0.0
+        self.errors: list[Any] = []  # what reached the loop's exception handler
+        self._ready = threading.Event()
+        self._loop: Any = None
+        self._stop: Optional[asyncio.Event] = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "ServedInThread":
+        self._thread.start()
+        assert self._ready.wait(10), "the data plane did not start"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)  # type: ignore[union-attr]
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(self._main())
+
+    async def _main(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: self.errors.append(context))
+        self._stop = asyncio.Event()
+        self.backend = await Recorder().start()
+        self.port = free_port()
+        self.dp = stub_dataplane()
+        assert {} == await self.dp.apply(slice_of(web(self.port, self.backend.port, self.limits)))
+        ticker = asyncio.ensure_future(self._tick())
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            ticker.cancel()
+            await self.dp.close()
+            self.backend.close()
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.TICK)
+            self.max_stall = max(self.max_stall, loop.time() - before - self.TICK)
+
+    def call(self, fn: Any) -> Any:
+        """``fn()`` run on the loop's thread; its result."""
+
+        async def run() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    def bytes_in(self) -> int:
+        return int(self.call(lambda: self.dp.telemetry()["web"]["bytes_in"]))
+
+
+class KeepAliveClient(threading.Thread):
+    """GETs on one keep-alive connection, one every ``interval``, recording each one's latency."""
+
+    def __init__(self, port: int, interval: float = 0.005, max_requests: int = 5000) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.interval = interval
+        self.max_requests = max_requests
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.sent = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        request = b"GET /normal HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            while not self._done.is_set() and len(self.latencies) < self.max_requests:
+                started = time.monotonic()
+                try:
+                    sock.sendall(request)
+                    self.sent += len(request)
+                    got = b""
+                    while not got.endswith(b"\r\n\r\nok"):
+                        chunk = sock.recv(4096)
+                        if not chunk:
+                            raise ConnectionError("closed")
+                        got += chunk
+                except OSError as exc:
+                    self.failures.append(repr(exc))
+                    return
+                self.latencies.append(time.monotonic() - started)
+                self._done.wait(self.interval)
+
+    def finish(self) -> list[float]:
+        self._done.set()
+        self.join(10)
+        return self.latencies
+
+
+def stream_huge_head(port: int, until: float, max_bytes: int, pace: float = 0.001, host: str = "127.0.0.1") -> dict[str, Any]:
+    """One connection sending a head whose one field never ends, 64 KB every ``pace`` s (64 MB/s;
+    0: as fast as it goes), until the proxy stops it, ``until`` (monotonic) passes or ``max_bytes``
+    went out; what happened."""
+    sent = 0
+    started = time.monotonic()
+    chunk = b"v" * 65536
+    response = b""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 128 * 1024)  # what is sent is what the SE gets to read
+        sock.settimeout(5)
+        sock.connect((host, port))
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Huge: ")
+            while sent < max_bytes and time.monotonic() < until:
+                sock.sendall(chunk)
+                sent += len(chunk)
+                if pace:
+                    time.sleep(pace)
+        except OSError:
+            pass
+        stopped = time.monotonic()
+        try:
+            sock.settimeout(2)
+            while part := sock.recv(65536):
+                response += part
+        except OSError:
+            pass
+    return {"sent": sent, "stopped_after": stopped - started, "status": _status(response), "response": response[:200]}
+
+
+@pytest.mark.slow
+def test_a_client_streaming_a_huge_head_is_stopped_early_and_others_keep_their_latency() -> None:
+    """Clients streaming endless request heads at 64 MB/s (one connection after another for 3 s,
+    each up to 50 MB, 200 MB in all) each get 431 and are closed after about the head limit, while a
+    keep-alive client's requests keep their latency (p99 under 50 ms) and the SE's loop never
+    stalls for 100 ms."""
+    with ServedInThread() as se:
+        quiet = KeepAliveClient(se.port)
+        quiet.start()
+        time.sleep(1.0)
+        baseline = quiet.finish()
+        assert not quiet.failures and len(baseline) > 50
+
+        normal = KeepAliveClient(se.port)
+        normal.start()
+        before = se.bytes_in()
+        attacks = []
+        until = time.monotonic() + 3.0
+        budget = 200 << 20
+        while time.monotonic() < until and budget > 0:
+            attack = stream_huge_head(se.port, until, min(budget, 50 << 20))
+            attacks.append(attack)
+            budget -= attack["sent"]
+        time.sleep(0.2)
+        latencies = normal.finish()
+        attack_bytes_in = se.bytes_in() - before - normal.sent
+        stall = se.max_stall
+
+    def p99(values: list[float]) -> float:
+        return statistics.quantiles(values, n=100)[98]
+
+    print(f"baseline: {len(baseline)} requests, p50 {statistics.median(baseline) * 1000:.2f} ms, p99 {p99(baseline) * 1000:.2f} ms")
+    print(f"under attack: {len(latencies)} requests, p50 {statistics.median(latencies) * 1000:.2f} ms, p99 {p99(latencies) * 1000:.2f} ms, "
+          f"max {max(latencies) * 1000:.1f} ms; loop max stall {stall * 1000:.1f} ms")
+    print(f"{len(attacks)} attacking connections, {sum(a['sent'] for a in attacks) >> 20} MB sent, {attack_bytes_in >> 10} KB read by the SE "
+          f"({attack_bytes_in / len(attacks) / 1024:.0f} KB each), stopped after {max(a['stopped_after'] for a in attacks) * 1000:.0f} ms at most")
+    assert not normal.failures and len(latencies) > 200, normal.failures
+    assert [] == [a for a in attacks if a["status"] != 431 or a["stopped_after"] > 1.5]
+    # read before the refusal: the 48 KB limit plus at most one read; then at most LINGER_BYTES dropped
+    assert attack_bytes_in / len(attacks) < 1 << 20
+    assert p99(latencies) < 0.050
+    assert stall < 0.100
+    assert [] == se.errors
+
+
+@both_loops
+async def test_a_body_cut_by_the_clients_eof_is_refused_and_the_backend_connection_aborted() -> None:
+    """A client that half-closes in the middle of a request body gets 400 after the answers to its
+    complete requests; the backend connection holding the unfinished request is aborted, not left
+    waiting for a body that will not come."""
+    backend = await Recorder().start()
+    port = free_port()
+    dp = stub_dataplane()
+    try:
+        assert {} == await dp.apply(slice_of(web(port, backend.port)))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n" + POST + b"Content-Length: 100\r\n\r\nonly part")
+        await wait_for(lambda: b"only part" in backend.received, 3.0, what="the head and part of the body at the backend")
+        writer.write_eof()
+        response = await asyncio.wait_for(reader.read(), 3)
+        assert response.endswith(b"ok" + b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"), response
+        assert 2 == response.count(b"HTTP/1.1 ")
+        writer.close()
+        await wait_for(lambda: backend.lost == 1, 3.0, what="the backend connection to be aborted")
+        assert [b"/1"] == backend.requests
+    finally:
+        await dp.close()
+        backend.close()
+
+
+# -- fuzz ------------------------------------------------------------------------------------------
+
+_REFUSALS = (400, 408, 414, 431)
+_NAMES = [b"Host", b"Content-Length", b"Transfer-Encoding", b"Connection", b"X-Forwarded-For", b"TE", b"Upgrade",
+          b"Keep-Alive", b"Proxy-Connection", b"Expect", b"Trailer", b"X-A", b"content-length", b"transfer-encoding"]
+_VALUES = [b"chunked", b"0", b"2", b"5", b"-1", b"1, 1", b"close", b"keep-alive", b"identity", b"chunked, identity",
+           b"gzip, chunked", b" chunked", b"chunked ", b"xchunked", b"CHUNKED", b"100-continue", b"h2c", b"x"]
+
+
+def _head_field() -> Any:
+    """A field, well formed nine times in ten, with the names and values that decide framing."""
+    token = st.text("abcdefghijklmnopqrstuvwxyz-_.!#$%&'*+^`|~0123456789", min_size=1, max_size=12).map(str.encode)
+    text = st.text("abcdefghijklmnopqrstuvwxyz ,;=/0123456789", max_size=24).map(str.encode)
+    name = st.one_of(st.sampled_from(_NAMES), st.sampled_from(_NAMES), token)
+    value = st.one_of(st.sampled_from(_VALUES), st.sampled_from(_VALUES), text, st.integers(0, 1100).map(lambda n: b"v" * n))
+    good = st.tuples(name, value).map(lambda t: t[0] + b": " + t[1] + b"\r\n")
+    separator = st.sampled_from([b":", b" : ", b":\t", b"", b":\x0b"])
+    line_end = st.sampled_from([b"\n", b"\r", b"\r\n ", b"\x00\r\n"])
+    bad = st.tuples(st.one_of(name, st.binary(max_size=12)), separator, st.one_of(value, st.binary(max_size=24)), line_end).map(b"".join)
+    return st.one_of(*[good] * 9, bad)
+
+
+def _chunked_body() -> Any:
+    chunk = st.binary(min_size=1, max_size=40).map(lambda data: b"%x\r\n%s\r\n" % (len(data), data))
+    bad_chunk = st.sampled_from([b"zz\r\nabc\r\n", b"-3\r\nabc\r\n", b"ffffffffffffffffff1\r\nabc\r\n", b"3\r\nabcd\r\n", b"3 \r\nabc\r\n",
+                                 b"3;x=y\r\nabc\r\n", b"0x3\r\nabc\r\n"])
+    trailer = st.sampled_from([b"", b"", b"X-T: 1\r\n", b"X-Forwarded-For: 6.6.6.6\r\n", b"Transfer-Encoding: chunked\r\n"])
+    chunks = st.lists(st.one_of(*[chunk] * 5, bad_chunk), max_size=4)
+    return st.tuples(chunks, trailer).map(lambda t: b"".join(t[0]) + b"0\r\n" + t[1] + b"\r\n")
+
+
+def _mutated(data: bytes, mutations: list[tuple[int, int, bytes]]) -> bytes:
+    """``data`` with bytes inserted (0), deleted (1) or replaced (2) at thousandths of its length."""
+    for where, how, what in mutations:
+        i = where * len(data) // 1000
+        data = data[:i] + what + data[i:] if how == 0 else data[:i] + data[i + len(what):] if how == 1 else data[:i] + what + data[i + len(what):]
+    return data
+
+
+def _request() -> Any:
+    """A request: head, then an empty, raw or chunked body; sometimes with a few bytes mutated."""
+    method = st.sampled_from([b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS"])
+    path = st.text("abcdefghijklmnopqrstuvwxyz0123456789/?=&%.-_", max_size=20).map(lambda t: b"/" + t.encode())
+    target = st.one_of(path, st.integers(0, 1100).map(lambda n: b"/" + b"t" * n))
+    version = st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0"])
+    fields = st.lists(_head_field(), max_size=14)
+    body = st.one_of(st.just(b""), st.just(b""), st.binary(max_size=60), _chunked_body())
+    mutations = st.lists(st.tuples(st.integers(1, 999), st.integers(0, 2), st.binary(min_size=1, max_size=3)), min_size=1, max_size=2)
+    plain = st.tuples(method, target, version, fields, body).map(
+        lambda t: t[0] + b" " + t[1] + b" " + t[2] + b"\r\n" + b"".join(t[3]) + b"\r\n" + t[4]
+    )
+    return st.tuples(plain, st.one_of(*[st.just([])] * 3, mutations)).map(lambda t: _mutated(*t))
+
+
+def _read_all(sock: socket.socket, deadline: float) -> tuple[bytes, bool]:
+    """What comes back until the proxy closes (True) or ``deadline`` (monotonic) passes (False)."""
+    got = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return got, False
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return got, False
+        except OSError:
+            return got, True
+        if not chunk:
+            return got, True
+        got += chunk
+
+
+_FUZZ_LIMITS = {**SMALL, "header_timeout": 0.2}
+
+
+@pytest.fixture(scope="module")
+def fuzz_se() -> Any:
+    with ServedInThread(_FUZZ_LIMITS) as se:
+        yield se
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], derandomize=True)
+@given(requests=st.lists(_request(), min_size=1, max_size=3), cut=st.one_of(st.none(), st.integers(1, 400)), half_close=st.booleans())
+@example(requests=[POST + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"], cut=None, half_close=True)
+@example(requests=[b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"], cut=None, half_close=False)
+@example(requests=[GET + b"X-Big: " + b"v" * 5000 + b"\r\n\r\n"], cut=None, half_close=False)
+@example(requests=[GET + b"X-A: 1\r\n"], cut=None, half_close=False)
+def test_fuzzed_requests_never_crash_stall_or_leak_a_refused_request(fuzz_se: ServedInThread, requests: list[bytes], cut: Optional[int],
+                                                                       half_close: bool) -> None:
+    """Hypothesis over request heads and bodies (fields, framings, chunk sizes, line ends, several
+    per connection, cut short or not, with or without the client's EOF): the SE never raises on its
+    loop and serves a plain request afterwards; its loop never stalls for the head deadline and
+    after the client's EOF it answers and closes; a refused first request sends the backend no
+    byte; the backend never gets a byte it cannot parse as HTTP nor keeps half a request."""
+    se = fuzz_se
+    data = b"".join(requests)
+    if cut is not None:
+        data = data[:cut]
+    backend = se.backend
+    received_before = se.call(lambda: len(backend.received))
+    with socket.create_connection(("127.0.0.1", se.port), timeout=2) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        response, closed = _read_all(sock, time.monotonic() + (2.0 if half_close else _FUZZ_LIMITS["header_timeout"] + 0.3))
+    if half_close:
+        assert closed, f"the SE kept the connection after the client's EOF: {response[:300]!r}"
+    if response:
+        assert response.startswith(b"HTTP/1.1 "), response[:300]
+    status = _status(response)
+    if status in _REFUSALS:
+        assert se.call(lambda: len(backend.received)) == received_before, f"refused {status} but the backend got bytes"
+        assert response.endswith(b"\r\nConnection: close\r\n\r\n") or b"\r\nConnection: close\r\n\r\nHTTP/1.1 " in response
+    # Whatever the backend was sent ends at a request boundary, or its connection was aborted.
+    wait_until_ok = time.monotonic() + 1.0
+    while se.call(lambda: backend.midway_count()) and time.monotonic() < wait_until_ok:
+        time.sleep(0.01)
+    assert 0 == se.call(lambda: backend.midway_count()), "the backend holds half a request"
+    assert 0 == backend.garbage, "the backend got bytes that are not HTTP (a smuggled request)"
+    assert [] == se.errors
+    assert se.max_stall < _FUZZ_LIMITS["header_timeout"], se.max_stall
+    with socket.create_connection(("127.0.0.1", se.port), timeout=2) as sock:
+        sock.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        after, _ = _read_all(sock, time.monotonic() + 2.0)
+    assert 200 == _status(after), after
