@@ -32,7 +32,8 @@ Contracts worth knowing:
 - Idle client connections are closed by the data plane's sweep (``close_if_idle``); nothing on the
   hot path arms a timer.
 
-Hostile input (the VS's ``engine.config.HttpLimits``, read when a connection is accepted):
+Hostile input (the VS's ``engine.config.HttpLimits``, read when a connection is accepted; a
+response with more fields than ``max_header_count`` is a broken one too, answered 502):
 - A request head is bounded while it is read, as HAProxy and nginx bound theirs: the request target
   and each field against ``max_header_size`` (414, 431), the fields' count and the whole head
   against ``max_header_count`` and ``head_size`` (431), each counted on the pieces the parser hands
@@ -1138,6 +1139,9 @@ class _Upstream(asyncio.Protocol):
         if self.finished or owner is None:
             self.keep = False  # a second response in one read: never reuse this connection
         else:
+            if len(self.head) >> 2 >= owner._max_fields:
+                # More fields than max_header_count (hop-by-hop ones aside): a broken response, 502.
+                raise _Refused
             self._response_head(owner, self.parser.get_status_code())
         del self.head[1:]
         self.has_length = self.chunked = False

@@ -739,3 +739,34 @@ def test_fuzzed_requests_never_crash_stall_or_leak_a_refused_request(fuzz_se: Se
         sock.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         after, _ = _read_all(sock, time.monotonic() + 2.0)
     assert 200 == _status(after), after
+
+
+@both_loops
+async def test_a_response_with_too_many_fields_is_a_502() -> None:
+    """max_header_count holds for responses too: one with more fields is answered 502 and its
+    backend connection is not reused; one at the limit is relayed."""
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + _fields(9) + b"\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + _fields(10) + b"\r\nok",
+    ]
+
+    class Answering(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            if answers and b"\r\n\r\n" in data:
+                self.transport.write(answers.pop(0))
+
+    server = await asyncio.get_running_loop().create_server(Answering, "127.0.0.1", 0)
+    port = free_port()
+    dp = stub_dataplane()
+    try:
+        assert {} == await dp.apply(slice_of(web(port, server.sockets[0].getsockname()[1], SMALL)))
+        ok, _ = await exchange(port, GET + b"\r\n", timeout=2.0, until=b"\r\n\r\nok")
+        assert 200 == _status(ok) and ok.count(b"X-F") == 9
+        bad, _ = await exchange(port, GET + b"\r\n", timeout=2.0, until=b"</html>\n")
+        assert 502 == _status(bad), bad
+    finally:
+        await dp.close()
+        server.close()
