@@ -669,15 +669,13 @@ class L7Connection(asyncio.Protocol):
 
     def _linger(self, response: bytes) -> None:
         """Send ``response``, shut the write side, drop what the client still sends, then close."""
-        if self._closed:
-            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._write(response)
         transport = self.transport
-        if transport.is_closing():
+        if self._closed or transport.is_closing():
             return
+        self._write(response)
         try:
             transport.write_eof()
         except (NotImplementedError, OSError, RuntimeError):
