@@ -37,12 +37,10 @@ __all__ = [
     "vip_entry",
 ]
 
-CRUD_KINDS = ("pool", "healthmonitor", "vsvip", "serviceenginegroup", "virtualservice", "cloud", "tenant")
-# Kinds with fewer verbs: SEs are made by the system (operators may update or delete them);
-# application profiles are built in.
+CRUD_KINDS = ("pool", "healthmonitor", "vsvip", "serviceenginegroup", "virtualservice", "cloud", "tenant", "applicationprofile")
+# Kinds with fewer verbs: SEs are made by the system (operators may update or delete them).
 LIMITED_KINDS: dict[str, tuple[str, ...]] = {
     "serviceengine": ("list", "show", "update", "delete"),
-    "applicationprofile": ("list", "show"),
 }
 READ_ONLY_KINDS = tuple(k for k, verbs in LIMITED_KINDS.items() if "update" not in verbs)
 ALL_KINDS = CRUD_KINDS + tuple(LIMITED_KINDS)

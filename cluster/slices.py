@@ -12,9 +12,15 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from cluster.schema import KINDS
 from cluster.views import ConfigView, StoredObject, ref_uuid
 
 __all__ = ["SliceCache", "slice_for"]
+
+# For profiles stored before http_profile existed (the schema fills it in on every write since).
+_HTTP_PROFILE_DEFAULTS: dict[str, Any] = {
+    name: field.default for name, field in (KINDS["applicationprofile"].fields["http_profile"].fields or {}).items()
+}
 
 
 def _target(view: ConfigView, ref: Any) -> Optional[StoredObject]:
@@ -79,6 +85,17 @@ def _placement(view: ConfigView, vs: StoredObject) -> dict[str, Any]:
     }
 
 
+def _http_limits(profile: Optional[StoredObject]) -> dict[str, Any]:
+    """The profile's http_profile in the SE's units (bytes, seconds)."""
+    http = {**_HTTP_PROFILE_DEFAULTS, **((profile.body.get("http_profile") or {}) if profile is not None else {})}
+    return {
+        "max_header_size": 1024 * http["client_max_header_size"],
+        "max_request_size": 1024 * http["client_max_request_size"],
+        "max_header_count": http["max_header_count"],
+        "header_timeout": http["client_header_timeout"] / 1000.0,
+    }
+
+
 def _virtual_service(view: ConfigView, vs: StoredObject) -> Optional[dict[str, Any]]:
     vsvip = _target(view, vs.body.get("vsvip_ref"))
     addrs = [((v or {}).get("ip_address") or {}).get("addr") for v in (vsvip.body.get("vip") or [])] if vsvip else []
@@ -87,7 +104,7 @@ def _virtual_service(view: ConfigView, vs: StoredObject) -> Optional[dict[str, A
     profile = _target(view, vs.body.get("application_profile_ref"))
     l7 = profile is None or profile.body.get("type", "APPLICATION_PROFILE_TYPE_HTTP") == "APPLICATION_PROFILE_TYPE_HTTP"
     pool = _target(view, vs.body.get("pool_ref"))
-    return {
+    doc = {
         "uuid": vs.uuid,
         "name": vs.name,
         "vip": addrs[0],
@@ -97,6 +114,9 @@ def _virtual_service(view: ConfigView, vs: StoredObject) -> Optional[dict[str, A
         "pool": None if pool is None else _pool(view, pool),
         "placement": _placement(view, vs),
     }
+    if l7:
+        doc["http_limits"] = _http_limits(profile)
+    return doc
 
 
 def slice_for(view: ConfigView, se_uuid: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import attrs
 __all__ = [
     "ALGORITHMS",
     "HA_MODES",
+    "HttpLimits",
     "MonitorConfig",
     "PlacementConfig",
     "PoolConfig",
@@ -114,6 +115,30 @@ class PlacementConfig:
 
 
 @attrs.frozen
+class HttpLimits:
+    """What an HTTP VS accepts of a client's request head, in bytes and seconds (the real product's
+    ``http_profile`` fields, converted by the controller; the defaults are that profile's).
+
+    ``max_header_size``: one header field (name and value), and the request line, as nginx's
+    ``large_client_header_buffers`` bounds both (``client_max_header_size``). ``max_request_size``:
+    the whole head (``client_max_request_size``; a smaller value than ``max_header_size`` counts as
+    that, as the product documents). ``max_header_count``: fields in the head, 0 for no limit.
+    ``header_timeout``: from the first read of a head until it is complete
+    (``client_header_timeout``).
+    """
+
+    max_header_size: int = 12 * 1024
+    max_request_size: int = 48 * 1024
+    max_header_count: int = 256
+    header_timeout: float = 10.0
+
+    @property
+    def head_size(self) -> int:
+        """The whole head's limit: ``max_request_size`` unless ``max_header_size`` is larger."""
+        return max(self.max_request_size, self.max_header_size)
+
+
+@attrs.frozen
 class VirtualServiceConfig:
     uuid: str
     name: str
@@ -123,6 +148,7 @@ class VirtualServiceConfig:
     pool: Optional[PoolConfig]
     enabled: bool = True
     placement: Optional[PlacementConfig] = None
+    http_limits: HttpLimits = HttpLimits()
 
     @property
     def listeners(self) -> list[tuple[str, int]]:
@@ -222,7 +248,29 @@ def _vs(raw: Any, path: str) -> VirtualServiceConfig:
         pool=None if pool_doc is None else _pool(pool_doc, f"{path}pool."),
         enabled=_get(raw, "enabled", path, bool, True),
         placement=None if raw.get("placement") is None else _placement(raw["placement"], f"{path}placement."),
+        http_limits=_http_limits(raw.get("http_limits"), f"{path}http_limits."),
     )
+
+
+_DEFAULT_LIMITS = HttpLimits()
+
+
+def _http_limits(raw: Any, path: str) -> HttpLimits:
+    """Absent (a controller older than the limits) means the defaults."""
+    if raw is None:
+        return _DEFAULT_LIMITS
+    if not isinstance(raw, dict):
+        raise SliceError(path.rstrip("."), "must be an object")
+    sizes = {}
+    for key, lo in (("max_header_size", 1), ("max_request_size", 1), ("max_header_count", 0)):
+        value = _get(raw, key, path, int, getattr(_DEFAULT_LIMITS, key))
+        if value < lo:
+            raise SliceError(f"{path}{key}", f"must be at least {lo}")
+        sizes[key] = value
+    timeout = float(_get(raw, "header_timeout", path, (int, float), _DEFAULT_LIMITS.header_timeout))
+    if not timeout > 0:
+        raise SliceError(f"{path}header_timeout", "must be positive")
+    return HttpLimits(header_timeout=timeout, **sizes)
 
 
 def _placement(raw: Any, path: str) -> PlacementConfig:

@@ -29,17 +29,39 @@ Contracts worth knowing:
   Connection or Proxy-Connection header (llhttp then keeps alive exactly the HTTP/1.1 requests):
   ``get_http_version()`` formats a str per call.
 - Responses carry the standard reason phrase for their status; the backend's phrase is not kept.
-- Idle client connections (and slow request heads) are closed by the data plane's sweep
-  (``close_if_idle``); nothing on the hot path arms a timer.
+- Idle client connections are closed by the data plane's sweep (``close_if_idle``); nothing on the
+  hot path arms a timer.
+
+Hostile input (the VS's ``engine.config.HttpLimits``, read when a connection is accepted; a
+response with more fields than ``max_header_count`` is a broken one too, answered 502):
+- A request head is bounded while it is read, as HAProxy and nginx bound theirs: the request target
+  and each field against ``max_header_size`` (414, 431), the fields' count and the whole head
+  against ``max_header_count`` and ``head_size`` (431), each counted on the pieces the parser hands
+  over. httptools joins the pieces of one field across reads before it shows it, so the bytes of
+  reads that end inside a head are counted too, and the head is refused as soon as they pass
+  ``head_size``: a client streaming an endless head costs one read past the limit, never a stall.
+- A head still incomplete after a read gets a timer, once, for ``header_timeout`` from that read
+  (408); a head read whole in one read (nearly all of them) arms nothing.
+- Framing is checked before anything is forwarded (RFC 9112 6.1, 6.3): Transfer-Encoding must be a
+  single ``chunked`` in an HTTP/1.1 request, llhttp refuses Content-Length with Transfer-Encoding,
+  duplicate or malformed Content-Length and bad chunk sizes. A request starts going to a backend
+  only once the read that completed its head has been parsed whole, so a request refused anywhere
+  in that read sends nothing at all; one refused in a later read (its body) has its backend
+  connection aborted, never reused.
+- A refused request is answered (400, 408, 414, 431) after the responses to the requests before
+  it, with ``Connection: close``; then the write side is shut and what the client still sends is
+  read and dropped for up to ``LINGER_TIME`` or ``LINGER_BYTES`` (closing over unread bytes would
+  reset the connection, and the client could lose the answer), then the connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import weakref
 from collections import deque
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import httptools
 
@@ -55,9 +77,12 @@ MAX_PIPELINE = 32  # queued requests per client connection before reading pauses
 MAX_BUFFERED = 256 * 1024  # request body bytes held while a backend connects, before reading pauses
 BYPASS_MIN = 64 * 1024  # a Content-Length response body at least this long is relayed without the parser
 JOIN_MAX = 16 * 1024  # a backend read up to this long goes to the client as one joined bytes (else writelines)
+LINGER_TIME = 1.0  # after a refusal: seconds to drop what the client still sends before closing
+LINGER_BYTES = 256 * 1024  # ... or bytes
 
 _PAUSE_UPSTREAM = 1  # the backend's write buffer is full
 _PAUSE_BACKLOG = 2  # too many queued requests or buffered body bytes
+_PAUSE_REFUSED = 4  # a request was refused: nothing more is read until the ones before it are answered
 
 # Lower-cased header names the proxy rewrites; the length set is a cheap pre-filter.
 _REQ_SPECIAL = frozenset(
@@ -71,7 +96,17 @@ _502_BODY = b"<html><body><h1>502 Bad Gateway</h1>\nNo server is available to ha
 _502_HEAD = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: %d\r\n" % len(_502_BODY)
 _502_KEEP = _502_HEAD + b"\r\n" + _502_BODY
 _502_CLOSE = _502_HEAD + b"Connection: close\r\n\r\n" + _502_BODY
-_400 = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+def _refusal(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % (status, HTTPStatus(status).phrase.encode())
+
+
+_400 = _refusal(400)
+_408 = _refusal(408)
+_414 = _refusal(414)
+_431 = _refusal(431)
+_NO_COUNT_LIMIT = sys.maxsize  # max_header_count 0
 _CRLF = b"\r\n"
 
 
@@ -208,6 +243,10 @@ class _Request:
         self.ended = 0.0  # loop time the response ended (0 until then); reused for the pool and idle clocks
 
 
+class _Refused(Exception):
+    """Raised by a parser callback to stop parsing; the answer is in ``L7Connection._refusal``."""
+
+
 class L7Connection(asyncio.Protocol):
     """One client connection of an HTTP virtual service."""
 
@@ -239,6 +278,18 @@ class L7Connection(asyncio.Protocol):
         "_broken",
         "_draining",
         "_idle_since",
+        "_max_field",
+        "_max_head",
+        "_max_fields",
+        "_header_timeout",
+        "_head_used",
+        "_hidden",
+        "_head_bytes",
+        "_timer",
+        "_starting",
+        "_refusal",
+        "_final",
+        "_linger_left",
     )
 
     def __init__(self, listener: "Listener") -> None:
@@ -271,6 +322,20 @@ class L7Connection(asyncio.Protocol):
         self._broken = False  # no more requests will be read (parse error, EOF, upgrade)
         self._draining = False
         self._idle_since = 0.0  # when the last response ended (or the connection was accepted); 0 while busy
+        # Limits (set when the connection is made) and what the head being read has used of them.
+        self._max_field = self._max_head = self._max_fields = 0
+        self._header_timeout = 0.0
+        self._head_used = 0  # request target and fields so far (each field with 4 for ": " and CRLF)
+        self._hidden = 0  # fields read but not put into the head for the backend (hop-by-hop, X-Forwarded-For)
+        # Bytes of the reads that started between requests or inside a head (or, in a chunked body,
+        # since its last data): 0 again once the head is complete, so non-zero after a read means a head
+        # (or a chunked body's size lines and trailers) is unfinished.
+        self._head_bytes = 0
+        self._timer: Optional[asyncio.TimerHandle] = None  # the head deadline, or the end of lingering
+        self._starting: Optional[_Request] = None  # goes to a backend once the current read is parsed
+        self._refusal: Optional[bytes] = None  # the answer a parser callback refused the request with
+        self._final: Optional[bytes] = None  # a refusal sent once the requests before it are answered
+        self._linger_left = 0  # bytes still dropped before closing, once refused (0: not lingering)
 
     # -- transport callbacks -------------------------------------------------------------------
 
@@ -291,30 +356,57 @@ class L7Connection(asyncio.Protocol):
         )
         self._idle_since = self._loop.time()
         self._draining = self._listener.draining
+        limits = self._listener.vs.config.http_limits
+        self._max_field = limits.max_header_size
+        self._max_head = limits.head_size
+        # Compared with len(head) // 4 (4 parts per field, after the 4 of the request line) + _hidden.
+        self._max_fields = (limits.max_header_count or _NO_COUNT_LIMIT) + 1
+        self._header_timeout = limits.header_timeout
 
     def data_received(self, data: bytes) -> None:
-        self._stats.bytes_in += len(data)
+        n = len(data)
+        self._stats.bytes_in += n
         if self._broken:
+            if self._linger_left:
+                left = self._linger_left - n
+                self._linger_left = max(left, 0)
+                if left <= 0:
+                    self.transport.abort()
             return
+        req = self._parsing
+        if req is None:
+            self._head_bytes += n
+        elif req.chunked:
+            self._head_bytes += n  # reset by on_body: counts only size lines and trailers
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # The request before the upgrade is proxied as a plain request; nothing after it is read.
             self._stop_reading()
         except httptools.HttpParserError:
-            if not self._queue and not self._closed:
-                self._write(_400)
-                self._close()
-            else:
-                self._stop_reading()
+            self._refuse(self._refusal or _400)
+        else:
+            if self._head_bytes:
+                self._head_unfinished()
+        req = self._starting
+        if req is not None:
+            self._starting = None
+            self._begin(req)
 
     def eof_received(self) -> bool:
-        # A client may half-close after its last request; answer what is queued, then close.
+        # A client may half-close after its last request; answer what is queued, then close. A
+        # request whose body it had not finished never will be: it is refused (its backend
+        # connection aborted) rather than left holding a backend connection.
+        if self._parsing is not None and not self._broken:
+            self._refuse(_400)
         self._broken = True
         return bool(self._queue)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._stats.open_connections -= 1
         self._listener.connections.discard(self)
         for req in self._queue:
@@ -356,24 +448,48 @@ class L7Connection(asyncio.Protocol):
     # -- parser callbacks ----------------------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
-        self._url = url if not self._url else self._url + url
+        if self._url:
+            url = self._url + url
+        self._url = url
+        # A request begins: its head's size so far, and no field yet.
+        used = self._head_used = len(url)
+        self._hidden = 0
+        if used > self._max_field:
+            self._refuse_with(_414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        n = len(name)
+        size = n + len(value)
+        used = self._head_used + size + 4
+        self._head_used = used
+        if size > self._max_field or used > self._max_head:
+            self._refuse_with(_431)
         if self._parsing is not None:
             # A trailer field of a chunked request (its head was already taken): dropped, as a
             # recipient that removes the chunked coding may (RFC 9112 7.1.2), never carried into
-            # the next request's head.
+            # the next request's head. They count with the head against its limits.
+            self._hidden += 1
+            if self._hidden > self._max_fields:
+                self._refuse_with(_431)
             return
-        if len(name) in _REQ_LENGTHS:
+        if n in _REQ_LENGTHS:
             lname = name.lower()
             if lname in _REQ_SPECIAL:
                 if lname == b"content-length":
                     self._has_body = value.strip() != b"0"
                 elif lname == b"x-forwarded-for":
+                    self._hidden += 1
                     self._xff_in = value if self._xff_in is None else self._xff_in + b", " + value
                     return
                 else:
+                    self._hidden += 1
                     if lname == b"transfer-encoding":
+                        # RFC 9112 6.1: chunked must be the final coding, and we frame nothing else
+                        # (the body is re-chunked); Transfer-Encoding in a 1.0 request is refused (the
+                        # coding's bytes would reach the backend as the next request). llhttp itself
+                        # refuses Content-Length alongside.
+                        if self._chunked or value.strip().lower() != b"chunked" or self._parser.get_http_version() != "1.1":
+                            self._refuse_with(_400)
                         self._chunked = True
                     elif lname == b"connection" or lname == b"proxy-connection":
                         self._conn_hdr = True
@@ -381,6 +497,15 @@ class L7Connection(asyncio.Protocol):
         self._head += (name, b": ", value, _CRLF)
 
     def on_headers_complete(self) -> None:
+        head = self._head
+        fields = (len(head) >> 2) + self._hidden  # 1 + the fields read (trailers, if any, add to it)
+        if fields > self._max_fields:
+            self._refuse_with(_431)
+        self._hidden = fields
+        self._head_bytes = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         parser = self._parser
         method = parser.get_method()
         keep_alive = parser.should_keep_alive()
@@ -391,7 +516,6 @@ class L7Connection(asyncio.Protocol):
             # Without a Connection header llhttp keeps alive exactly the HTTP/1.1 requests
             # (get_http_version formats a str: ~0.8 us).
             http11 = keep_alive
-        head = self._head
         xff_in = self._xff_in
         chunked = self._chunked
         url = self._url
@@ -431,22 +555,27 @@ class L7Connection(asyncio.Protocol):
         queue = self._queue
         queue.append(req)
         if len(queue) == 1:
-            self._begin(req)
+            self._starting = req  # begun when the whole read is parsed: a refusal in it forwards nothing
         elif len(queue) > MAX_PIPELINE:
             self._pause(_PAUSE_BACKLOG)
 
     def on_body(self, body: bytes) -> None:
         req = self._parsing
-        if req is None or req.response_done:
+        if req is None:
+            return
+        chunked = req.chunked
+        if chunked:
+            self._head_bytes = 0  # chunk data: what data_received counted was not only size lines and trailers
+        if req.response_done:
             return  # the response went out already (an error or an early answer): the rest is dropped
         upstream = req.upstream
         if upstream is not None:
-            if req.chunked:
+            if chunked:
                 upstream.transport.writelines((b"%x\r\n" % len(body), body, _CRLF))
             else:
                 upstream.transport.write(body)
             return
-        if req.chunked:
+        if chunked:
             body = b"%x\r\n%b\r\n" % (len(body), body)
         if req.pending is None:
             req.pending = [body]
@@ -461,10 +590,12 @@ class L7Connection(asyncio.Protocol):
         if req is None:
             return
         self._parsing = None
-        if req.chunked and req.keep_alive:
-            # Trailers may have said Connection: close. Must be read here: after feed_data returns
-            # the parser has reset and reports False.
-            req.keep_alive = self._parser.should_keep_alive()
+        if req.chunked:
+            self._head_bytes = 0
+            if req.keep_alive:
+                # Trailers may have said Connection: close. Must be read here: after feed_data
+                # returns the parser has reset and reports False.
+                req.keep_alive = self._parser.should_keep_alive()
         req.complete = True
         if req.response_done:
             if req.upstream is None:
@@ -478,6 +609,83 @@ class L7Connection(asyncio.Protocol):
                 req.pending = [_LAST_CHUNK]
             else:
                 req.pending.append(_LAST_CHUNK)
+
+    # -- refusals --------------------------------------------------------------------------------
+
+    def _refuse_with(self, response: bytes) -> NoReturn:
+        """From a parser callback: stop parsing; ``data_received`` refuses the request with ``response``."""
+        self._refusal = response
+        raise _Refused
+
+    def _head_unfinished(self) -> None:
+        """After a read that left a head (or a chunked body's size lines and trailers) unfinished."""
+        if self._head_bytes > self._max_head:
+            self._refuse(_431)
+        elif self._timer is None and self._parsing is None:
+            self._timer = self._loop.call_later(self._header_timeout, self._head_expired)
+
+    def _head_expired(self) -> None:
+        self._timer = None
+        if not self._closed and not self._broken and self._parsing is None and self._head_bytes:
+            self._refuse(_408)
+
+    def _refuse(self, response: bytes) -> None:
+        """Refuse the request being read: nothing more of it goes to a backend, nothing after it is
+        read; ``response`` goes out after the answers to the requests before it, then the connection
+        closes."""
+        self._broken = True
+        queue = self._queue
+        req = self._parsing
+        if req is not None and queue and queue[-1] is req:
+            # Its head was taken and its body is bad (or too long to wait for).
+            self._parsing = None
+            queue.pop()
+            if self._starting is req:
+                self._starting = None  # never begun: the backend saw nothing
+            else:
+                if req.connecting is not None:
+                    req.connecting.cancel()
+                    req.connecting = None
+                upstream = req.upstream
+                if upstream is not None:
+                    # The head (and part of the body) went out in an earlier read: the backend must
+                    # never take what it got for a whole request, nor see the connection again.
+                    self._detach(req, upstream)
+                    upstream.transport.abort()
+                self._release_slot(req)
+            if req.pending is not None and self._buffered:
+                self._buffered -= sum(len(p) for p in req.pending)
+            req.pending = None
+            if req.response_started or req.response_done:
+                # It was answered (in part) already: only closing tells the client.
+                self._flush_later()
+                self.transport.close()
+                return
+        if queue:
+            self._final = response
+            self._pause(_PAUSE_REFUSED)
+        else:
+            self._linger(response)
+
+    def _linger(self, response: bytes) -> None:
+        """Send ``response``, shut the write side, drop what the client still sends, then close."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        transport = self.transport
+        if self._closed or transport.is_closing():
+            return
+        self._write(response)
+        try:
+            transport.write_eof()
+        except (NotImplementedError, OSError, RuntimeError):
+            transport.close()
+            return
+        self._linger_left = LINGER_BYTES
+        self._timer = self._loop.call_later(LINGER_TIME, transport.abort)
+        if self._paused:
+            self._paused = 0
+            transport.resume_reading()
 
     # -- exchange --------------------------------------------------------------------------------
 
@@ -698,6 +906,8 @@ class L7Connection(asyncio.Protocol):
             return
         queue.popleft()
         if not req.keep_alive or self._draining or (self._broken and not queue):
+            if self._final is not None and req.until_close and not req.out_chunked:
+                self._final = None  # the body ends where the connection does: nothing may follow it
             self._close()
             return
         if self._paused & _PAUSE_BACKLOG and len(queue) <= MAX_PIPELINE and self._buffered <= MAX_BUFFERED:
@@ -768,6 +978,11 @@ class L7Connection(asyncio.Protocol):
         if not self._closed:
             if self._later is not None:
                 self._flush_later()
+            final = self._final
+            if final is not None:
+                self._final = None
+                self._linger(final)
+                return
             self.transport.close()
 
 
@@ -922,6 +1137,9 @@ class _Upstream(asyncio.Protocol):
         if self.finished or owner is None:
             self.keep = False  # a second response in one read: never reuse this connection
         else:
+            if len(self.head) >> 2 >= owner._max_fields:
+                # More fields than max_header_count (hop-by-hop ones aside): a broken response, 502.
+                raise _Refused
             self._response_head(owner, self.parser.get_status_code())
         del self.head[1:]
         self.has_length = self.chunked = False

@@ -27,7 +27,7 @@ KIND_HELP = {
     "cloud": "Clouds.",
     "tenant": "Tenants.",
     "serviceengine": "Service Engines (made by the system; alias: se).",
-    "applicationprofile": "Application profiles (built in, read-only).",
+    "applicationprofile": "Application profiles: HTTP (with http_profile's request limits) or L4 (alias: appprofile).",
 }
 
 FIELD_HELP = ("A field as KEY=VALUE (repeatable). VALUE is JSON when it parses (80, true, [..], {..}), else a string "

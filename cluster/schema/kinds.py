@@ -290,12 +290,38 @@ _HEALTHMONITOR = KindSchema(
     description="How servers of a pool are checked.",
 )
 
+# The http_profile fields the SE enforces (engine.l7); the product's other ones are refused by name.
+_HTTP_PROFILE = _object(
+    "HTTPApplicationProfile",
+    {
+        "client_max_header_size": _integer(
+            12, 1, 64, description="KB. One header field of a request (431 past it), and its request line (414)."
+        ),
+        "client_max_request_size": _integer(
+            48, 1, 256, description="KB. A request's whole head (431 past it); a value below client_max_header_size counts as that."
+        ),
+        "max_header_count": _integer(
+            256, 0, 4096, description="Fields in a request head (431 past it) or a response head (502); 0 for no limit."
+        ),
+        "client_header_timeout": _integer(
+            10000, 10, 100000000, description="Milliseconds a client has to send a whole request head, from its first read (408)."
+        ),
+    },
+    default={},
+    only_when=("type", ("APPLICATION_PROFILE_TYPE_HTTP",)),
+)
+
 _APPLICATIONPROFILE = KindSchema(
     "applicationprofile",
     "ApplicationProfile",
-    _common(type=_enum(("APPLICATION_PROFILE_TYPE_HTTP", "APPLICATION_PROFILE_TYPE_L4"), required=True)),
-    read_only=True,
-    description="Built-in only: System-HTTP (L7) and System-L4-Application (L4).",
+    _common(
+        type=_enum(("APPLICATION_PROFILE_TYPE_HTTP", "APPLICATION_PROFILE_TYPE_L4"), required=True),
+        http_profile=_HTTP_PROFILE,
+    ),
+    description=(
+        "How a virtual service's traffic is proxied: HTTP (L7, with http_profile's limits) or L4. Built in: System-HTTP "
+        "and System-L4-Application, which may be changed but not deleted."
+    ),
 )
 
 _POOL = KindSchema(

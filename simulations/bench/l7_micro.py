@@ -49,7 +49,7 @@ class _Transport:
 def build(conns: int = 16) -> tuple[list[object], list[object]]:
     import uvloop
 
-    from engine.config import ServerConfig
+    from engine.config import HttpLimits, ServerConfig
     from engine.l7 import L7Connection, _Upstream
     from engine.routing import Balancer
     from engine.telemetry import VsStats
@@ -59,7 +59,7 @@ def build(conns: int = 16) -> tuple[list[object], list[object]]:
     servers = [ServerConfig("127.0.0.1", p) for p in (9001, 9002)]
     upstreams = UpstreamPool()
     pool = SimpleNamespace(balancer=Balancer("LB_ALGORITHM_ROUND_ROBIN", servers), upstreams=upstreams, connect_timeout=3.0)
-    vs = SimpleNamespace(stats=VsStats("vs", "vs"), pool=pool)
+    vs = SimpleNamespace(stats=VsStats("vs", "vs"), pool=pool, config=SimpleNamespace(http_limits=HttpLimits()))
     listener = SimpleNamespace(loop=loop, vs=vs, connections=set(), draining=False)
     clients = []
     for i in range(conns):

@@ -144,6 +144,16 @@ def test_update_needs_something(run: Any, api: FakeApi) -> None:
     assert "nothing to update" in one_line_error(result)
 
 
+def test_applicationprofile_create_with_http_limits(run: Any, api: FakeApi) -> None:
+    """An application profile is created with a short type and nested http_profile fields."""
+    result = run("appprofile", "create", "big-heads", "--field", "type=http", "--field", "http_profile.client_max_header_size=32",
+                 "--field", "http_profile.client_header_timeout=5000")
+    assert 0 == result.exit_code, result.stderr
+    assert ("/api/applicationprofile", {"name": "big-heads", "type": "APPLICATION_PROFILE_TYPE_HTTP",
+                                        "http_profile": {"client_max_header_size": 32, "client_header_timeout": 5000}}) == (
+        api.writes()[0].path, api.writes()[0].body)
+
+
 def test_serviceengine_is_read_only(run: Any) -> None:
     """serviceengine has list and show, no create."""
     result = run("serviceengine", "create", "x")

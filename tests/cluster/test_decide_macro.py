@@ -176,9 +176,9 @@ def test_a_nested_name_the_tenant_has_is_409_on_its_path(world: World) -> None:
 @pytest.mark.parametrize("make", [CreateHierarchy, ApplyHierarchy])
 def test_a_kind_the_cluster_manages_is_405_on_the_object(world: World, make: Any) -> None:
     """A refusal on no field (here 405) is reported on the object's path."""
-    error = refusal(world.view, make("ApplicationProfile", {"name": "mine", "type": "APPLICATION_PROFILE_TYPE_L4"}, "admin"))
+    error = refusal(world.view, make("ServiceEngine", {"name": "mine"}, "admin"))
     assert (405, "data") == (error.code, error.field)
-    assert "applicationprofile objects are managed by the cluster" in error.message
+    assert "serviceengine objects are managed by the cluster" in error.message
 
 
 def test_apply_refuses_an_update_the_schema_refuses_on_its_path(world: World) -> None:

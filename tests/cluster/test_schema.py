@@ -332,12 +332,23 @@ def test_unknown_kind_is_refused() -> None:
         normalize("poolgroup", {"name": "x"})
 
 
-def test_read_only_kind_is_refused() -> None:
-    """Clients cannot write application profiles; the system can."""
-    with pytest.raises(ValidationError, match="read-only"):
-        normalize("applicationprofile", {"name": "x", "type": "APPLICATION_PROFILE_TYPE_L4"})
-    assert KINDS["applicationprofile"].read_only
-    assert "x" == normalize("applicationprofile", {"name": "x", "type": "APPLICATION_PROFILE_TYPE_L4"}, internal=True)["name"]
+def test_http_profile_holds_the_limits_the_se_enforces_and_nothing_else() -> None:
+    """An HTTP profile gets http_profile with the product's defaults; a value out of the product's
+    range, a field avictl does not enforce, and http_profile on an L4 profile are refused by name."""
+    http = normalize("applicationprofile", {"name": "x", "type": "APPLICATION_PROFILE_TYPE_HTTP"})
+    assert {"client_max_header_size": 12, "client_max_request_size": 48, "max_header_count": 256, "client_header_timeout": 10000} == http["http_profile"]
+    assert "http_profile" not in normalize("applicationprofile", {"name": "y", "type": "APPLICATION_PROFILE_TYPE_L4"})
+    for body, field in [
+        ({"http_profile": {"client_max_header_size": 65}}, "http_profile.client_max_header_size"),
+        ({"http_profile": {"client_header_timeout": 5}}, "http_profile.client_header_timeout"),
+        ({"http_profile": {"max_header_count": 4097}}, "http_profile.max_header_count"),
+        ({"http_profile": {"keepalive_timeout": 30000}}, "http_profile.keepalive_timeout"),
+        ({"http_profile": {"client_max_body_size": 0}}, "http_profile.client_max_body_size"),
+        ({"type": "APPLICATION_PROFILE_TYPE_L4", "http_profile": {"max_header_count": 10}}, "http_profile"),
+    ]:
+        with pytest.raises(ValidationError) as refused:
+            normalize("applicationprofile", {"name": "x", "type": "APPLICATION_PROFILE_TYPE_HTTP", **body})
+        assert field == refused.value.field
 
 
 def test_service_engine_is_not_client_creatable() -> None:

@@ -487,6 +487,51 @@ def test_shared_pair_passes_connections_to_the_secondary(pair: tuple[SE, SE, str
     assert ["se=se-a"] * 20 == [get(vip, port) for _ in range(20)]
 
 
+@pytest.mark.slow
+def test_a_huge_request_head_at_the_active_causes_no_failover(pair: tuple[SE, SE, str]) -> None:
+    """Four clients streaming endless request heads at the active SE's VIP at 64 MB/s each (a
+    connection after another, each up to 200 MB, for 10 s or 1 GB in all) are each refused 431, and
+    meanwhile the active keeps its heartbeats: the standby never takes over and every probe is
+    served by the active."""
+    from tests.engine.test_l7_hostile import stream_huge_head
+
+    a, b, _ = pair
+    vip = _vip(11)
+    port = free_port(vip)
+    _start_pair(a, b, vip, port)
+    prober = Prober(vip, port, max_requests=1000, interval=0.01)
+    prober.start()
+    until = time.monotonic() + 10.0
+    budget = [1 << 30]
+    attacks: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def attack() -> None:
+        while time.monotonic() < until:
+            with lock:
+                if budget[0] <= 0:
+                    return
+                allowed = min(budget[0], 200 << 20)
+            got = stream_huge_head(port, until, allowed, host=vip)
+            with lock:
+                budget[0] -= got["sent"]
+                attacks.append(got)
+
+    attackers = [threading.Thread(target=attack, daemon=True) for _ in range(4)]
+    for thread in attackers:
+        thread.start()
+    for thread in attackers:
+        thread.join(25)
+    time.sleep(0.3)
+    results = prober.finish()
+    print(f"{len(attacks)} attacking connections, {sum(x['sent'] for x in attacks) >> 20} MB sent; {len(results)} probes, "
+          f"slowest {max(end - start for start, end, _ in results) * 1000:.0f} ms")
+    assert [] == [x for x in attacks if x["status"] != 431]
+    assert {} == b.status().get("takeovers", {})
+    assert ("active", "standby") == (a.vs().get("role"), b.vs().get("role"))
+    assert len(results) > 100 and all(body == "se=se-a" for _, _, body in results), [r for r in results if r[2] != "se=se-a"][:5]
+
+
 # -- two SEs in one process: the fencing paths, deterministically ---------------------------------
 
 

@@ -552,7 +552,7 @@ def test_responses_held_for_one_loop_iteration_keep_their_order() -> None:
     a write that cannot wait (a 502) sends what is held first. Stub transports, no loop running."""
     from types import SimpleNamespace
 
-    from engine.config import ServerConfig
+    from engine.config import HttpLimits, ServerConfig
     from engine.l7 import L7Connection, _Upstream
     from engine.routing import Balancer
     from engine.telemetry import VsStats
@@ -589,7 +589,8 @@ def test_responses_held_for_one_loop_iteration_keep_their_order() -> None:
         server = ServerConfig("127.0.0.1", 9)
         upstreams = UpstreamPool()
         pool = SimpleNamespace(balancer=Balancer("LB_ALGORITHM_ROUND_ROBIN", [server]), upstreams=upstreams, connect_timeout=1.0)
-        listener = SimpleNamespace(loop=loop, vs=SimpleNamespace(stats=VsStats("u", "web"), pool=pool), connections=set(), draining=False)
+        vs = SimpleNamespace(stats=VsStats("u", "web"), pool=pool, config=SimpleNamespace(http_limits=HttpLimits()))
+        listener = SimpleNamespace(loop=loop, vs=vs, connections=set(), draining=False)
         conn = L7Connection(listener)  # type: ignore[arg-type]
         client = Transport()
         conn.connection_made(client)

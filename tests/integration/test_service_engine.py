@@ -229,6 +229,38 @@ def test_a_port_in_use_is_nacked_and_the_other_vs_keeps_serving(fleet: Fleet) ->
         taken.close()
 
 
+def _status_for_header(vip: str, port: int, size: int) -> int:
+    """The status of a request with one header field of ``size`` bytes, on a new connection."""
+    with socket.create_connection((vip, port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"v" * (size - 5) + b"\r\n\r\n")
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split(b" ")[1]) if head.startswith(b"HTTP/1.1 ") else 0
+
+
+def test_an_application_profiles_limits_reach_the_se(fleet: Fleet) -> None:
+    """A VS on an HTTP profile with client_max_header_size 1 KB refuses a 2 KB header field with
+    431 (and serves a 1 KB one); raising the limit through the API lets the next connection through."""
+    c = fleet.cluster
+    code, profile = c.request("n1", "POST", "/api/applicationprofile", {
+        "name": "tight", "type": "APPLICATION_PROFILE_TYPE_HTTP", "http_profile": {"client_max_header_size": 1}})
+    assert code == 201, profile
+    assert {"client_max_header_size": 1, "client_max_request_size": 48, "max_header_count": 256, "client_header_timeout": 10000} == profile["http_profile"]
+    port = free_port()
+    made = make_vs(fleet, "tight", "127.10.1.10", port)
+    code, vs = c.request("n2", "PATCH", f"/api/virtualservice/{made['vs']['uuid']}", {"replace": {"application_profile_ref": profile["url"]}})
+    assert code == 200, vs
+    wait_until(lambda: _status_for_header("127.10.1.10", port, 2048) == 431, 15, what="the 1 KB limit on the SE")
+    assert 200 == _status_for_header("127.10.1.10", port, 1024)
+    code, profile = c.request("n3", "PATCH", f"/api/applicationprofile/{profile['uuid']}", {"replace": {"http_profile": {"client_max_header_size": 4}}})
+    assert code == 200, profile
+    wait_until(lambda: _status_for_header("127.10.1.10", port, 2048) == 200, 15, what="the 4 KB limit on the SE")
+
+
 def test_se_reconnects_to_another_controller_and_misses_no_change(fleet: Fleet) -> None:
     """Kill the controller the SE streams from; a change made meanwhile still reaches the SE."""
     port = free_port()
