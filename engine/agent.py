@@ -25,6 +25,7 @@ import structlog
 from engine.config import SliceConfig, SliceError, read_slice
 from engine.dataplane import DataPlane
 from engine.ha_coordinator import HaCoordinator
+from engine.interfaces import describe as describe_interface
 
 __all__ = ["ServiceEngineAgent"]
 
@@ -44,10 +45,13 @@ class ServiceEngineAgent:
         metrics_listen: Optional[tuple[str, int]] = None,
         ha_dir: Optional[str | Path] = None,
         scaleout_mode: str = "auto",
+        data_interface: Optional[str] = None,
     ) -> None:
         if not controllers:
             raise ValueError("an SE needs at least one controller URL")
         self.name = name
+        #: the host interface this SE serves VIPs on (a cloud of hosts); None on the local cloud
+        self.data_interface = data_interface
         self.controllers = [c.rstrip("/") for c in controllers]
         self.token = token
         self.state_dir = Path(state_dir)
@@ -177,7 +181,9 @@ class ServiceEngineAgent:
             for url in self.controllers:
                 try:
                     # The uuid it had, if any: a deleted SE's identity is refused (410), not renewed.
-                    identity = {"name": self.name, **({"uuid": self.uuid} if self.uuid else {})}
+                    identity: dict[str, Any] = {"name": self.name, **({"uuid": self.uuid} if self.uuid else {})}
+                    if self.data_interface is not None:
+                        identity["data_vnics"] = [describe_interface(self.data_interface).to_report()]
                     async with self._session.post(
                         f"{url}/api/serviceengine/register",
                         json=identity,

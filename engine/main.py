@@ -24,6 +24,7 @@ def run_service_engine(
     metrics_listen: Optional[tuple[str, int]] = None,
     ha_dir: Optional[str | Path] = None,
     scaleout_mode: str = "auto",
+    data_interface: Optional[str] = None,
 ) -> int:
     """Serve until stopped; the exit status: 0, or :data:`EXIT_RETIRED` when the cluster deleted this SE."""
     from engine.agent import ServiceEngineAgent
@@ -34,7 +35,7 @@ def run_service_engine(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         agent = ServiceEngineAgent(name, controllers, token, state_dir, report_interval=report_interval, metrics_listen=metrics_listen,
-                                   ha_dir=ha_dir, scaleout_mode=scaleout_mode)
+                                   ha_dir=ha_dir, scaleout_mode=scaleout_mode, data_interface=data_interface)
         await agent.run(stop)
         return EXIT_RETIRED if agent.retired else 0
 

@@ -34,12 +34,16 @@ __all__ = ["SERVICE_ENGINE_COMMANDS", "VIRTUAL_SERVICE_COMMANDS"]
 @click.option("--scaleout-mode", type=click.Choice(["auto", "relay"]), default="auto", show_default=True,
               help="How an active/active primary hands connections to its secondaries: auto passes the accepted "
                    "socket (relaying only when that fails); relay always relays them through this SE.")
+@click.option("--data-interface", metavar="IF",
+              help="On a host of a cloud of hosts (CLOUD_LINUXSERVER): the interface whose network carries the VIPs; "
+                   "the SE reports its MAC and addresses when it registers.")
 @click.option("--enrol-token", envvar="AVICTL_ENROL_TOKEN", metavar="TOKEN",
               help="A single-use enrolment token ('avictl se enrol'): registers this SE once; it then uses its own credential.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.pass_context
 def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_dir: Optional[str], report_interval: float,
-           metrics_listen: Optional[str], ha_dir: Optional[str], scaleout_mode: str, enrol_token: Optional[str], log_level: str) -> None:
+           metrics_listen: Optional[str], ha_dir: Optional[str], scaleout_mode: str, data_interface: Optional[str],
+           enrol_token: Optional[str], log_level: str) -> None:
     """Run a Service Engine in the foreground: it registers, receives the VSs placed on it and serves them.
 
     It registers with --enrol-token (or the global --token) and keeps the credential the cluster
@@ -62,6 +66,13 @@ def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_di
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise UsageFault(f"--metrics must be HOST:PORT, not {metrics_listen!r}")
         listen = (host, int(port))
+    if data_interface is not None:
+        from engine.interfaces import describe
+
+        try:
+            describe(data_interface)
+        except OSError as exc:
+            raise UsageFault(f"--data-interface {data_interface}: {exc.strerror or exc}") from None
     configure_logging(node_id=f"se:{name}", level=log_level)
     from engine.main import run_service_engine
 
@@ -77,7 +88,8 @@ def se_run(ctx: click.Context, name: str, controllers: tuple[str, ...], state_di
         return Path(tempfile.gettempdir()) / f"avictl-run-{digest}"
 
     status = run_service_engine(name, urls, str(token), state_dir or avictl_home() / "se" / name, report_interval=report_interval,
-                                metrics_listen=listen, ha_dir=ha_dir or _default_ha_dir(), scaleout_mode=scaleout_mode)
+                                metrics_listen=listen, ha_dir=ha_dir or _default_ha_dir(), scaleout_mode=scaleout_mode,
+                                data_interface=data_interface)
     if status:
         click.echo(f"error: service engine {name} was deleted by the cluster; it stopped serving (exit {status})", err=True)
         sys.exit(status)
