@@ -247,6 +247,9 @@ class NetnsNet:
             raise NetnsUnavailable(f"cannot make network namespaces: {problem}")
         pid = owner_pid if owner_pid is not None else os.getpid()
         cleanup_stale(tag)
+        if f"{tag}b{pid}" in link_names():
+            raise NetnsUnavailable(f"owner pid {pid} already has a {tag} network (bridge {tag}b{pid}): remove it first, "
+                                   "or give this one another owner")
         _TAGS.add(tag)
         made = _Made()
         with open(_LOCK, "a+") as lock:
