@@ -57,7 +57,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import attrs
 
 from avictl import nodes
-from simulations.lab_faults import NFT_TABLE, cut_ruleset, heal_ruleset
+from simulations.lab_faults import NFT_TABLE, apply_ruleset, cut_ruleset, heal_ruleset
 from simulations.lab_probe import ArpWatch, Prober
 from simulations.lab_state import (
     BACKEND_HOSTS,
@@ -93,7 +93,7 @@ __all__ = [
     "API_PORT", "BACKEND_HOSTS", "BACKEND_PORT", "CLIENT", "CONTROLLER_HOSTS", "FIRST_VIP", "HOSTS", "LAST_VIP", "NFT_TABLE", "PREFIX",
     "RAFT_PORT", "SE_HOSTS", "STATE_FILE", "TAG",
     "ArpReplies", "HttpResult", "Lab", "LabProcess", "LabState", "Neighbour", "NetnsUnavailable",
-    "check_lab_support", "cut_ruleset", "describe", "heal_ruleset", "leftovers", "load_state", "role_of", "stop_all", "teardown",
+    "apply_ruleset", "check_lab_support", "cut_ruleset", "describe", "heal_ruleset", "leftovers", "load_state", "role_of", "stop_all", "teardown",
 ]
 
 _ROOT = str(Path(__file__).resolve().parent.parent)
@@ -563,14 +563,14 @@ class Lab:
             cut = _Cut(frozenset(targets | (old.peers if old else frozenset())), arp or bool(old and old.arp),
                        keep_harness and (old.keep_harness if old else True))
             ruleset = cut_ruleset(cut.peers, harness=self.harness_address if cut.keep_harness else None, arp=cut.arp)
-            self.run(host, "nft", "-j", "-f", "-", input=json.dumps(ruleset), check=True)
+            apply_ruleset(self.namespace(host), ruleset)
             self._cuts[host] = cut
 
     def heal(self, host: Optional[str] = None) -> None:
         """Remove the cuts of ``host`` (default: of every host)."""
         with self._lock:
             for name in [host] if host is not None else list(self._cuts):
-                self.run(name, "nft", "-j", "-f", "-", input=json.dumps(heal_ruleset()), check=True)
+                apply_ruleset(self.namespace(name), heal_ruleset())
                 self._cuts.pop(name, None)
 
     @property

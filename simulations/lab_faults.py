@@ -10,9 +10,12 @@ Removing the namespace removes the tables.
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any, Iterable, Optional
 
-__all__ = ["NFT_TABLE", "cut_ruleset", "heal_ruleset"]
+from simulations.netns import run_cmd
+
+__all__ = ["NFT_TABLE", "apply_ruleset", "cut_ruleset", "heal_ruleset"]
 
 NFT_TABLE = "avictl_lab"
 
@@ -71,3 +74,8 @@ def cut_ruleset(peers: Iterable[str], *, harness: Optional[str], arp: bool) -> d
             rules.append([_match({"payload": {"protocol": "arp", "field": field}}, "@cut"), {"drop": None}])
             cmds += [{"add": {"rule": {"family": "arp", "table": NFT_TABLE, "chain": chain, "expr": expr}}} for expr in rules]
     return {"nftables": cmds}
+
+
+def apply_ruleset(namespace: str, ruleset: dict[str, Any]) -> None:
+    """Apply ``ruleset`` (nftables JSON) in ``namespace`` in one transaction; RuntimeError with nft's message when refused."""
+    run_cmd("ip", "netns", "exec", namespace, "nft", "-j", "-f", "-", input=json.dumps(ruleset), check=True)
