@@ -23,6 +23,7 @@ from avictl.commands.cluster import cluster_group
 from avictl.commands.controller import controller_group
 from avictl.commands.events import events_cmd
 from avictl.commands.kinds import make_kind_group
+from avictl.commands.lab import lab_group
 from avictl.commands.service_engines import SERVICE_ENGINE_COMMANDS, VIRTUAL_SERVICE_COMMANDS
 from avictl.commands.telemetry import logs_cmd, metrics_cmd
 from avictl.errors import run_guarded
@@ -85,7 +86,8 @@ def _register(root: click.Group) -> None:
         kinds["serviceengine"].add_command(command)
     for command in VIRTUAL_SERVICE_COMMANDS:
         kinds["virtualservice"].add_command(command)
-    for command in (cluster_group, controller_group, *kinds.values(), apply_cmd, events_cmd, logs_cmd, metrics_cmd, chaos_group):
+    for command in (cluster_group, controller_group, *kinds.values(), apply_cmd, events_cmd, logs_cmd, metrics_cmd, chaos_group,
+                    lab_group):
         root.add_command(command)
 
 

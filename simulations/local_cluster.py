@@ -124,6 +124,8 @@ class LocalCluster:
 
     # The module each controller process runs (``python -m``); a harness may run a wrapper.
     controller_module = "cluster.main"
+    #: controllers get SIGKILL when the harness dies (off for a harness whose nodes outlive it)
+    tie_to_parent = True
 
     def node_env(self, node_id: str) -> dict[str, str]:
         """Extra environment of ``node_id``'s process, over the cluster's ``env``."""
@@ -133,6 +135,10 @@ class LocalCluster:
         """argv before ``python -m MODULE`` (e.g. entering a network namespace)."""
         return []
 
+    def controller_argv(self, node_id: str, config_path: Path) -> list[str]:
+        """How node ``node_id`` is started, after :meth:`command_prefix`."""
+        return [sys.executable, "-m", self.controller_module, "--config", str(config_path)]
+
     def start(self, node_id: str) -> None:
         config = self.configs[node_id]
         path = self.config_path(node_id)
@@ -140,14 +146,15 @@ class LocalCluster:
         config.save(path)
         logf = open(self.log_path(node_id), "ab")
         self.procs[node_id] = subprocess.Popen(
-            [*self.command_prefix(node_id), sys.executable, "-m", self.controller_module, "--config", str(path)],
+            [*self.command_prefix(node_id), *self.controller_argv(node_id, path)],
+            stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=logf,
             start_new_session=True,
             # PR_SET_PDEATHSIG fires when the *thread* that started the child exits, so only a
             # child started from the main thread may be tied to it (the chaos nemesis restarts
             # nodes from worker threads).
-            preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
+            preexec_fn=die_with_parent if self.tie_to_parent and threading.current_thread() is threading.main_thread() else None,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **self.node_env(node_id)},
             cwd=str(Path(__file__).resolve().parent.parent),  # the project's code, whatever the caller's cwd
         )

@@ -6,7 +6,6 @@ root, so a machine that cannot make namespaces fails here with the reason.
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 import time
 
@@ -26,10 +25,7 @@ def _require_netns() -> None:
 
 
 def _leftovers(cluster: NetnsCluster) -> list[str]:
-    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    names = list(cluster.net.namespaces.values()) + list(cluster.net.host_links.values()) + [cluster.net.bridge]
-    return [n for n in names if n in ns.split() or f" {n}:" in links or f" {n}@" in links]
+    return cluster.net.leftovers()
 
 
 def test_partition_cut_and_heal_between_namespaced_nodes() -> None:
