@@ -353,6 +353,9 @@ class ServiceEngineAgent:
                 elif self.connected_to is not None:
                     # The ACK (or NACK) alone, at once: counters and logs follow on the full report.
                     await self._post_status(self.connected_to, body)
+            elif next_full <= loop.time():
+                # Not registered yet: nothing to report; look again an interval from now, not at once.
+                next_full = loop.time() + self.report_interval
             self._report_now.clear()
             try:
                 await asyncio.wait_for(self._report_now.wait(), max(0.0, next_full - loop.time()))
