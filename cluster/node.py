@@ -60,6 +60,8 @@ class Controller:
         self._proposer: GroupCommit
         self._http: Optional[aiohttp.ClientSession] = None
         self._leader_watch: Optional[asyncio.Task[None]] = None
+        #: seconds without a reachable leader after which this node counts as cut off (set at start)
+        self.no_leader_grace = NO_LEADER_GRACE_MIN
         # What each SE last reported to this node (SEs report to every controller): runtime only.
         self.se_status: dict[str, dict[str, Any]] = {}
         # The newest client request logs per VS uuid, as SEs send them (bounded; runtime only).
@@ -109,8 +111,8 @@ class Controller:
         self.leader = LeaderWatch(self._loop.time, self.raft)
         # An election needs at most about one raftMaxTimeout after the leader is lost; three
         # cover a lost first round on a loaded machine.
-        grace = max(NO_LEADER_GRACE_MIN, 3 * self.tuning.raft_max_timeout)
-        self._proposer = GroupCommit(self._loop, self.raft, self.pipeline.waiters, self.leader, grace)
+        self.no_leader_grace = max(NO_LEADER_GRACE_MIN, 3 * self.tuning.raft_max_timeout)
+        self._proposer = GroupCommit(self._loop, self.raft, self.pipeline.waiters, self.leader, self.no_leader_grace)
         self._leader_watch = self._loop.create_task(self.leader.run())
 
     def _make_raft(self, catchup: PeerCatchup) -> RaftLog:

@@ -222,7 +222,9 @@ class ServiceEngineAgent:
                     f"{url}/api/serviceengine/{self.uuid}/slice",
                     params={"watch": "true", "version": str(self.applied_revision)},
                     headers=self._headers,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=15),
+                    # Controllers send a line at least every second: three silent ones mean the
+                    # controller or the path to it is gone, and the SE moves on to the next.
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=3),
                 ) as resp:
                     if resp.status == 404:
                         self.log.warning("se_unknown_to_cluster", controller=url)

@@ -44,6 +44,9 @@ MAX_BODY_BYTES = 1024 * 1024
 # Logins whose password hash is being checked at once (one thread); more are answered 429.
 MAX_LOGINS_CHECKING = 8
 REQUEST_LOGS_KEPT = 1000
+# Seconds between heartbeat lines on a quiet slice stream: an SE that reads nothing for three of
+# them (engine.agent) takes its stream as lost and moves on to another controller.
+SLICE_HEARTBEAT = 1.0
 # An SE's status report: its size, the size of one request log record in it, and how often.
 MAX_STATUS_BYTES = 256 * 1024
 MAX_LOG_RECORD_BYTES = 4096
@@ -311,6 +314,7 @@ class Api:
                 "oper_status": "down" if view.se_down(obj.uuid) is not None else "up",
                 "down_reason": view.se_down(obj.uuid),
                 "ha": status.get("ha") or {},
+                "connected_to": status.get("connected_to"),
                 "resources": status.get("se"),
                 "telemetry": status.get("telemetry"),
             }
@@ -687,16 +691,23 @@ class Api:
         if request.query.get("watch", "").lower() not in ("1", "true", "yes"):
             await self.consistent(request)
             return web.json_response(self.node.slices.get(se.uuid) or {"revision": 0, "se_name": se.name, "virtual_services": []})
+        if self._cut_off():
+            raise CommandError(503, "this controller is cut off from the cluster's majority; stream from another")
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
         await response.prepare(request)
         quiet_since = time.monotonic()
         try:
             while not self.closing.is_set():
-                current = await self.node.wait_for_slice(se.uuid, version, timeout=1.0)
+                current = await self.node.wait_for_slice(se.uuid, version, timeout=SLICE_HEARTBEAT)
                 if current is None:
                     if self.node.view.get(se.uuid) is None:
                         break
-                    if time.monotonic() - quiet_since >= 5.0:
+                    if self._cut_off():
+                        # A node without the majority gets no new slices: the SE must move on to
+                        # one that does (it reconnects to its next controller at once).
+                        log.info("slice_watch_ended_cut_off", se=se.name, node_id=self.node.node_id)
+                        break
+                    if time.monotonic() - quiet_since >= SLICE_HEARTBEAT:
                         await response.write(b"{\"heartbeat\": true}\n")
                         quiet_since = time.monotonic()
                     continue
@@ -709,6 +720,10 @@ class Api:
         except ConnectionResetError:
             log.debug("slice_watch_client_left", se=se.name, version=version, node_id=self.node.node_id)
         return response
+
+    def _cut_off(self) -> bool:
+        """This node has seen no reachable leader for longer than an election takes."""
+        return self.node.leaderless_for() > self.node.no_leader_grace
 
     async def se_status(self, request: web.Request) -> web.Response:
         se = await self._se(request)
