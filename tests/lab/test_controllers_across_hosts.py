@@ -5,7 +5,6 @@ refuses them (503) until healed (issue 12, lab test 5)."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
