@@ -146,8 +146,10 @@ own, never-synced ``FileJournal`` for nodes created afterwards (benchmarks, test
 
 from __future__ import annotations
 
+import _socket
 import collections
 import os
+import socket
 import struct
 import threading
 import time
@@ -167,6 +169,13 @@ from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
 
 from storage import failpoints
+
+# pysyncobj 0.3.17, win_inet_pton.py l.84 (imported by tcp_connection.py l.8): replaces
+# socket.inet_ntop in every process that imports pysyncobj, not only on Windows, with a
+# Windows-only version that raises TypeError elsewhere; anything else in the process that turns
+# a packed address into text (pyroute2 decoding an interface's addresses) then breaks. Put the C
+# function back as soon as pysyncobj is in (pysyncobj itself never calls inet_ntop on Linux).
+socket.inet_ntop = _socket.inet_ntop
 
 __all__ = [
     "HANDSHAKE_MAX_BYTES",

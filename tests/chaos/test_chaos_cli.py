@@ -39,10 +39,10 @@ def test_chaos_run_unknown_scenario_is_a_usage_error() -> None:
 
 def test_chaos_run_of_a_partition_without_namespaces_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """A machine that cannot make network namespaces: exit 1 with the reason on one line, no traceback."""
-    from simulations import netns_cluster
+    from simulations import netns
 
-    monkeypatch.setattr(netns_cluster, "check_netns_support", lambda: "network namespaces need root (CAP_NET_ADMIN)")
+    monkeypatch.setattr(netns, "check_netns_support", lambda tools=("ip",): "network namespaces need root (CAP_NET_ADMIN)")
     result = CliRunner().invoke(cli, ["chaos", "run", "--scenario", "partition-leader", "--duration", "5", "--seed", "1"])
     assert 1 == result.exit_code, result.output
-    assert ["error: partition-leader needs network namespaces: cannot build a namespaced cluster: network namespaces need root "
+    assert ["error: partition-leader needs network namespaces: cannot make network namespaces: network namespaces need root "
             "(CAP_NET_ADMIN)"] == result.stderr.strip().splitlines()

@@ -977,3 +977,14 @@ def test_under_write_bursts_no_follower_truncates_what_it_applied(tmp_path: Any,
     sequences = [APPLIED[a] for a in addrs]
     assert len(sequences[0]) > 500 and sequences[0] == sequences[1] == sequences[2]
     assert [] == truncated_applied, f"terms {terms}"
+
+
+def test_importing_pysyncobj_leaves_socket_inet_ntop_working() -> None:
+    """pysyncobj replaces socket.inet_ntop with a Windows-only version on every OS; ours puts the
+    C function back, so other code in the process (pyroute2) can format addresses."""
+    import socket
+
+    import cluster.raft  # noqa: F401  (imports pysyncobj, and our corrections with it)
+
+    assert socket.inet_ntop(socket.AF_INET, b"\x7f\x00\x00\x01") == "127.0.0.1"
+    assert socket.inet_ntop(socket.AF_INET6, b"\x00" * 15 + b"\x01") == "::1"
